@@ -1,0 +1,70 @@
+"""The ``mamdr`` command. Each package contributes its subcommands from its own ``cli.py``.
+
+A package's ``cli.py`` exposes ``register(subparsers)`` and must stay cheap to import (no torch at
+import time: heavy imports go inside the command functions), so ``mamdr serve --help`` is fast.
+Every command is ``func(args) -> int``. Errors the platform raises on purpose print one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from mamdr import __version__
+from mamdr.errors import MamdrError
+
+# Order is the order of the help listing.
+COMMAND_MODULES = (
+    "trainer.cli",
+    "serving.cli",
+    "feature_store.cli",
+    "domain_registry.cli",
+    "mamdr.stack_cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mamdr",
+        description="Multi-domain CTR platform: MAMDR training, per-domain serving, feature store, registry.",
+    )
+    parser.add_argument("--version", action="version", version=f"mamdr {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except MamdrError as exc:
+        print(f"mamdr: error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mamdr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Everything that needs torch: models, learning frameworks, data, evaluation, streaming trainer, export."""

@@ -1,0 +1,131 @@
+"""Shared θS and per-domain θi for any ``torch.nn.Module``: domain i is scored with Θi = θS + θi.
+
+θS is the model's own parameters. θi exists only for the parameters chosen as domain-specific and
+has the same shapes; it starts at zero, so a new domain is served by θS until it is trained.
+Scoring with Θi uses ``torch.func.functional_call``: the module is never copied or mutated.
+
+Which parameters are specific is configurable with glob patterns over parameter names; the default
+is every trainable parameter except the user and item embedding tables (the feature store's).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from mamdr.errors import ConfigError
+
+Params = dict[str, torch.Tensor]
+
+
+def default_specific_names(model: nn.Module) -> list[str]:
+    """Every trainable parameter except the shared user/item tables."""
+    shared_tables = set(getattr(model, "SHARED_TABLES", ()))
+    return [n for n, p in model.named_parameters() if p.requires_grad and n not in shared_tables]
+
+
+def resolve_specific(model: nn.Module, spec: str | Sequence[str] | None) -> list[str]:
+    """Names of the domain-specific parameters.
+
+    ``spec`` is ``None``/``"default"`` (see :func:`default_specific_names`), ``"all"`` (every
+    trainable parameter), ``"none"``, a comma-separated string of glob patterns, or a list of them.
+    A pattern that matches nothing is an error: a typo must not silently train nothing.
+    """
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if spec is None or spec == "default":
+        return default_specific_names(model)
+    if spec == "all":
+        return names
+    if spec == "none":
+        return []
+    patterns = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    chosen: list[str] = []
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise ConfigError(
+                f"specific-parameter pattern {pattern!r} matches no trainable parameter; "
+                f"names look like {', '.join(names[:4])}"
+            )
+        chosen += [h for h in hits if h not in chosen]
+    return [n for n in names if n in chosen]
+
+
+class DomainParameters:
+    """θS (the wrapped model's parameters) plus lazily created zero deltas θi per domain index."""
+
+    def __init__(self, model: nn.Module, specific: str | Sequence[str] | None = None) -> None:
+        self.model = model
+        self.specific_names: list[str] = resolve_specific(model, specific)
+        self._params = dict(model.named_parameters())
+        self.deltas: dict[int, Params] = {}
+
+    # -- θS -------------------------------------------------------------------------------------
+    def shared(self) -> dict[str, nn.Parameter]:
+        """θS: every trainable parameter of the model, by name."""
+        return {n: p for n, p in self._params.items() if p.requires_grad}
+
+    def shared_specific(self) -> dict[str, nn.Parameter]:
+        """The part of θS that has per-domain deltas."""
+        return {n: self._params[n] for n in self.specific_names}
+
+    # -- θi -------------------------------------------------------------------------------------
+    def delta(self, domain: int) -> Params:
+        """θi, created as zeros the first time a domain is seen."""
+        if domain not in self.deltas:
+            self.deltas[domain] = {
+                n: torch.zeros_like(self._params[n], requires_grad=False) for n in self.specific_names
+            }
+        return self.deltas[domain]
+
+    def has_delta(self, domain: int) -> bool:
+        return domain in self.deltas
+
+    def set_delta(self, domain: int, values: Mapping[str, torch.Tensor]) -> None:
+        delta = self.delta(domain)
+        with torch.no_grad():
+            for n, v in values.items():
+                delta[n].copy_(v)
+
+    def composed(self, domain: int, delta: Mapping[str, torch.Tensor] | None = None) -> Params:
+        """Θi = θS + θi for the specific names (pass ``delta`` to compose a candidate θ̃i)."""
+        d = self.delta(domain) if delta is None else delta
+        return {n: self._params[n] + d[n] for n in self.specific_names}
+
+    # -- scoring --------------------------------------------------------------------------------
+    def call(self, params: Mapping[str, torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+        """Run the model with some parameters replaced (the rest are the model's own)."""
+        return functional_call(self.model, dict(params), inputs, strict=False, tie_weights=True)
+
+    def forward_domain(self, domain: int, *inputs: torch.Tensor) -> torch.Tensor:
+        """Score a batch with Θ_domain (the batch's own domain column is passed through untouched)."""
+        if not self.has_delta(domain):
+            return self.model(*inputs)
+        return self.call(self.composed(domain), *inputs)
+
+    def forward_grouped(self, user: torch.Tensor, item: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        """Score a mixed-domain batch, each sample with its own domain's Θi."""
+        out = torch.empty(user.shape[0], dtype=torch.float32, device=user.device)
+        for d in torch.unique(domain).tolist():
+            idx = (domain == d).nonzero(as_tuple=True)[0]
+            out[idx] = self.forward_domain(int(d), user[idx], item[idx], domain[idx])
+        return out
+
+    # -- persistence (raw tensors, never pickled objects) ----------------------------------------
+    def state(self) -> dict[str, torch.Tensor]:
+        """Flat tensor dict ``delta/<domain>/<name>`` for ``torch.save`` + ``weights_only`` loading."""
+        return {f"delta/{d}/{n}": t.detach().clone() for d, ps in self.deltas.items() for n, t in ps.items()}
+
+    def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        for key, value in state.items():
+            _, d, name = key.split("/", 2)
+            if name not in self.specific_names:
+                raise ConfigError(f"saved delta {name!r} is not a specific parameter of this model")
+            self.set_delta(int(d), {name: value})
+
+    def domains(self) -> Iterable[int]:
+        return sorted(self.deltas)
