@@ -1,0 +1,1 @@
+"""Domains, model versions and their audit trail (torch-free)."""

@@ -1,0 +1,1 @@
+"""Global user/item embedding store shared by trainer and serving (torch-free)."""

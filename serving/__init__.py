@@ -1,0 +1,1 @@
+"""Per-domain CTR serving on onnxruntime (torch-free)."""
