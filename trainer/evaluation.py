@@ -1,0 +1,73 @@
+"""The paper's evaluation: exact per-domain AUC, average AUC over domains, average RANK of methods."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from trainer.data.base import Split
+
+# A scorer maps (user, item, domain) index tensors to click probabilities or logits.
+Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Exact ROC AUC (ties counted half); NaN when a split has one class only."""
+    if labels.min() == labels.max():
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
+
+
+@torch.no_grad()
+def domain_auc(scorer: Scorer, splits: Mapping[int, Split], batch_size: int = 8192) -> dict[int, float]:
+    """AUC of each domain on its own split."""
+    out: dict[int, float] = {}
+    for d, split in splits.items():
+        scores = [scorer(u, i, dom).float().cpu() for u, i, dom, _ in split.batches(d, batch_size, shuffle=False)]
+        out[d] = auc(split.label, torch.cat(scores).numpy()) if scores else float("nan")
+    return out
+
+
+def mean_auc(per_domain: Mapping[int, float]) -> float:
+    values = [v for v in per_domain.values() if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def average_rank(per_method: Mapping[str, Mapping[int, float]]) -> dict[str, float]:
+    """Rank methods within each domain by AUC (1 = best, ties share the mean rank), then average."""
+    methods = list(per_method)
+    domains = sorted(set.intersection(*(set(v) for v in per_method.values()))) if methods else []
+    ranks = {m: [] for m in methods}
+    for d in domains:
+        values = np.array([per_method[m][d] for m in methods], dtype=float)
+        order = (-values).argsort(kind="stable")
+        r = np.empty(len(methods))
+        r[order] = np.arange(1, len(methods) + 1)
+        for v in np.unique(values):  # mean rank for ties
+            mask = values == v
+            r[mask] = r[mask].mean()
+        for m, rank in zip(methods, r, strict=True):
+            ranks[m].append(rank)
+    return {m: float(np.mean(rs)) if rs else float("nan") for m, rs in ranks.items()}
+
+
+class EarlyStopping:
+    """Stop when the monitored value has not improved for ``patience`` checks; remembers the best."""
+
+    def __init__(self, patience: int = 3, min_delta: float = 0.0) -> None:
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best = -float("inf")
+        self.best_epoch = -1
+        self.bad = 0
+
+    def step(self, value: float, epoch: int) -> bool:
+        """Record a value; True means stop."""
+        if value > self.best + self.min_delta:
+            self.best, self.best_epoch, self.bad = value, epoch, 0
+            return False
+        self.bad += 1
+        return self.bad >= self.patience
