@@ -19,6 +19,7 @@ from mamdr.errors import MamdrError
 # Order is the order of the help listing.
 COMMAND_MODULES = (
     "trainer.cli",
+    "trainer.stream.cli",
     "serving.cli",
     "feature_store.cli",
     "domain_registry.cli",
