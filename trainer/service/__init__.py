@@ -1,0 +1,1 @@
+"""The continual trainer: stream → buffers → MAMDR rounds → published versions → committed offsets."""
