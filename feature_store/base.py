@@ -37,6 +37,17 @@ class Lookup:
         return self.user is None
 
 
+@dataclass(frozen=True)
+class VersionInfo:
+    """What a version holds: declared dims, wire dtype, rows written per kind, creation time (epoch s)."""
+
+    version: str
+    dims: dict[Kind, int]
+    dtype: str
+    counts: dict[Kind, int]
+    created: float
+
+
 class EmbeddingStore(ABC):
     """Abstract store. Every method may raise ``mamdr.errors.BackendUnavailable``."""
 
@@ -49,7 +60,11 @@ class EmbeddingStore(ABC):
 
     @abstractmethod
     def declare(self, version: str, dims: dict[Kind, int]) -> None:
-        """Declare the vector dimension of each kind for a version before writing it."""
+        """Declare the vector dimension of each kind for a version before writing it.
+
+        Declaring again merges kinds; a different dimension for an already declared kind is a
+        ``Conflict``. Writing into the live version is refused (write a new one and publish it).
+        """
 
     @abstractmethod
     def publish(self, version: str) -> None:
@@ -68,7 +83,9 @@ class EmbeddingStore(ABC):
         """One user and up to ~1,000 items from one version (default: current), in one round trip."""
 
     @abstractmethod
-    def get_many(self, kind: Kind, ids: Sequence[str], version: str | None = None) -> tuple[np.ndarray, list[int]]:
+    def get_many(
+        self, kind: Kind, ids: Sequence[str], version: str | None = None
+    ) -> tuple[np.ndarray, list[int]]:
         """Vectors [n, dim] for ids of one kind and the positions that were missing."""
 
     @abstractmethod
@@ -78,6 +95,10 @@ class EmbeddingStore(ABC):
     @abstractmethod
     def gc(self, keep: int) -> list[str]:
         """Delete all but the newest ``keep`` versions (never the current one). Returns deleted."""
+
+    @abstractmethod
+    def describe(self, version: str | None = None) -> VersionInfo:
+        """Metadata of a version (default: the current one); ``NotFound`` if absent."""
 
     @abstractmethod
     def health(self) -> bool:

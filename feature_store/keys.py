@@ -1,0 +1,76 @@
+"""Names and the Redis key layout: ``{ns}:v:{version}:u:{id}`` / ``:i:{id}`` beside the live version.
+
+- ``{ns}:current``: the pointer readers follow; publish switches it with one SET.
+- ``{ns}:versions``: sorted set of versions by creation time (oldest first).
+- ``{ns}:v:{version}:meta``: hash with dims, dtype, counts and creation time.
+- ``{ns}:v:{version}:live``: a random token, deleted FIRST by gc. Readers put it in the same
+  MGET as the vectors, so a present token proves every key of that version was present at that
+  instant (MGET is atomic) and a changed token tells them the version was rebuilt.
+
+Namespaces and versions are slugs, so they never contain glob characters (gc uses SCAN MATCH).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from feature_store.base import Kind
+from mamdr.errors import ConfigError, DataError
+
+_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+KIND_TAG: dict[str, str] = {"user": "u", "item": "i"}
+
+
+def check_name(value: str, what: str) -> str:
+    """A namespace or version: 1-64 of letters, digits, '.', '_', '-' (first a letter or digit)."""
+    if not isinstance(value, str) or not _SLUG.match(value):
+        raise DataError(f"{what} {value!r} is invalid: use 1-64 letters, digits, '.', '_' or '-'")
+    return value
+
+
+def check_kind(kind: str) -> Kind:
+    if kind not in KIND_TAG:
+        raise DataError(f"entity kind {kind!r} is invalid: use 'user' or 'item'")
+    return kind  # type: ignore[return-value]
+
+
+def check_namespace(ns: str) -> str:
+    try:
+        return check_name(ns, "namespace")
+    except DataError as exc:
+        raise ConfigError(exc.message + " (MAMDR_FEATURE_STORE__NAMESPACE)") from None
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    namespace: str
+
+    def __post_init__(self) -> None:
+        check_namespace(self.namespace)
+
+    @property
+    def current(self) -> str:
+        return f"{self.namespace}:current"
+
+    @property
+    def versions(self) -> str:
+        return f"{self.namespace}:versions"
+
+    def prefix(self, version: str) -> str:
+        return f"{self.namespace}:v:{version}:"
+
+    def meta(self, version: str) -> str:
+        return f"{self.prefix(version)}meta"
+
+    def live(self, version: str) -> str:
+        return f"{self.prefix(version)}live"
+
+    def entity_prefix(self, version: str, kind: Kind) -> str:
+        return f"{self.prefix(version)}{KIND_TAG[kind]}:"
+
+    def entity(self, version: str, kind: Kind, id_: str) -> str:
+        return f"{self.entity_prefix(version, kind)}{id_}"
+
+    def version_glob(self, version: str) -> str:
+        return f"{self.prefix(version)}*"
