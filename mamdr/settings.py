@@ -62,6 +62,13 @@ class StreamSettings(_Section):
     url: str = Field(f"file://{DEFAULT_HOME}/stream/clicks", description="kafka://HOST:PORT/TOPIC or file://DIR")
     group: str = "mamdr-trainer"
     max_event_bytes: int = 16_384
+    partitions: int = Field(4, ge=1, description="partitions of a topic the stream creates (kafka:// and file://)")
+    create_topics: bool = Field(True, description="create the topic and its .dlq when missing")
+    max_poll_records: int = Field(2000, ge=1)
+    linger_ms: int = Field(5, ge=0, description="producer batching delay")
+    batch_bytes: int = Field(262_144, ge=1024, description="producer batch size per partition")
+    timeout_s: float = Field(10.0, gt=0, description="broker requests, connecting and flushing")
+    fsync: bool = Field(True, description="file:// only: fsync the log on every producer flush")
 
 
 class TrainerSettings(_Section):
