@@ -41,6 +41,11 @@ class FeatureStoreSettings(_Section):
     retry_backoff_s: float = 0.02
     keep_versions: int = 3
     dtype: str = Field("float32", description="float32 or float16 on the wire")
+    pointer_ttl_s: float = Field(
+        0.5, description="how long a reader may reuse the current-version pointer (0: read it every lookup)"
+    )
+    write_chunk: int = Field(1000, description="keys per MSET in bulk writes")
+    health_check_interval_s: int = Field(30, description="redis-py pings idle pooled connections after this")
 
 
 class RegistrySettings(_Section):
