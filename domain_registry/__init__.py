@@ -1,1 +1,51 @@
-"""Domains, model versions and their audit trail (torch-free)."""
+"""Domains, model versions and their audit trail (torch-free).
+
+``open_registry(url)`` picks the backend by URL scheme:
+
+- ``sqlite://PATH`` (``sqlite:///abs/registry.db``): the embedded default, one file that local
+  processes share; durable across kill -9.
+- ``redis://HOST:PORT/DB`` (or ``rediss://`` for TLS): what several serving replicas and the trainer
+  share in a multi-replica deployment.
+
+How trainer and serving notice changes: every write bumps ``change_counter()`` (one integer, one cheap
+read). Serving polls it every ``RegistrySettings.poll_interval_s`` and re-reads ``live_model()`` only
+when it moved; ``Registry.wait_for_change(since, timeout_s)`` is that loop. The redis backend also
+publishes the new counter value on the channel ``<prefix>changes`` (``RedisRegistry.CHANNEL``) so a
+subscriber can wake at once; polling stays the source of truth (pub/sub messages can be missed).
+"""
+
+from __future__ import annotations
+
+from domain_registry.base import AuditEntry, Domain, DomainStatus, ModelStatus, ModelVersion, Registry
+from mamdr.settings import RegistrySettings
+from mamdr.urls import parse_url
+
+SCHEMES = ("sqlite", "redis", "rediss")
+
+__all__ = [
+    "SCHEMES",
+    "AuditEntry",
+    "Domain",
+    "DomainStatus",
+    "ModelStatus",
+    "ModelVersion",
+    "Registry",
+    "open_registry",
+]
+
+
+def open_registry(url: str | None = None, settings: RegistrySettings | None = None) -> Registry:
+    """Open the registry at ``url`` (default: ``settings.url``, then the default settings' url).
+
+    Raises ``ConfigError`` for an unknown scheme or unusable path, ``BackendUnavailable`` when the
+    server cannot be reached.
+    """
+    settings = settings or RegistrySettings()
+    target = parse_url(url or settings.url, SCHEMES, "registry")
+    if target.scheme == "sqlite":
+        from domain_registry.sqlite_store import SqliteRegistry
+
+        return SqliteRegistry(target.path)
+    from domain_registry.redis_store import RedisRegistry
+
+    return RedisRegistry(target.raw)

@@ -2,10 +2,14 @@
 
 Trainer and serving notice changes by polling ``change_counter()``: it increases on every write
 (domain or model), so a poller compares one integer per interval instead of re-reading everything.
+``wait_for_change(since, timeout_s)`` wraps that loop. Every write also appends one audit entry whose
+``seq`` equals the counter value it produced, so ``audit()`` tells a poller what changed.
 """
 
 from __future__ import annotations
 
+import re
+import time
 from abc import ABC, abstractmethod
 from typing import Any, Literal
 
@@ -15,6 +19,16 @@ from mamdr.contracts import DomainId
 
 DomainStatus = Literal["active", "paused", "retired"]
 ModelStatus = Literal["candidate", "live", "superseded", "rolled_back"]
+DOMAIN_STATUSES: tuple[DomainStatus, ...] = ("active", "paused", "retired")
+
+# Version ids appear in URLs and folder names: no slashes, no spaces.
+VERSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_VERSION_RE = re.compile(VERSION_ID_PATTERN)
+
+
+def is_version_id(value: str) -> bool:
+    """Letters, digits, '.', '_' and '-', at most 128 characters, not starting with a symbol."""
+    return bool(_VERSION_RE.match(value))
 
 
 class Domain(BaseModel):
@@ -36,6 +50,7 @@ class ModelVersion(BaseModel):
     delta_checksums: dict[str, str] = Field(default_factory=dict)  # domain -> sha256
     metrics: dict[str, Any] = Field(default_factory=dict)
     status: ModelStatus = "candidate"
+    promoted_at: float | None = None  # when it last became live (promote or rollback)
 
 
 class AuditEntry(BaseModel):
@@ -99,5 +114,20 @@ class Registry(ABC):
     def audit(self, limit: int = 100) -> list[AuditEntry]:
         """Newest first."""
 
+    def wait_for_change(self, since: int, timeout_s: float, poll_s: float = 0.05) -> int:
+        """Block until ``change_counter() > since`` or ``timeout_s`` passes; return the counter."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while True:
+            current = self.change_counter()
+            if current > since or time.monotonic() >= deadline:
+                return current
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

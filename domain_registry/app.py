@@ -1,0 +1,51 @@
+"""The admin API on its own (``uvicorn --factory domain_registry.app:create_admin_app``).
+
+Serving mounts the same router next to its scoring routes; this app is for deployments that run
+the registry API as a separate service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from domain_registry import open_registry
+from domain_registry.api import build_router
+from domain_registry.base import Registry
+from mamdr.errors import BackendUnavailable
+from mamdr.http_errors import install_error_handlers
+from mamdr.settings import RegistrySettings, Settings, get_settings
+
+
+def create_admin_app(settings: Settings | RegistrySettings | None = None) -> FastAPI:
+    """An app serving ``/v1`` registry routes and ``/healthz``; the registry opens in ``lifespan``."""
+    if settings is None:
+        settings = get_settings()
+    reg_settings = settings.registry if isinstance(settings, Settings) else settings
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.registry = open_registry(reg_settings.url, reg_settings)
+        try:
+            yield
+        finally:
+            app.state.registry.close()
+
+    app = FastAPI(title="MAMDR domain registry", lifespan=lifespan)
+    install_error_handlers(app)
+
+    def get_registry() -> Registry:
+        registry: Registry | None = getattr(app.state, "registry", None)
+        if registry is None:
+            raise BackendUnavailable("the registry is not open yet; retry shortly")
+        return registry
+
+    app.include_router(build_router(get_registry, reg_settings.admin_token.get_secret_value()))
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, object]:
+        return {"status": "ok", "change_counter": get_registry().change_counter()}
+
+    return app
