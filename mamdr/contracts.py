@@ -147,6 +147,8 @@ class Manifest(BaseModel):
     offsets: dict[str, int] = Field(default_factory=dict)  # "topic:partition" -> next offset to read
     events_included: int = 0
     metrics: dict[str, Any] = Field(default_factory=dict)
+    # Cold-start fallback vectors ("user", "item" -> the mean vector) for ids the feature store lacks.
+    cold_start: dict[str, list[float]] = Field(default_factory=dict)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
