@@ -1,0 +1,129 @@
+"""Reading and verifying a published model version (torch-free; the trainer verifies with it too).
+
+Layout (names from ``mamdr.contracts``): ``<root>/<version>/manifest.json``, ``shared.onnx`` and
+``deltas/<domain>.onnx``. Paths in the manifest are relative to ``<root>``, so a version may point at
+its parent's unchanged delta files. Loading checks every sha256 and every delta tensor's name and
+shape against the shared graph before anything is served; a delta's bytes are checked again when it
+is actually read (files are immutable once published, so the re-check is cheap insurance).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from pydantic import ValidationError
+
+from mamdr.contracts import MANIFEST_FILE, Manifest
+from mamdr.errors import IntegrityError, NotFound
+
+_CHUNK = 1 << 20
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    path = version_dir / MANIFEST_FILE
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise NotFound(f"no {MANIFEST_FILE} in {version_dir}; is the version published?") from None
+    except ValidationError as exc:
+        raise IntegrityError(f"{path} is not a valid manifest: {exc.errors()[0]['msg']}") from None
+
+
+def resolve(version_dir: Path, manifest: Manifest, rel: str) -> Path:
+    """A manifest path (relative to the artifacts root) as a file, also while in a temp dir."""
+    head, _, rest = rel.partition("/")
+    if ".." in Path(rel).parts or rel.startswith("/"):
+        raise IntegrityError(f"manifest path {rel!r} escapes the artifacts root")
+    if head == manifest.version:
+        return version_dir / rest
+    return version_dir.parent / rel
+
+
+def read_verified(path: Path, sha256: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise IntegrityError(f"artifact {path} is missing") from None
+    if sha256_bytes(data) != sha256:
+        raise IntegrityError(f"artifact {path} fails its sha256 check; republish the version")
+    return data
+
+
+def parse_initializers(data: bytes, what: str) -> dict[str, np.ndarray]:
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as exc:  # protobuf raises its own DecodeError
+        raise IntegrityError(f"{what} is not a readable ONNX file ({type(exc).__name__})") from None
+    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+
+
+@dataclass
+class LoadedVersion:
+    """A verified version: the shared graph's bytes and initializers, and where each delta lives."""
+
+    manifest: Manifest
+    version_dir: Path
+    shared_bytes: bytes
+    shared: dict[str, np.ndarray]
+    delta_paths: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def delta_names(self) -> list[str]:
+        """Every tensor some domain overrides (sorted): the ones a composer must be able to replace."""
+        return sorted({t.name for e in self.manifest.deltas.values() for t in e.tensors})
+
+    def read_delta(self, domain: str) -> dict[str, np.ndarray]:
+        """θi of a domain as float32 arrays ({} for a domain served by θS alone)."""
+        entry = self.manifest.deltas.get(domain)
+        if entry is None:
+            return {}
+        data = read_verified(self.delta_paths[domain], entry.sha256)
+        arrays = parse_initializers(data, f"delta of {domain!r}")
+        expected = {t.name: t.shape for t in entry.tensors}
+        if {n: list(a.shape) for n, a in arrays.items()} != expected:
+            raise IntegrityError(f"delta of {domain!r} does not hold the tensors its manifest lists")
+        return {n: np.asarray(a, dtype=np.float32) for n, a in arrays.items()}
+
+
+def load_version(version_dir: Path) -> LoadedVersion:
+    """Read the manifest, verify every checksum and every delta shape. Raises ``IntegrityError``."""
+    version_dir = Path(version_dir)
+    manifest = read_manifest(version_dir)
+    shared_bytes = read_verified(resolve(version_dir, manifest, manifest.shared_path), manifest.shared_sha256)
+    shared = parse_initializers(shared_bytes, f"shared graph of {manifest.version}")
+    paths: dict[str, Path] = {}
+    for domain, entry in manifest.deltas.items():
+        path = resolve(version_dir, manifest, entry.path)
+        try:
+            actual = sha256_file(path)
+        except FileNotFoundError:
+            raise IntegrityError(f"delta of {domain!r} ({path}) is missing") from None
+        if actual != entry.sha256:
+            raise IntegrityError(f"delta of {domain!r} ({path}) fails its sha256 check")
+        for spec in entry.tensors:
+            base = shared.get(spec.name)
+            if base is None or list(base.shape) != spec.shape:
+                raise IntegrityError(f"delta of {domain!r} has {spec.name!r} {spec.shape}, not in the graph")
+        paths[domain] = path
+    return LoadedVersion(manifest, version_dir, shared_bytes, shared, paths)

@@ -1,0 +1,101 @@
+"""Export a trained model (θS + every domain's θi) as one published version; optionally register it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from mamdr.contracts import InputContract, Manifest
+from mamdr.errors import ConfigError
+from trainer.export.onnx_graph import (
+    OUTPUT,
+    delta_model,
+    export_shared_graph,
+    graph_initializer_names,
+    model_bytes,
+)
+from trainer.export.publish import publish_version
+from trainer.export.view import build_view_module, delta_arrays, domain_view_arrays, shared_view_arrays
+from trainer.models.base import CTRModel
+from trainer.params import DomainParameters
+
+if TYPE_CHECKING:
+    from domain_registry.base import Registry
+
+
+def cold_start_vectors(model: CTRModel) -> dict[str, list[float]]:
+    """Mean user and item vectors: the documented fallback for ids the feature store does not know."""
+    with torch.no_grad():
+        return {
+            "user": model.user_embedding.weight.float().mean(dim=0).tolist(),
+            "item": model.item_embedding.weight.float().mean(dim=0).tolist(),
+        }
+
+
+def export_version(
+    params: DomainParameters,
+    domains: Mapping[str, int],
+    root: Path,
+    version: str,
+    *,
+    parent: str | None = None,
+    feature_store_version: str | None = None,
+    offsets: Mapping[str, int] | None = None,
+    events_included: int = 0,
+    metrics: Mapping[str, object] | None = None,
+    delta_dtype: str = "float32",
+    registry: Registry | None = None,
+    promote: bool = False,
+) -> Manifest:
+    """Publish ``<root>/<version>``: shared.onnx (θS view), one delta per domain, the manifest.
+
+    ``domains`` maps each domain id to its slot (row of the domain-indexed tensors). With a
+    ``registry`` the version is registered as a candidate, and made live if ``promote``.
+    """
+    model = params.model
+    if not isinstance(model, CTRModel):
+        raise ConfigError("export needs a CTRModel")
+    n_slots = model.config.n_domains
+    for domain, slot in domains.items():
+        if not 0 <= slot < n_slots:
+            raise ConfigError(f"domain {domain!r} has slot {slot}, outside the model's {n_slots} domains")
+    was_training = model.training
+    model.eval()
+    try:
+        shared = shared_view_arrays(model)
+        view = build_view_module(model, shared)
+        graph = export_shared_graph(view, shared, model.config.udim, model.config.idim)
+        in_graph = graph_initializer_names(graph)
+        deltas: dict[str, tuple[bytes, dict[str, np.ndarray]]] = {}
+        for domain, slot in domains.items():
+            view_d = domain_view_arrays(params, slot)
+            arrays = {n: a for n, a in delta_arrays(shared, view_d).items() if n in in_graph}
+            deltas[domain] = (delta_model(domain, arrays, delta_dtype), arrays)
+        contract = InputContract(
+            user_dim=model.config.udim, item_dim=model.config.idim, output=OUTPUT, model=model.name,
+            model_config_json=model.config.to_json(),
+        )
+        manifest = publish_version(
+            Path(root), version, model_bytes(graph), deltas, contract, parent=parent, domains=sorted(domains),
+            feature_store_version=feature_store_version, cold_start=cold_start_vectors(model),
+            offsets=offsets,
+            events_included=events_included, metrics=metrics, delta_dtype=delta_dtype,
+        )
+    finally:
+        model.train(was_training)
+    if registry is not None:
+        from domain_registry.base import ModelVersion
+
+        registry.register_model(ModelVersion(
+            id=version, parent=parent, created_at=time.time(),
+            artifact_uri=f"file://{(Path(root) / version).resolve()}",
+            delta_checksums={d: e.sha256 for d, e in manifest.deltas.items()}, metrics=dict(metrics or {}),
+        ))
+        if promote:
+            registry.promote(version)
+    return manifest

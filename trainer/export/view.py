@@ -1,0 +1,127 @@
+"""The serving view of a CTR model: what one domain slot computes from feature-store vectors.
+
+Serving feeds ``user_emb [N, Du]`` and ``item_emb [N, Di]`` (the feature store's vectors) and gets one
+logit per row. Every tensor listed in ``CTRModel.domain_indexed`` has the domain on dim 0 and is only
+read by indexing that axis with the domain tensor, so the model with those tensors cut to one row
+``[1, ...]`` and ``domain = 0`` computes exactly that row's domain. One graph therefore serves every
+domain; only its weights differ:
+
+- the **shared view** is θS with each domain-indexed tensor replaced by its mean row over the domains
+  (the default a domain with no delta, e.g. one onboarded after training, is served with);
+- the **domain view** of slot d is Θd = θS + θd with each domain-indexed tensor cut to row d;
+- the **delta** of d is ``domain view − shared view`` for the tensors where the two differ.
+
+Names are the model's own parameter/buffer names, so they stay stable across versions.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer.models.base import CTRModel
+from trainer.params import DomainParameters
+
+Arrays = dict[str, np.ndarray]
+
+
+class ServingView(nn.Module):
+    """``forward(user_emb, item_emb) -> logit [N]`` over a model whose domain-indexed tensors have one row."""
+
+    def __init__(self, model: CTRModel) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, user_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
+        domain = torch.zeros(user_emb.shape[0], dtype=torch.long, device=user_emb.device)
+        return self.m.score(user_emb, item_emb, domain)
+
+
+def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Replace a parameter or buffer (possibly of another shape) by name."""
+    owner_name, _, leaf = name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    if leaf in owner._parameters:
+        owner._parameters[leaf] = nn.Parameter(value.detach().clone(), requires_grad=False)
+    elif leaf in owner._buffers:
+        owner._buffers[leaf] = value.detach().clone()
+    else:
+        raise KeyError(f"{name!r} is neither a parameter nor a buffer of {type(module).__name__}")
+
+
+def graph_tensor_names(model: CTRModel) -> list[str]:
+    """Parameters and buffers the head can read (the user/item tables are the feature store's)."""
+    skip = set(model.SHARED_TABLES)
+    names = [n for n, _ in model.named_parameters() if n not in skip]
+    names += [n for n, _ in model.named_buffers() if n not in skip]
+    return names
+
+
+def _all_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    return tensors
+
+
+def _base_tensors(model: CTRModel) -> dict[str, torch.Tensor]:
+    tensors = _all_tensors(model)
+    return {n: tensors[n].detach() for n in graph_tensor_names(model)}
+
+
+def shared_view_arrays(model: CTRModel) -> Arrays:
+    """θS as the graph sees it: domain-indexed tensors collapse to their mean row (the default domain)."""
+    out: Arrays = {}
+    for name, t in _base_tensors(model).items():
+        if name in model.domain_indexed:
+            t = t.float().mean(dim=0, keepdim=True).to(t.dtype) if t.is_floating_point() else t[:1]
+        out[name] = t.cpu().numpy().copy()
+    return out
+
+
+def domain_view_arrays(params: DomainParameters, slot: int) -> Arrays:
+    """Θd = θS + θd with domain-indexed tensors cut to row ``slot``."""
+    model = params.model
+    if not isinstance(model, CTRModel):
+        raise TypeError("export needs a CTRModel (it relies on domain_indexed)")
+    base = _base_tensors(model)
+    composed: Mapping[str, torch.Tensor] = params.composed(slot) if params.has_delta(slot) else {}
+    out: Arrays = {}
+    for name, t in base.items():
+        value = composed[name].detach() if name in composed else t
+        if name in model.domain_indexed:
+            value = value[slot : slot + 1]
+        out[name] = value.cpu().numpy().copy()
+    return out
+
+
+def delta_arrays(shared: Arrays, domain_view: Arrays) -> Arrays:
+    """Θd − shared view, only for float tensors that differ (a domain served by θS has an empty delta)."""
+    out: Arrays = {}
+    for name, value in domain_view.items():
+        base = shared[name]
+        if value.dtype.kind != "f":
+            if not np.array_equal(value, base):
+                raise ValueError(f"non-float tensor {name!r} differs per domain; it cannot be a delta")
+            continue
+        diff = (value.astype(np.float32) - base.astype(np.float32)).astype(np.float32)
+        if np.any(diff != 0):
+            out[name] = diff
+    return out
+
+
+def build_view_module(model: CTRModel, arrays: Arrays) -> ServingView:
+    """A detached copy of the model's head in eval mode holding ``arrays`` (for export and checks)."""
+    # Share (do not copy) the possibly huge user/item tables: the head never reads them.
+    memo: dict[int, object] = {}
+    for name, t in _all_tensors(model).items():
+        if name in model.SHARED_TABLES:
+            memo[id(t)] = t
+    clone = copy.deepcopy(model, memo)
+    for name, value in arrays.items():
+        _set_tensor(clone, name, torch.from_numpy(np.ascontiguousarray(value)))
+    clone.eval()
+    return ServingView(clone)
