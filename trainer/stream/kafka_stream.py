@@ -1,0 +1,316 @@
+"""``kafka://HOST:PORT/TOPIC``: the stream over a Kafka cluster, through kafka-python.
+
+- Producer: ``acks=all`` with idempotence (a retried batch is not written twice), linger/batch from the
+  settings, key = domain so one domain's events stay ordered in one partition.
+- Consumer: a group member (partitions assigned by the group coordinator), ``enable_auto_commit=False``:
+  offsets are committed only when the trainer says so (after a version is published).
+  ``isolation_level=read_committed`` so a transactional producer's aborted writes are never trained on.
+  Seeks asked for before the group assigns partitions are applied on assignment.
+- Topics are created (with ``stream.partitions``, and ``<topic>.dlq`` with one) when missing and
+  ``stream.create_topics`` is on; the test broker does not auto-create topics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from mamdr.contracts import ClickEvent
+from mamdr.errors import BackendUnavailable, ConfigError
+from mamdr.settings import StreamSettings
+from mamdr.urls import parse_url
+from trainer.stream.base import (
+    DLQ_SUFFIX,
+    Record,
+    Stream,
+    StreamConsumer,
+    StreamProducer,
+    check_reset,
+    event_bytes,
+    split_tp_key,
+    tp_key,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _unreachable(bootstrap: str, exc: Exception) -> BackendUnavailable:
+    return BackendUnavailable(
+        f"Kafka at {bootstrap} is not reachable ({type(exc).__name__}: {exc}); start the broker "
+        "(scripts/kafka/run-broker.sh PORT DIR) or fix --stream"
+    )
+
+
+class KafkaStreamProducer(StreamProducer):
+    def __init__(self, bootstrap: str, topic: str, settings: StreamSettings) -> None:
+        self._topic = topic
+        self._timeout_s = settings.timeout_s
+        self._errors: list[BaseException] = []
+        try:
+            self._producer = KafkaProducer(
+                bootstrap_servers=bootstrap,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=settings.linger_ms,
+                batch_size=settings.batch_bytes,
+                max_request_size=max(1_048_576, settings.max_event_bytes * 4),
+                request_timeout_ms=int(settings.timeout_s * 1000),
+                max_block_ms=int(settings.timeout_s * 1000),
+                client_id="mamdr-producer",
+            )
+        except (NoBrokersAvailable, KafkaError) as exc:
+            raise _unreachable(bootstrap, exc) from None
+        self._bootstrap = bootstrap
+
+    def send(self, event: bytes | str | ClickEvent, key: str | None = None) -> None:
+        value, default_key = event_bytes(event)
+        key = key if key is not None else default_key
+        try:
+            future = self._producer.send(self._topic, value=value, key=key.encode() if key else None)
+        except KafkaError as exc:
+            raise _unreachable(self._bootstrap, exc) from None
+        future.add_errback(self._errors.append)
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        try:
+            self._producer.flush(timeout=timeout_s if timeout_s is not None else self._timeout_s)
+        except KafkaError as exc:
+            raise _unreachable(self._bootstrap, exc) from None
+        if self._errors:
+            first, n = self._errors[0], len(self._errors)
+            self._errors.clear()
+            raise BackendUnavailable(f"{n} event(s) were not written to {self._topic!r}: {first}")
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._producer.close(timeout=self._timeout_s)
+
+
+class _SeekOnAssign(ConsumerRebalanceListener):
+    """Applies seeks that were asked for before the group assigned the partitions."""
+
+    def __init__(self, owner: KafkaStreamConsumer) -> None:
+        self._owner = owner
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self._owner._apply_pending(assigned)
+
+
+class KafkaStreamConsumer(StreamConsumer):
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        group: str | None,
+        reset: str,
+        settings: StreamSettings,
+        before_commit: Any,
+    ) -> None:
+        self.group = group
+        self._topic = topic
+        self._bootstrap = bootstrap
+        self._settings = settings
+        self._before_commit = before_commit
+        self._pending: dict[int, int] = {}
+        try:
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=bootstrap,
+                group_id=group,
+                client_id="mamdr-consumer",
+                enable_auto_commit=False,
+                auto_offset_reset=check_reset(reset),
+                isolation_level="read_committed",
+                max_poll_records=settings.max_poll_records,
+                max_partition_fetch_bytes=max(1_048_576, settings.max_event_bytes * 4),
+                request_timeout_ms=max(30_000, int(settings.timeout_s * 1000)),
+                session_timeout_ms=10_000,
+                heartbeat_interval_ms=3_000,
+            )
+        except (NoBrokersAvailable, KafkaError) as exc:
+            raise _unreachable(bootstrap, exc) from None
+        if group is None:
+            partitions = self._partitions()
+            self._consumer.assign([TopicPartition(topic, p) for p in partitions])
+            if reset == "latest":
+                self._consumer.seek_to_end()
+            else:
+                self._consumer.seek_to_beginning()
+        else:
+            self._consumer.subscribe([topic], listener=_SeekOnAssign(self))
+
+    def _partitions(self) -> list[int]:
+        deadline = time.monotonic() + self._settings.timeout_s
+        while True:
+            parts = self._consumer.partitions_for_topic(self._topic)
+            if parts:
+                return sorted(parts)
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"topic {self._topic!r} does not exist on {self._bootstrap}: produce to it with "
+                    "stream.create_topics on, or create it"
+                )
+            time.sleep(0.1)
+
+    def _apply_pending(self, assigned: Any) -> None:
+        for tp in assigned:
+            if tp.topic == self._topic and tp.partition in self._pending:
+                self._consumer.seek(tp, self._pending.pop(tp.partition))
+
+    def poll(self, max_records: int | None = None, timeout_s: float = 1.0) -> list[Record]:
+        try:
+            batches = self._consumer.poll(
+                timeout_ms=int(timeout_s * 1000), max_records=max_records or self._settings.max_poll_records
+            )
+        except KafkaError as exc:
+            raise _unreachable(self._bootstrap, exc) from None
+        out: list[Record] = []
+        for tp in sorted(batches, key=lambda t: t.partition):
+            for m in batches[tp]:
+                out.append(
+                    Record(
+                        topic=m.topic,
+                        partition=m.partition,
+                        offset=m.offset,
+                        value=m.value or b"",
+                        timestamp=m.timestamp / 1000.0,
+                        key=m.key,
+                    )
+                )
+        return out
+
+    def position(self) -> dict[str, int]:
+        out = {}
+        for tp in self._consumer.assignment():
+            pos = self._consumer.position(tp, timeout_ms=int(self._settings.timeout_s * 1000))
+            if pos is not None:
+                out[tp_key(tp.topic, tp.partition)] = int(pos)
+        return out
+
+    def _to_tps(self, offsets: dict[str, int]) -> dict[TopicPartition, int]:
+        out = {}
+        for key, offset in offsets.items():
+            topic, p = split_tp_key(key)
+            if topic != self._topic:
+                raise ConfigError(f"offset key {key!r} is not a partition of {self._topic!r}")
+            if int(offset) < 0:
+                raise ConfigError(f"offset {offset} for {key} is negative")
+            out[TopicPartition(topic, p)] = int(offset)
+        return out
+
+    def seek(self, offsets: dict[str, int]) -> None:
+        assigned = self._consumer.assignment()
+        for tp, offset in self._to_tps(offsets).items():
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
+            else:
+                self._pending[tp.partition] = offset
+
+    def commit(self, offsets: dict[str, int] | None = None) -> None:
+        if self.group is None:
+            raise ConfigError("a consumer without a group cannot commit offsets")
+        tps = self._to_tps(offsets if offsets is not None else self.position())
+        self._before_commit()
+        try:
+            self._consumer.commit(
+                {tp: OffsetAndMetadata(o, "", -1) for tp, o in tps.items()},
+                timeout_ms=int(self._settings.timeout_s * 1000),
+            )
+        except KafkaError as exc:
+            raise BackendUnavailable(
+                f"committing offsets of group {self.group!r} failed ({type(exc).__name__}: {exc}); "
+                "the events will be read again after a restart"
+            ) from None
+
+    def committed(self) -> dict[str, int]:
+        if self.group is None:
+            return {}
+        out = {}
+        for p in self._partitions():
+            off = self._consumer.committed(TopicPartition(self._topic, p))
+            if off is not None:
+                out[tp_key(self._topic, p)] = int(off)
+        return out
+
+    def end_offsets(self) -> dict[str, int]:
+        tps = [TopicPartition(self._topic, p) for p in self._partitions()]
+        ends = self._consumer.end_offsets(tps)
+        return {tp_key(tp.topic, tp.partition): int(o) for tp, o in ends.items()}
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+class KafkaStream(Stream):
+    def __init__(self, url: str, settings: StreamSettings) -> None:
+        parsed = parse_url(url, ("kafka",), "stream")
+        topic = parsed.url_path
+        if not topic or "/" in topic:
+            raise ConfigError(f"stream URL {url!r} must name one topic: kafka://HOST:PORT/TOPIC")
+        super().__init__(url, topic, settings)
+        self.bootstrap = f"{parsed.host}:{parsed.port or 9092}"
+        self._dlq: KafkaStreamProducer | None = None
+        if settings.create_topics:
+            self.ensure_topics()
+
+    def ensure_topics(self) -> None:
+        """Create the topic and its dead-letter topic when missing (idempotent)."""
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap,
+                client_id="mamdr-admin",
+                request_timeout_ms=int(self.settings.timeout_s * 1000),
+            )
+        except (NoBrokersAvailable, KafkaError) as exc:
+            raise _unreachable(self.bootstrap, exc) from None
+        try:
+            existing = set(admin.list_topics())
+            wanted = [
+                NewTopic(self.topic, self.settings.partitions, 1),
+                NewTopic(self.dlq_topic, 1, 1),
+            ]
+            missing = [t for t in wanted if t.name not in existing]
+            if missing:
+                with contextlib.suppress(TopicAlreadyExistsError):  # another process was faster
+                    admin.create_topics(missing, timeout_ms=int(self.settings.timeout_s * 1000))
+        finally:
+            admin.close()
+
+    def producer(self) -> KafkaStreamProducer:
+        return KafkaStreamProducer(self.bootstrap, self.topic, self.settings)
+
+    def consumer(self, group: str | None, reset: str = "earliest") -> KafkaStreamConsumer:
+        return KafkaStreamConsumer(
+            self.bootstrap, self.topic, group, reset, self.settings, self.flush_dead_letters
+        )
+
+    def dead_letter_stream(self) -> KafkaStream:
+        host, port = self.bootstrap.rsplit(":", 1)
+        dlq_settings = self.settings.model_copy(update={"partitions": 1, "create_topics": False})
+        return KafkaStream(f"kafka://{host}:{port}/{self.topic}{DLQ_SUFFIX}", dlq_settings)
+
+    def _dlq_producer(self) -> KafkaStreamProducer:
+        if self._dlq is None:
+            self._dlq = KafkaStreamProducer(self.bootstrap, self.dlq_topic, self.settings)
+        return self._dlq
+
+    def flush_dead_letters(self) -> None:
+        if self._dlq is not None:
+            self._dlq.flush()
+
+    def close(self) -> None:
+        if self._dlq is not None:
+            self._dlq.close()
+            self._dlq = None
