@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,6 +51,8 @@ class MultiDomainDataset:
     # Fixed pretrained vectors (Taobao's user_emb.json/item_emb.json); None when learned.
     user_vectors: np.ndarray | None = None
     item_vectors: np.ndarray | None = None
+    # Provenance: seed, negatives mode, display names of domains (e.g. "Film-Noir"), synthetic ground truth.
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_domains(self) -> int:
