@@ -1,0 +1,178 @@
+"""``mamdr domains add|list|show|pause|resume|retire`` and ``mamdr models list|show|promote|rollback``.
+
+Talks to the registry backend directly (``--registry URL``, else ``MAMDR_REGISTRY__URL``, else the
+default sqlite file). Prints tables; platform errors print one line (see ``mamdr.cli``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from mamdr.errors import ConfigError
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from domain_registry import open_registry
+    from mamdr.settings import load_settings
+
+    settings = load_settings(**{"registry.url": args.registry}).registry
+    return open_registry(settings.url, settings)
+
+
+def _actor(args: argparse.Namespace) -> str:
+    if args.actor:
+        return str(args.actor)
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(c) for c in headers], *[["-" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _parse_settings(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """``--set dr_k=3 --set note=hi``: values are JSON when they parse, strings otherwise."""
+    out: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: write KEY=VALUE, e.g. --set dr_k=3")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _show_domain(domain: Any) -> None:
+    print_table(["id", "name", "status", "created", "updated", "settings"],
+                [[domain.id, domain.display_name, domain.status, _when(domain.created_at),
+                  _when(domain.updated_at), json.dumps(domain.settings, sort_keys=True)]])
+
+
+# -- domains
+def cmd_domains_add(args: argparse.Namespace) -> int:
+    with _registry(args) as reg:
+        _show_domain(reg.create_domain(args.id, display_name=args.name, settings=_parse_settings(args.set),
+                                       actor=_actor(args)))
+    return 0
+
+
+def cmd_domains_list(args: argparse.Namespace) -> int:
+    with _registry(args) as reg:
+        domains = reg.list_domains(args.status)
+    print_table(["id", "name", "status", "updated", "settings"],
+                [[d.id, d.display_name, d.status, _when(d.updated_at), json.dumps(d.settings, sort_keys=True)]
+                 for d in domains])
+    return 0
+
+
+def cmd_domains_show(args: argparse.Namespace) -> int:
+    with _registry(args) as reg:
+        _show_domain(reg.get_domain(args.id))
+    return 0
+
+
+def _status_command(status: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        with _registry(args) as reg:
+            _show_domain(reg.update_domain(args.id, status=status, actor=_actor(args)))
+        return 0
+
+    return run
+
+
+# -- models
+def _model_rows(models: Sequence[Any]) -> list[list[Any]]:
+    return [[m.id, m.status, m.parent, _when(m.created_at), _when(m.promoted_at), len(m.delta_checksums),
+             m.artifact_uri] for m in models]
+
+
+_MODEL_HEADERS = ["version", "status", "parent", "created", "live since", "deltas", "artifacts"]
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    with _registry(args) as reg:
+        models = reg.list_models(args.limit)
+    print_table(_MODEL_HEADERS, _model_rows(models))
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    with _registry(args) as reg:
+        model = reg.get_model(args.version)
+    print_table(_MODEL_HEADERS, _model_rows([model]))
+    if model.metrics:
+        print_table(["metric", "value"], sorted(model.metrics.items()))
+    return 0
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    with _registry(args) as reg:
+        print_table(_MODEL_HEADERS, _model_rows([reg.promote(args.version, actor=_actor(args))]))
+    return 0
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    with _registry(args) as reg:
+        print_table(_MODEL_HEADERS, _model_rows([reg.rollback(actor=_actor(args))]))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--registry", metavar="URL", help="sqlite://PATH or redis://HOST:PORT/DB "
+                   "(default: MAMDR_REGISTRY__URL or ~/.mamdr/registry.db)")
+    p.add_argument("--actor", help="name recorded in the audit trail (default cli:$USER)")
+    return p
+
+
+def register(subparsers: Any) -> None:
+    domains = subparsers.add_parser("domains", help="add, list, pause, resume or retire domains")
+    dsub = domains.add_subparsers(dest="domains_command", metavar="ACTION", required=True)
+    add = _common(dsub.add_parser("add", help="create an active domain (served by θS at once)"))
+    add.add_argument("id", help="slug: lowercase letters, digits, '-' and '_', at most 64 characters")
+    add.add_argument("--name", help="display name (default: the id)")
+    add.add_argument("--set", action="append", metavar="KEY=VALUE", help="a domain setting, e.g. dr_k=3")
+    add.set_defaults(func=cmd_domains_add)
+    lst = _common(dsub.add_parser("list", help="list domains"))
+    lst.add_argument("--status", choices=["active", "paused", "retired"])
+    lst.set_defaults(func=cmd_domains_list)
+    for name, func, text in (
+        ("show", cmd_domains_show, "show one domain"),
+        ("pause", _status_command("paused"), "mark a domain paused (trainer and serving read the status)"),
+        ("resume", _status_command("active"), "make a paused domain active again"),
+        ("retire", _status_command("retired"), "retire a domain for good (its record is kept)"),
+    ):
+        p = _common(dsub.add_parser(name, help=text))
+        p.add_argument("id")
+        p.set_defaults(func=func)
+
+    models = subparsers.add_parser("models", help="list, promote or roll back model versions")
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    ml = _common(msub.add_parser("list", help="model versions, newest first"))
+    ml.add_argument("--limit", type=int, default=20)
+    ml.set_defaults(func=cmd_models_list)
+    ms = _common(msub.add_parser("show", help="one model version and its metrics"))
+    ms.add_argument("version")
+    ms.set_defaults(func=cmd_models_show)
+    mp = _common(msub.add_parser("promote", help="make a version live (the live one becomes superseded)"))
+    mp.add_argument("version")
+    mp.set_defaults(func=cmd_models_promote)
+    mr = _common(msub.add_parser("rollback", help="roll the live version back to the previous live one"))
+    mr.set_defaults(func=cmd_models_rollback)
