@@ -1,0 +1,118 @@
+"""The feature-store contract, one-round-trip reads, credentials and outage recovery on real Redis."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import redis
+
+from feature_store import EmbeddingStore, open_store
+from feature_store.redis_store import RedisStore
+from mamdr.errors import BackendUnavailable
+from mamdr.settings import FeatureStoreSettings
+from tests.fixtures.redis_server import RedisServer
+from tests.unit.test_feature_store_contract import MakeStore, StoreContract, fill
+
+
+@pytest.fixture()
+def make_store(redis_url: str) -> Iterator[MakeStore]:
+    ns = f"t{uuid.uuid4().hex[:8]}"  # isolate each test by key prefix
+    opened: list[EmbeddingStore] = []
+
+    def make(**overrides: object) -> EmbeddingStore:
+        store = open_store(redis_url, FeatureStoreSettings(namespace=ns, **overrides))  # type: ignore[arg-type]
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+class TestRedisBackend(StoreContract):
+    pass
+
+
+def _commands(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+def test_lookup_is_one_mget(make_store: MakeStore, redis_url: str) -> None:
+    store = make_store()
+    fill(store, "v1", 1.0, n_items=200)
+    store.publish("v1")
+    store.lookup("u0", ["i0"])  # warm the pointer and metadata caches
+    admin = redis.Redis.from_url(redis_url)
+    admin.config_resetstat()
+    got = store.lookup("u0", [f"i{i}" for i in range(100)] + ["missing"])
+    calls = _commands(admin)
+    calls.pop("config|resetstat", None)
+    calls.pop("config", None)
+    assert calls == {"mget": 1}, calls
+    assert got.missing_items == [100]
+    admin.close()
+
+
+def test_gc_unlinks_every_key_of_old_versions(make_store: MakeStore, redis_url: str) -> None:
+    store = make_store(write_chunk=7)
+    for n in range(3):
+        fill(store, f"v{n}", float(n), n_users=30, n_items=40)
+    store.publish("v2")
+    assert store.describe("v1").counts == {"user": 30, "item": 40}
+    assert store.gc(keep=1) == ["v0", "v1"]
+    admin = redis.Redis.from_url(redis_url)
+    ns = store.settings.namespace  # type: ignore[attr-defined]
+    assert not list(admin.scan_iter(match=f"{ns}:v:v0:*"))
+    assert not list(admin.scan_iter(match=f"{ns}:v:v1:*"))
+    assert len(list(admin.scan_iter(match=f"{ns}:v:v2:*"))) == 30 + 40 + 2  # + meta + live token
+    admin.close()
+
+
+def test_password_and_acl_user(redis_url: str) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    name = f"fs{uuid.uuid4().hex[:6]}"
+    admin.acl_setuser(name, enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"])
+    try:
+        ok = open_store(redis_url, FeatureStoreSettings(username=name, password="s3cret"))  # type: ignore[arg-type]
+        assert ok.health()
+        ok.declare("v1", {"user": 2})
+        ok.close()
+        bad = open_store(redis_url, FeatureStoreSettings(username=name, password="wrong"))  # type: ignore[arg-type]
+        assert not bad.health()
+        with pytest.raises(BackendUnavailable, match="credentials"):
+            bad.versions()
+        bad.close()
+    finally:
+        admin.acl_deluser(name)
+        admin.close()
+
+
+def test_outage_then_recovery(redis_server: RedisServer, redis_url: str) -> None:
+    store = open_store(redis_url, FeatureStoreSettings(namespace="outage", pointer_ttl_s=0.0))
+    assert isinstance(store, RedisStore)
+    fill(store, "v1", 1.0)
+    store.publish("v1")
+    assert store.lookup("u0", ["i0"]).version == "v1"
+    redis_server.stop()
+    try:
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable, match="unreachable") as err:
+            store.lookup("u0", ["i0"])
+        assert err.value.http_status == 503 and err.value.retry_after_s >= 1
+        assert time.monotonic() - started < 3  # bounded retries, no hang
+        assert not store.health()
+        with pytest.raises(BackendUnavailable):
+            store.write("v1", "user", ["u0"], np.zeros((1, 8)))
+    finally:
+        redis_server.start_again()
+    # Same store object, no reconnect call: the pool recovers by itself (the data was in memory only).
+    assert store.health()
+    fill(store, "v2", 2.0)
+    store.publish("v2")
+    assert store.lookup("u0", ["i0"]).items[0, 0] == 2.0
+    store.close()
