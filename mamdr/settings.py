@@ -61,6 +61,7 @@ class ServingSettings(_Section):
     session_cache_size: int = 256
     intra_op_threads: int = 1
     reload_poll_s: float = 1.0
+    composition: str = Field("feed", description="feed (one session, weights fed) or session (per domain)")
 
 
 class StreamSettings(_Section):
