@@ -20,7 +20,7 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from mamdr.contracts import ClickEvent
@@ -49,6 +49,11 @@ def _unreachable(bootstrap: str, exc: Exception) -> BackendUnavailable:
     )
 
 
+def _connect_options(settings: StreamSettings) -> dict[str, int]:
+    """Fail fast when the broker is down (kafka-python waits 30 s by default), retry at most every second."""
+    return {"bootstrap_timeout_ms": int(settings.timeout_s * 1000), "reconnect_backoff_max_ms": 1000}
+
+
 class KafkaStreamProducer(StreamProducer):
     def __init__(self, bootstrap: str, topic: str, settings: StreamSettings) -> None:
         self._topic = topic
@@ -65,8 +70,9 @@ class KafkaStreamProducer(StreamProducer):
                 request_timeout_ms=int(settings.timeout_s * 1000),
                 max_block_ms=int(settings.timeout_s * 1000),
                 client_id="mamdr-producer",
+                **_connect_options(settings),
             )
-        except (NoBrokersAvailable, KafkaError) as exc:
+        except (KafkaError, OSError) as exc:
             raise _unreachable(bootstrap, exc) from None
         self._bootstrap = bootstrap
 
@@ -130,6 +136,7 @@ class KafkaStreamConsumer(StreamConsumer):
                 bootstrap_servers=bootstrap,
                 group_id=group,
                 client_id="mamdr-consumer",
+                **_connect_options(settings),
                 enable_auto_commit=False,
                 auto_offset_reset=check_reset(reset),
                 isolation_level="read_committed",
@@ -139,7 +146,7 @@ class KafkaStreamConsumer(StreamConsumer):
                 session_timeout_ms=10_000,
                 heartbeat_interval_ms=3_000,
             )
-        except (NoBrokersAvailable, KafkaError) as exc:
+        except (KafkaError, OSError) as exc:
             raise _unreachable(bootstrap, exc) from None
         if group is None:
             partitions = self._partitions()
@@ -271,9 +278,10 @@ class KafkaStream(Stream):
             admin = KafkaAdminClient(
                 bootstrap_servers=self.bootstrap,
                 client_id="mamdr-admin",
+                **_connect_options(self.settings),
                 request_timeout_ms=int(self.settings.timeout_s * 1000),
             )
-        except (NoBrokersAvailable, KafkaError) as exc:
+        except (KafkaError, OSError) as exc:
             raise _unreachable(self.bootstrap, exc) from None
         try:
             existing = set(admin.list_topics())
