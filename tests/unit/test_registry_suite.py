@@ -7,6 +7,7 @@ tests/integration/test_registry_redis.py against a real redis-server.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -210,9 +211,10 @@ class RegistrySuite:
         for i in range(4):
             promoted = registry.promote(f"v{i}", actor="ci")
             assert promoted.status == "live" and promoted.promoted_at is not None
-        assert statuses(registry) == {"v0": "superseded", "v1": "superseded", "v2": "superseded", "v3": "live"}
+        sup = "superseded"
+        assert statuses(registry) == {"v0": sup, "v1": sup, "v2": sup, "v3": "live"}
         assert registry.rollback().id == "v2"
-        assert statuses(registry) == {"v0": "superseded", "v1": "superseded", "v2": "live", "v3": "rolled_back"}
+        assert statuses(registry) == {"v0": sup, "v1": sup, "v2": "live", "v3": "rolled_back"}
         assert registry.rollback().id == "v1"
         # A new promote after rollbacks: rollback then returns to v1 (the last live), never to v2/v3.
         registry.register_model(model("v4"))
@@ -320,9 +322,9 @@ class RegistrySuite:
         with open_registry(registry_url) as reg:  # create the schema before the race
             reg.change_counter()
         start_at = time.time() + 2.0
-        procs = [subprocess.Popen([sys.executable, "-c", RACE_WORKER, registry_url, str(start_at), ",".join(ids)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_python_env(), text=True)
-                 for _ in range(2)]
+        argv = [sys.executable, "-c", RACE_WORKER, registry_url, str(start_at), ",".join(ids)]
+        procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_python_env(),
+                                  text=True) for _ in range(2)]
         results = []
         for p in procs:
             out, err = p.communicate(timeout=60)
@@ -362,9 +364,8 @@ class RegistrySuite:
         assert live is not None and final[live.id] == "live"
         promotes = [e for e in registry.audit(1000) if e.action == "model.promote"]
         assert promotes[0].target == live.id, "the last audited promote is the live version"
-        # The history of live versions is a chain: each promote's "previous" is the version promoted before it.
-        chain = list(reversed(promotes))
-        for before, after in zip(chain, chain[1:], strict=False):
+        # Live history is a chain: each promote's "previous" is the version promoted just before it.
+        for before, after in itertools.pairwise(reversed(promotes)):
             assert after.detail["previous"] == before.target
         assert_consistent(registry)
 
