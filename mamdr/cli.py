@@ -20,6 +20,7 @@ from mamdr.errors import MamdrError
 COMMAND_MODULES = (
     "trainer.cli",
     "trainer.stream.cli",
+    "trainer.service.cli",
     "serving.cli",
     "feature_store.cli",
     "domain_registry.cli",

@@ -1,0 +1,86 @@
+"""``mamdr trainer run``: the continual trainer service. Torch is imported inside the command only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+from typing import Any
+
+log = logging.getLogger("mamdr.trainer")
+
+
+def register(subparsers: Any) -> None:
+    trainer = subparsers.add_parser("trainer", help="continual MAMDR trainer over a click stream")
+    sub = trainer.add_subparsers(dest="trainer_command", metavar="SUBCOMMAND")
+    run = sub.add_parser("run", help="consume clicks, train MAMDR rounds, publish versions, commit offsets")
+    run.add_argument("--stream", help="kafka://HOST:PORT/TOPIC or file://DIR (env MAMDR_STREAM__URL)")
+    run.add_argument("--feature-store", help="redis://, file:// or memory:// (env MAMDR_FEATURE_STORE__URL)")
+    run.add_argument("--registry", help="sqlite://PATH or redis://HOST:PORT/DB (env MAMDR_REGISTRY__URL)")
+    run.add_argument("--artifacts", help="file://DIR where versions are published (env MAMDR_ARTIFACTS_URL)")
+    run.add_argument("--group", help="consumer group (env MAMDR_STREAM__GROUP)")
+    run.add_argument("--model", default="mlp", help="model name from the zoo (default mlp)")
+    run.add_argument("--emb-dim", type=int, default=None, help="embedding width (default 128, the paper's)")
+    run.add_argument("--round-seconds", type=float, help="publish at least this often while events arrive")
+    run.add_argument("--round-events", type=int, help="publish after this many events")
+    run.add_argument("--inner-batches", type=int, help="K mini-batches per inner update (DN and DR)")
+    run.add_argument("--dr-k", type=int, help="DR neighbours per domain")
+    run.add_argument("--beta", type=float, help="DN outer step size")
+    run.add_argument("--auto-onboard", action="store_true", default=None,
+                     help="create unknown domains in the registry instead of dead-lettering their events")
+    run.add_argument("--max-rounds", type=int, help="stop after this many published rounds")
+    run.add_argument("--idle-exit", type=float, help="stop after this many seconds without events")
+    run.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    run.add_argument("--seed", type=int, help="seed of sampling and batch order")
+    run.set_defaults(func=cmd_run)
+    trainer.set_defaults(func=lambda args: (trainer.print_help(), 2)[1])
+
+
+def settings_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from mamdr.settings import load_settings
+
+    return load_settings(**{
+        "stream.url": args.stream, "feature_store.url": args.feature_store, "registry.url": args.registry,
+        "artifacts_url": args.artifacts, "stream.group": args.group,
+        "trainer.round_seconds": args.round_seconds, "trainer.round_events": args.round_events,
+        "trainer.inner_batches": args.inner_batches, "trainer.dr_k": args.dr_k, "trainer.beta": args.beta,
+        "trainer.auto_onboard": args.auto_onboard, "trainer.seed": args.seed,
+    })
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from prometheus_client import start_http_server
+
+    from domain_registry import open_registry
+    from feature_store import open_store
+    from trainer.service.loop import ContinualTrainer, check_artifacts_url
+    from trainer.service.metrics import TrainerMetrics
+    from trainer.stream import open_stream
+
+    settings = settings_from_args(args)
+    metrics = TrainerMetrics()
+    if args.metrics_port is not None:
+        start_http_server(args.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    model_config = {"emb_dim": args.emb_dim} if args.emb_dim else {}
+    trainer = ContinualTrainer(
+        settings, stream=open_stream(settings.stream.url, settings.stream),
+        store=open_store(settings.feature_store.url, settings.feature_store),
+        registry=open_registry(settings.registry.url, settings.registry),
+        artifacts=check_artifacts_url(settings.artifacts_url), model=args.model, model_config=model_config,
+        metrics=metrics,
+    )
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: finishing the current round, then stopping", signum)
+        trainer.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        reports = trainer.run(max_rounds=args.max_rounds, idle_exit_s=args.idle_exit)
+    finally:
+        trainer.close()
+    print(json.dumps({"rounds": len(reports), "last_version": reports[-1].version if reports else None,
+                      "events": sum(r.events for r in reports)}))
+    return 0

@@ -1,0 +1,339 @@
+"""The continual trainer: poll → validate → score (prequential) → buffer → round → publish → commit.
+
+One round, every ``round_seconds`` or ``round_events`` (whichever comes first):
+1. the round's events were already scored by the live model when they arrived (prequential);
+2. DN over the domains in the round (fresh rows plus a replay sample), K mini-batches per domain;
+   DR for every domain with fresh rows (k neighbours from the round, plus itself);
+3. publish version N: trainer checkpoint, embeddings in the feature store under N, ONNX shared model
+   + deltas + manifest holding the consumed offsets, registered and promoted in the registry;
+4. only then commit the offsets to the consumer group.
+On start the trainer resumes from the live version's checkpoint and seeks to its manifest's offsets,
+so a crash anywhere loses nothing and applies nothing twice to a published model. Every consumed
+record, valid or dead-lettered, is counted in exactly one manifest's ``events_included``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from domain_registry.base import Registry
+from feature_store.base import EmbeddingStore
+from mamdr.contracts import ClickEvent
+from mamdr.errors import ConfigError, Conflict, NotFound
+from mamdr.settings import Settings
+from trainer.data.base import MultiDomainDataset, Split
+from trainer.export.publish import read_manifest
+from trainer.frameworks.config import FrameworkConfig
+from trainer.frameworks.dr import MAMDR
+from trainer.models import ModelConfig
+from trainer.service.buffers import DomainBuffers
+from trainer.service.metrics import TrainerMetrics
+from trainer.service.prequential import Prequential
+from trainer.service.state import CHECKPOINT_DIR, ModelState
+from trainer.stream.base import Record, Stream, StreamConsumer
+from trainer.stream.validate import check_records
+
+log = logging.getLogger("mamdr.trainer")
+VERSION_RE = re.compile(r"^v(\d{6})$")
+
+
+@dataclass
+class RoundReport:
+    version: str
+    events: int
+    valid: int
+    rejected: int
+    domains_trained: list[str]
+    seconds: float
+    prequential: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class ContinualTrainer:
+    """Owns the consumer, the model state and the publish/commit protocol."""
+
+    def __init__(self, settings: Settings, *, stream: Stream, store: EmbeddingStore, registry: Registry,
+                 artifacts: Path, model: str = "mlp", model_config: dict | None = None,
+                 metrics: TrainerMetrics | None = None) -> None:
+        self.settings = settings
+        self.cfg = settings.trainer
+        self.stream = stream
+        self.store = store
+        self.registry = registry
+        self.root = Path(artifacts)
+        self.model_name = model
+        self.model_config = dict(model_config or {})
+        self.metrics = metrics or TrainerMetrics()
+        self.stop_event = threading.Event()
+        self.prequential = Prequential()
+        self.buffers = DomainBuffers(self.cfg.buffer_per_domain, self.cfg.reservoir_size, self.cfg.seed)
+        self.consumer: StreamConsumer | None = None
+        self.state: ModelState | None = None
+        self.framework: MAMDR | None = None
+        self.live_version: str | None = None
+        self.round_no = 0
+        self._pending: list[Record] = []  # every record consumed since the last publish
+        self._offsets: dict[str, int] = {}
+        self._event_ts: list[float] = []
+        self._round_valid = 0
+        self._round_rejected = 0
+        self._round_started = time.monotonic()
+        self._known: dict[str, str] = {}
+        self._counter = -1
+        self._dropped_seen = 0
+
+    # -- start / resume -----------------------------------------------------------------------------
+    def start(self) -> None:
+        live = self.registry.live_model()
+        offsets: dict[str, int] = {}
+        if live is not None and (self.root / CHECKPOINT_DIR / live.id).exists():
+            self.state, meta = ModelState.load(self.root, live.id)
+            offsets = dict(read_manifest(self.root / live.id).offsets)
+            self.live_version = live.id
+            self.round_no = int(meta.get("round", 0))
+            log.info("resuming from live version %s at offsets %s", live.id, offsets)
+        else:
+            extra = {k: v for k, v in self.model_config.items() if k not in ModelConfig.__dataclass_fields__}
+            base = {k: v for k, v in self.model_config.items() if k in ModelConfig.__dataclass_fields__}
+            config = ModelConfig(**{"n_users": 1024, "n_items": 1024, "n_domains": 0, **base, "extra": extra})
+            self.state = ModelState(self.model_name, config)
+            log.info("no live version with a checkpoint: starting a new model lineage (%s)", self.model_name)
+        self.consumer = self.stream.consumer(self.settings.stream.group)
+        if offsets:
+            self.consumer.seek(offsets)
+        self._offsets = dict(offsets)
+        self._rebuild_framework()
+        self._refresh_domains(force=True)
+
+    def _rebuild_framework(self) -> None:
+        assert self.state is not None
+        cfg = FrameworkConfig(
+            inner="adam", inner_lr=self.cfg.lr, inner_steps=self.cfg.inner_batches, dr_steps=self.cfg.inner_batches,
+            beta=self.cfg.beta, gamma=self.cfg.gamma, k=self.cfg.dr_k, batch_size=self.cfg.batch_size,
+            seed=self.cfg.seed,
+        )
+        dataset = self._dataset({})
+        self.framework = MAMDR(self.state.model, dataset, cfg, params=self.state.params)
+        self.framework.domains = []
+
+    def _dataset(self, train: dict[int, Split]) -> MultiDomainDataset:
+        assert self.state is not None
+        return MultiDomainDataset(name="stream", domains=self.state.domains.ids, user_ids=[], item_ids=[],
+                                  train=train, val={}, test={})
+
+    def _refresh_domains(self, force: bool = False) -> None:
+        counter = self.registry.change_counter()
+        if force or counter != self._counter:
+            self._known = {d.id: d.status for d in self.registry.list_domains()}
+            self._counter = counter
+
+    # -- ingest -------------------------------------------------------------------------------------
+    def ingest(self, records: list[Record]) -> None:
+        """Validate, dead-letter, score prequentially, and buffer one poll's records."""
+        assert self.state is not None
+        if not records:
+            return
+        self._pending.extend(records)
+        for r in records:
+            self._offsets[r.tp] = max(self._offsets.get(r.tp, 0), r.offset + 1)
+        checked = check_records(records, self.settings.stream.max_event_bytes)
+        for record, reason in checked.invalid:
+            self._reject(record, reason, "invalid")
+        by_domain: dict[str, list[ClickEvent]] = defaultdict(list)
+        self._refresh_domains()
+        for record, event in checked.valid:
+            status = self._known.get(event.domain)
+            if status is None and self.cfg.auto_onboard:
+                status = self._onboard(event.domain)
+            if status != "active":
+                reason = "unknown domain" if status is None else f"domain {status}"
+                self._reject(record, f"{reason} {event.domain!r}: create it with POST /v1/domains", status or "unknown")
+                continue
+            by_domain[event.domain].append(event)
+            self._event_ts.append(event.ts)
+        for domain, events in by_domain.items():
+            users = [e.user_id for e in events]
+            items = [e.item_id for e in events]
+            labels = np.array([e.clicked for e in events], dtype=np.float32)
+            if self.state.domains.get(domain) is not None:  # test, then train
+                probs = self.state.predict(domain, users, items)
+                self.prequential.update(domain, labels, probs)
+            if self.state.ensure(users, items, [domain]):
+                self._rebuild_framework()
+            slot = self.state.domains.get(domain)
+            assert slot is not None
+            self.buffers.add(slot, self.state.users.rows(users), self.state.items.rows(items), labels)
+            self.metrics.events_consumed.labels(domain=domain).inc(len(events))
+            self._round_valid += len(events)
+        if self.buffers.dropped > self._dropped_seen:  # training fell behind: sampled, not lost
+            self.metrics.events_dropped.inc(self.buffers.dropped - self._dropped_seen)
+            self._dropped_seen = self.buffers.dropped
+
+    def _reject(self, record: Record, reason: str, kind: str) -> None:
+        self.stream.dead_letter(record, reason)
+        self.metrics.events_rejected.labels(reason=kind).inc()
+        self._round_rejected += 1
+
+    def _onboard(self, domain: str) -> str | None:
+        with contextlib.suppress(Conflict):
+            self.registry.create_domain(domain, actor="trainer:auto-onboard")
+        self._refresh_domains(force=True)
+        return self._known.get(domain)
+
+    # -- the round ----------------------------------------------------------------------------------
+    def round_due(self) -> bool:
+        if not self._pending:
+            return False
+        return (len(self._pending) >= self.cfg.round_events
+                or time.monotonic() - self._round_started >= self.cfg.round_seconds)
+
+    def run_round(self) -> RoundReport:
+        assert self.state is not None and self.framework is not None and self.consumer is not None
+        t0 = time.monotonic()
+        fresh = self.buffers.take_fresh()
+        trained = self._train(fresh)
+        self.buffers.retire(fresh)
+        report = self._publish(trained, t0)
+        self._round_started = time.monotonic()
+        return report
+
+    def _train(self, fresh: dict[int, np.ndarray]) -> list[int]:
+        assert self.state is not None and self.framework is not None
+        if not fresh:
+            return []
+        rows: dict[int, np.ndarray] = {}
+        for slot in set(fresh) | set(self.buffers.replay):
+            parts = [p for p in (fresh.get(slot), self.buffers.replay_rows(slot)) if p is not None and len(p)]
+            if parts:
+                rows[slot] = np.concatenate(parts)
+        train = {s: Split(user=r["user"].copy(), item=r["item"].copy(), label=r["label"].copy())
+                 for s, r in rows.items()}
+        fw = self.framework
+        fw.dataset = self._dataset(train)
+        fw.domains = sorted(train)
+        rng = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.round_no)
+        order = fw.shuffled_domains(rng)
+        fw.negotiate([(d, fw.domain_batches(d, rng, self.cfg.inner_batches)) for d in order])
+        for target in sorted(fresh):
+            fw.dr_round(target, rng)
+        return sorted(fresh)
+
+    def _next_version(self) -> str:
+        numbers = [0]
+        for base in (self.root, self.root / CHECKPOINT_DIR):
+            if base.exists():
+                numbers += [int(m.group(1)) for p in base.iterdir() if (m := VERSION_RE.match(p.name))]
+        numbers += [int(m.group(1)) for v in self.registry.list_models(limit=1000) if (m := VERSION_RE.match(v.id))]
+        return f"v{max(numbers) + 1:06d}"
+
+    def _publish(self, trained: list[int], t0: float) -> RoundReport:
+        from trainer.export.exporter import export_version
+
+        assert self.state is not None and self.consumer is not None
+        state = self.state
+        version = self._next_version()
+        self.round_no += 1
+        offsets = dict(self._offsets)
+        events = len(self._pending)
+        # embeddings first, under the new version (serving reads the version its manifest names)
+        dims = {"user": state.model.config.udim, "item": state.model.config.idim}
+        self.store.declare(version, dims)
+        with torch.no_grad():
+            if len(state.users):
+                self.store.write(version, "user", state.users.ids,
+                                 state.model.user_embedding.weight[: len(state.users)].numpy())
+            if len(state.items):
+                self.store.write(version, "item", state.items.ids,
+                                 state.model.item_embedding.weight[: len(state.items)].numpy())
+        self.store.publish(version)
+        round_figs = {d: v for d, v in self.prequential.cumulative().items()}
+        metrics = {"prequential": round_figs, "prequential_mean_auc": self.prequential.mean_auc(),
+                   "round": self.round_no, "valid": self._round_valid, "rejected": self._round_rejected}
+        state.save(self.root, version, {"round": self.round_no, "offsets": offsets})
+        domains = {d: s for d, s in state.slots().items() if self._known.get(d, "active") != "retired"}
+        export_version(state.params, domains, self.root, version, parent=self.live_version,
+                       feature_store_version=version, offsets=offsets, events_included=events,
+                       metrics=_finite(metrics), registry=self.registry, promote=True)
+        self.consumer.commit(offsets)
+        with contextlib.suppress(NotFound):
+            self.store.gc(self.settings.feature_store.keep_versions)
+        now = time.time()
+        for ts in self._event_ts[-5000:]:
+            self.metrics.freshness.observe(max(0.0, now - ts))
+        names = state.domains.ids
+        report = RoundReport(version=version, events=events, valid=self._round_valid,
+                             rejected=self._round_rejected, domains_trained=[names[s] for s in trained],
+                             seconds=time.monotonic() - t0, prequential=round_figs)
+        self.live_version = version
+        self._pending, self._event_ts = [], []
+        self._round_valid = self._round_rejected = 0
+        self.metrics.round_seconds.observe(report.seconds)
+        self.metrics.rounds.labels(outcome="published").inc()
+        self.metrics.published_version.set(int(version[1:]))
+        for d, figs in round_figs.items():
+            if d in self._known:
+                if not np.isnan(figs["auc"]):
+                    self.metrics.prequential_auc.labels(domain=d).set(figs["auc"])
+                self.metrics.prequential_logloss.labels(domain=d).set(figs["logloss"])
+        log.info("published %s: %d events (%d valid, %d rejected), %d domains trained, %.2fs, "
+                 "prequential mean AUC %.4f", version, events, report.valid, report.rejected,
+                 len(trained), report.seconds, self.prequential.mean_auc())
+        return report
+
+    # -- the service loop ---------------------------------------------------------------------------
+    def run(self, max_rounds: int | None = None, idle_exit_s: float | None = None) -> list[RoundReport]:
+        """Run until SIGTERM (``stop_event``), ``max_rounds`` published, or ``idle_exit_s`` without events."""
+        if self.consumer is None:
+            self.start()
+        assert self.consumer is not None
+        reports: list[RoundReport] = []
+        last_event = time.monotonic()
+        last_log = 0.0
+        while not self.stop_event.is_set():
+            records = self.consumer.poll(max_records=min(5000, self.cfg.round_events), timeout_s=0.5)
+            if records:
+                last_event = time.monotonic()
+                self.ingest(records)
+            if self.round_due():
+                reports.append(self.run_round())
+                if max_rounds is not None and len(reports) >= max_rounds:
+                    break
+            if time.monotonic() - last_log > 10:
+                lag = self.consumer.lag()
+                self.metrics.consumer_lag.set(lag)
+                last_log = time.monotonic()
+                log.info("pending %d events, lag %d, buffered %d", len(self._pending), lag, self.buffers.pending())
+            if idle_exit_s is not None and not records and time.monotonic() - last_event > idle_exit_s:
+                if self._pending:
+                    reports.append(self.run_round())
+                break
+        return reports
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
+            self.consumer = None
+
+
+def _finite(obj: object) -> object:
+    """JSON-safe metrics: NaN becomes None."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def check_artifacts_url(url: str) -> Path:
+    if not url.startswith("file://"):
+        raise ConfigError(f"artifacts URL {url!r}: only file:// is supported (e.g. file:///var/lib/mamdr/artifacts)")
+    return Path(url[len("file://"):]).expanduser()

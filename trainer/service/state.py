@@ -1,0 +1,176 @@
+"""The continual trainer's model state: model, θi deltas, id vocabularies, and its checkpoint.
+
+Tables grow as the stream brings new users, items and domains: user/item tables by doubling their
+capacity (rows beyond the vocabulary are unused), domain-indexed tensors by exactly the new domains
+(``CTRModel.grow_domains``). Parameters keep their identity, so only optimizer state shaped like
+the old tensors has to be rebuilt (the caller rebuilds its framework after a growth).
+
+The checkpoint of version V lives in ``<artifacts>/.trainer/V/`` (tensors via ``torch.save`` and
+loaded with ``weights_only=True``; vocabularies and config as JSON), written atomically before V is
+published; a restart loads the checkpoint of the live version only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mamdr.errors import DataError
+from trainer.models import ModelConfig, build_model
+from trainer.models.base import CTRModel
+from trainer.params import DomainParameters
+from trainer.service.vocab import Vocab
+
+CHECKPOINT_DIR = ".trainer"
+TENSORS_FILE = "state.pt"
+META_FILE = "meta.json"
+
+
+def _grow_rows(table: nn.Embedding, capacity: int) -> None:
+    """Grow an embedding table in place to ``capacity`` rows (new rows ~ N(0, 0.01))."""
+    weight = table.weight
+    extra = capacity - weight.shape[0]
+    if extra <= 0:
+        return
+    new_rows = torch.randn(extra, weight.shape[1], dtype=weight.dtype) * 0.01
+    weight.data = torch.cat([weight.detach(), new_rows], dim=0)
+    weight.grad = None
+    table.num_embeddings = capacity
+
+
+class ModelState:
+    """Model + deltas + vocabularies. Domains get slots (rows of domain-indexed tensors) in arrival order."""
+
+    def __init__(self, model_name: str, config: ModelConfig, specific: str | None = None) -> None:
+        self.model_name = model_name
+        self.model: CTRModel = build_model(model_name, config)
+        self.params = DomainParameters(self.model, specific)
+        self.users = Vocab()
+        self.items = Vocab()
+        self.domains = Vocab()
+        self.specific = specific
+
+    # -- growth ---------------------------------------------------------------------------------
+    def ensure(self, users: list[str], items: list[str], domains: list[str]) -> bool:
+        """Give rows to new ids; returns True when a table grew (optimizers must be rebuilt)."""
+        grew = False
+        self.users.rows(users)
+        self.items.rows(items)
+        self.domains.rows(domains)
+        cfg = self.model.config
+        if len(self.users) > cfg.n_users:
+            _grow_rows(self.model.user_embedding, max(len(self.users), 2 * cfg.n_users))
+            grew = True
+        if len(self.items) > cfg.n_items:
+            _grow_rows(self.model.item_embedding, max(len(self.items), 2 * cfg.n_items))
+            grew = True
+        if grew:
+            self.model.config = dataclasses.replace(cfg, n_users=self.model.user_embedding.num_embeddings,
+                                                    n_items=self.model.item_embedding.num_embeddings)
+        new_domains = len(self.domains) - self.model.config.n_domains
+        if new_domains > 0 and self.model.config.n_domains == 0:
+            # nothing trained yet: build the model with its first domains (no mean row to copy)
+            config = dataclasses.replace(self.model.config, n_domains=len(self.domains))
+            self.model = build_model(self.model_name, config)
+            self.params = DomainParameters(self.model, self.specific)
+            return True
+        if new_domains > 0:
+            self.model.grow_domains(new_domains)
+            self._pad_deltas()
+            grew = True
+        return grew
+
+    def _pad_deltas(self) -> None:
+        """Deltas of domain-indexed tensors get zero rows for the new domains."""
+        shapes = {n: p.shape for n, p in self.params.shared().items()}
+        for delta in self.params.deltas.values():
+            for name, t in delta.items():
+                if t.shape != shapes[name]:
+                    pad = torch.zeros((shapes[name][0] - t.shape[0], *t.shape[1:]), dtype=t.dtype)
+                    delta[name] = torch.cat([t, pad], dim=0)
+
+    def slots(self) -> dict[str, int]:
+        return {d: i for i, d in enumerate(self.domains.ids)}
+
+    # -- scoring with the live parameters (prequential evaluation) -------------------------------
+    @torch.no_grad()
+    def predict(self, domain: str, users: list[str], items: list[str]) -> np.ndarray:
+        """Click probabilities as serving would give them: unknown ids get the mean vector."""
+        self.model.eval()
+        slot = self.domains.get(domain)
+        urows = self.users.rows(users, add=False)
+        irows = self.items.rows(items, add=False)
+        u_table, i_table = self.model.user_embedding.weight, self.model.item_embedding.weight
+        u_mean = u_table[: max(len(self.users), 1)].mean(0)
+        i_mean = i_table[: max(len(self.items), 1)].mean(0)
+        u = torch.where(torch.from_numpy(urows >= 0)[:, None], u_table[np.maximum(urows, 0)], u_mean)
+        i = torch.where(torch.from_numpy(irows >= 0)[:, None], i_table[np.maximum(irows, 0)], i_mean)
+        if slot is None:  # a domain the model has never seen: θS with the mean domain row
+            slot = 0
+        d = torch.full((len(users),), slot, dtype=torch.long)
+        if self.params.has_delta(slot):
+            logits = _call_score(self.model, self.params.composed(slot), u, i, d)
+        else:
+            logits = self.model.score(u, i, d)
+        return torch.sigmoid(logits).numpy()
+
+    # -- checkpoint -----------------------------------------------------------------------------
+    def save(self, root: Path, version: str, extra: dict[str, Any]) -> Path:
+        """Write ``<root>/.trainer/<version>`` atomically."""
+        base = Path(root) / CHECKPOINT_DIR
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = base / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        tensors = {f"model/{k}": v.detach().clone() for k, v in self.model.state_dict().items()}
+        tensors.update(self.params.state())
+        torch.save(tensors, tmp / TENSORS_FILE)
+        meta = {
+            "model": self.model_name, "config": self.model.config.to_json(), "specific": self.specific,
+            "users": self.users.ids, "items": self.items.ids, "domains": self.domains.ids, **extra,
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta))
+        final = base / version
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        return final
+
+    @classmethod
+    def load(cls, root: Path, version: str) -> tuple[ModelState, dict[str, Any]]:
+        folder = Path(root) / CHECKPOINT_DIR / version
+        if not (folder / META_FILE).exists():
+            raise DataError(f"no trainer checkpoint for live version {version} in {folder}; "
+                            "start from scratch with a new artifacts folder or restore the checkpoint")
+        meta = json.loads((folder / META_FILE).read_text())
+        state = cls(meta["model"], ModelConfig.from_json(meta["config"]), meta.get("specific"))
+        state.users, state.items, state.domains = Vocab(meta["users"]), Vocab(meta["items"]), Vocab(meta["domains"])
+        tensors = torch.load(folder / TENSORS_FILE, weights_only=True)
+        state.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        state.params.load_state({k: v for k, v in tensors.items() if k.startswith("delta/")})
+        return state, meta
+
+
+def _call_score(model: CTRModel, params: dict[str, torch.Tensor], u: torch.Tensor, i: torch.Tensor,
+                d: torch.Tensor) -> torch.Tensor:
+    """``model.score`` with some parameters replaced (functional_call on a bound method's module)."""
+    from torch.func import functional_call
+
+    class _Score(nn.Module):
+        def __init__(self, inner: CTRModel) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            return self.inner.score(a, b, c)
+
+    wrapper = _Score(model)
+    return functional_call(wrapper, {f"inner.{k}": v for k, v in params.items()}, (u, i, d), strict=False)
