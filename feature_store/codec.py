@@ -77,16 +77,22 @@ def decode_into(out: np.ndarray, values: Sequence[bytes | None], dim: int, dtype
     Returns the positions that were missing. One join + one frombuffer for all present rows.
     """
     wdt = wire_dtype(dtype)
-    present = [i for i, v in enumerate(values) if v is not None]
-    missing = [i for i, v in enumerate(values) if v is None] if len(present) != len(values) else []
-    if not present:
-        return missing
-    raw = b"".join(values[i] for i in present)  # type: ignore[misc]
-    if len(raw) != len(present) * dim * wdt.itemsize:
-        for i in present:
-            decode(values[i], dim, dtype)  # type: ignore[arg-type]  # raises naming the bad length
-    block = np.frombuffer(raw, dtype=wdt).reshape(len(present), dim)
-    if len(present) == len(values):
+    if None in values:
+        present = [i for i, v in enumerate(values) if v is not None]
+        missing = [i for i, v in enumerate(values) if v is None]
+        if not present:
+            return missing
+        raw = b"".join([values[i] for i in present])  # type: ignore[misc]
+    else:  # the common case: everything found, no index lists
+        present, missing = None, []
+        raw = b"".join(values)  # type: ignore[arg-type]
+    n = len(values) if present is None else len(present)
+    if len(raw) != n * dim * wdt.itemsize:
+        for v in values:
+            if v is not None:
+                decode(v, dim, dtype)  # raises naming the bad length
+    block = np.frombuffer(raw, dtype=wdt).reshape(n, dim)
+    if present is None:
         out[:] = block
     else:
         out[present] = block

@@ -74,20 +74,23 @@ class RedisStore(EmbeddingStore):
         self._meta_cache: dict[str, _Meta] = {}
 
     # -- plumbing -----------------------------------------------------------------------------
+    def _unavailable(self, exc: redis.exceptions.RedisError, what: str) -> BackendUnavailable:
+        if isinstance(exc, redis.exceptions.AuthenticationError):
+            return BackendUnavailable(
+                f"feature store redis {self._where} refused the credentials during {what}: {exc}; "
+                "check MAMDR_FEATURE_STORE__USERNAME/PASSWORD", retry_after_s=5)
+        if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+            return BackendUnavailable(
+                f"feature store redis {self._where} is unreachable during {what}: {exc}; "
+                "check that it runs and MAMDR_FEATURE_STORE__URL")
+        return BackendUnavailable(f"feature store redis {self._where} failed {what}: {exc}")
+
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
         try:
             yield
-        except redis.exceptions.AuthenticationError as exc:
-            raise BackendUnavailable(
-                f"feature store redis {self._where} refused the credentials during {what}: {exc}; "
-                "check MAMDR_FEATURE_STORE__USERNAME/PASSWORD", retry_after_s=5) from None
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise BackendUnavailable(
-                f"feature store redis {self._where} is unreachable during {what}: {exc}; "
-                "check that it runs and MAMDR_FEATURE_STORE__URL") from None
         except redis.exceptions.RedisError as exc:
-            raise BackendUnavailable(f"feature store redis {self._where} failed {what}: {exc}") from None
+            raise self._unavailable(exc, what) from None
 
     def _read_meta(self, version: str) -> _Meta | None:
         with self._guard("reading version metadata"):
@@ -210,10 +213,15 @@ class RedisStore(EmbeddingStore):
             name = version or self._current(0.0 if attempt else self.settings.pointer_ttl_s)
             meta = self._meta(name, fresh=attempt > 0)
             prefix = self.keys.entity_prefix(name, kind)
-            keys = [self.keys.live(name)] + [self.keys.entity(name, "user", u) for u in user_ids]
-            keys.extend(prefix + str(i) for i in ids)
-            with self._guard("reading embeddings"):
+            try:
+                tail = [prefix + i for i in ids]  # type: ignore[operator]
+            except TypeError:  # non-str ids (ints): the slower, general path
+                tail = [prefix + str(i) for i in ids]
+            keys = [self.keys.live(name), *(self.keys.entity(name, "user", u) for u in user_ids), *tail]
+            try:  # not the _guard context manager: this is the hot path
                 values = self._r.mget(keys)
+            except redis.exceptions.RedisError as exc:
+                raise self._unavailable(exc, "reading embeddings") from None
             if values[0] == meta.token:
                 return name, meta, values
             self._meta_cache.pop(name, None)

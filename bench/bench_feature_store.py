@@ -1,0 +1,159 @@
+"""Feature-store benchmark: bulk-write rate and 1 user + 100 items lookup latency, against a floor.
+
+The floor is measured in the same run on the same redis-server: raw redis-py (hiredis) MSET of
+prebuilt 1,000-key chunks through a pipeline for writes, and a bare MGET of the same 101 keys for
+reads (no validation, no encoding or decoding, no version token). Ratios = store / floor.
+
+    ~/.cache/mamdr/venv/bin/python bench/bench_feature_store.py [--n 100000] [--lookups 3000] [--pin]
+
+Starts its own redis-server on a free loopback port (the test fixture's helper) and stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: reuse tests.fixtures
+
+import numpy as np
+import redis
+
+from feature_store import open_store
+from feature_store.redis_store import RedisStore
+from mamdr.settings import FeatureStoreSettings
+from tests.fixtures.redis_server import RedisServer, _spawn, free_port
+
+DIM = 128
+
+
+def pct(samples: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples) * 1e3, q))
+
+
+def bench_write(store: RedisStore, raw: redis.Redis, ids: list[str], vecs: np.ndarray, trials: int
+                ) -> tuple[float, float]:
+    """Best-of-trials keys/s for the store and for raw pipelined MSET of the same keys and bytes."""
+    version = "w"
+    prefix = store.keys.entity_prefix(version, "item")
+    keys = [prefix + i for i in ids]
+    values = [row.tobytes() for row in vecs.astype("<f4")]
+    store_best = floor_best = 0.0
+    for _ in range(trials):
+        raw.flushdb()
+        t0 = time.perf_counter()
+        pipe = raw.pipeline(transaction=False)
+        for start in range(0, len(keys), 1000):
+            args: list[object] = [None] * (2 * min(1000, len(keys) - start))
+            args[0::2] = keys[start : start + 1000]
+            args[1::2] = values[start : start + 1000]
+            pipe.execute_command("MSET", *args)
+            if (start // 1000) % 8 == 7:
+                pipe.execute()
+        pipe.execute()
+        floor_best = max(floor_best, len(keys) / (time.perf_counter() - t0))
+        raw.flushdb()
+        store.declare(version, {"user": DIM, "item": DIM})
+        t0 = time.perf_counter()
+        store.write(version, "item", ids, vecs)
+        store_best = max(store_best, len(keys) / (time.perf_counter() - t0))
+    assert raw.dbsize() == len(keys) + 3, raw.dbsize()  # every vector landed (+ meta, token, versions)
+    return store_best, floor_best
+
+
+def bench_lookup(store: RedisStore, raw: redis.Redis, n_users: int, n_items: int, lookups: int,
+                 rng: np.random.Generator) -> tuple[list[float], list[float]]:
+    version = store.current_version()
+    assert version is not None
+    requests = [(f"u{rng.integers(n_users)}", [f"i{j}" for j in rng.integers(n_items, size=100)])
+                for _ in range(lookups)]
+    key = store.keys.entity
+    floor_keys = [[key(version, "user", u), *(key(version, "item", i) for i in its)] for u, its in requests]
+    for (u, its), keys in zip(requests[:200], floor_keys[:200], strict=True):  # warm up both paths
+        store.lookup(u, its)
+        raw.mget(keys)
+    t_store: list[float] = []
+    t_floor: list[float] = []
+    for block in range(0, lookups, 100):  # interleave blocks so drift hits both sides alike
+        for u, its in requests[block : block + 100]:
+            t0 = time.perf_counter()
+            got = store.lookup(u, its)
+            t_store.append(time.perf_counter() - t0)
+        for keys in floor_keys[block : block + 100]:
+            t0 = time.perf_counter()
+            raw.mget(keys)
+            t_floor.append(time.perf_counter() - t0)
+    assert got.items.shape == (100, DIM) and not got.missing_items
+    return t_store, t_floor
+
+
+def bench_local(url: str, n: int, lookups: int, rng: np.random.Generator) -> tuple[float, list[float]]:
+    store = open_store(url)
+    vecs = rng.standard_normal((n, DIM)).astype(np.float32)
+    store.declare("l1", {"user": DIM, "item": DIM})
+    t0 = time.perf_counter()
+    store.write("l1", "item", [f"i{i}" for i in range(n)], vecs)
+    rate = n / (time.perf_counter() - t0)
+    store.write("l1", "user", [f"u{i}" for i in range(1000)], vecs[:1000])
+    store.publish("l1")
+    times = []
+    for _ in range(lookups):
+        its = [f"i{j}" for j in rng.integers(n, size=100)]
+        t0 = time.perf_counter()
+        store.lookup(f"u{rng.integers(1000)}", its)
+        times.append(time.perf_counter() - t0)
+    store.close()
+    return rate, times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100_000, help="item vectors to write (128-d)")
+    ap.add_argument("--users", type=int, default=10_000)
+    ap.add_argument("--lookups", type=int, default=3000)
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--pin", action="store_true", help="pin redis-server and this process to CPU 0")
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        server = RedisServer(port=port, proc=_spawn(port, Path(tmp)), workdir=Path(tmp))
+        try:
+            if args.pin:
+                os.sched_setaffinity(server.proc.pid, {0})
+                os.sched_setaffinity(0, {0})
+            url = f"redis://127.0.0.1:{port}/0"
+            raw = redis.Redis.from_url(url)
+            store = open_store(url, FeatureStoreSettings(namespace="bench"))
+            assert isinstance(store, RedisStore)
+            from redis.utils import HIREDIS_AVAILABLE
+
+            print(f"redis-server 127.0.0.1:{port}  hiredis={HIREDIS_AVAILABLE}  pinned={args.pin}  dim={DIM}")
+            ids = [f"i{i}" for i in range(args.n)]
+            vecs = rng.standard_normal((args.n, DIM)).astype(np.float32)
+            s_rate, f_rate = bench_write(store, raw, ids, vecs, args.trials)
+            print(f"bulk write {args.n} x {DIM}-d: store {s_rate:,.0f} vec/s   "
+                  f"floor (raw MSET) {f_rate:,.0f} keys/s   ratio (store/floor time) {f_rate / s_rate:.2f}x")
+            store.write("w", "user", [f"u{i}" for i in range(args.users)], vecs[: args.users])
+            store.publish("w")
+            t_s, t_f = bench_lookup(store, raw, args.users, args.n, args.lookups, rng)
+            print(f"lookup 1 user + 100 items ({args.lookups} requests):")
+            for q in (50, 99):
+                print(f"  p{q}: store {pct(t_s, q):.3f} ms   floor (raw MGET) {pct(t_f, q):.3f} ms"
+                      f"   ratio {pct(t_s, q) / pct(t_f, q):.2f}x")
+            store.close()
+            raw.close()
+        finally:
+            server.stop()
+        for label, url in (("file:// (SQLite WAL)", f"file://{tmp}/fs"), ("memory://", "memory://")):
+            rate, times = bench_local(url, min(args.n, 100_000), 1000, rng)
+            print(f"{label}: write {rate:,.0f} vec/s, "
+                  f"lookup p50 {pct(times, 50):.3f} ms p99 {pct(times, 99):.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
