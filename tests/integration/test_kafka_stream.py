@@ -1,0 +1,201 @@
+"""kafka:// stream against a real broker: groups, commits, resume, seek, DLQ, the produce CLI, an outage."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mamdr.contracts import ClickEvent, DeadLetter
+from mamdr.errors import BackendUnavailable, ConfigError
+from mamdr.settings import StreamSettings
+from tests.fixtures.kafka_broker import KafkaBroker, KafkaTopic
+from trainer.stream import check_records, drain, offsets_after, open_stream
+
+REPO = Path(__file__).resolve().parents[2]
+DOMAINS = ["comedy", "drama", "horror", "kids", "noir"]
+
+
+def _event(i: int) -> ClickEvent:
+    return ClickEvent(
+        event_id=f"e{i}",
+        ts=1_700_000_000 + i,
+        domain=DOMAINS[i % len(DOMAINS)],
+        user_id=f"u{i % 13}",
+        item_id=f"i{i % 17}",
+        clicked=i % 2,
+    )
+
+
+def _settings(topic: KafkaTopic, **kw: object) -> StreamSettings:
+    return StreamSettings(url=topic.url, partitions=topic.partitions, timeout_s=10.0, **kw)
+
+
+def _ids(records: list) -> list[int]:
+    return [int(ClickEvent.model_validate_json(r.value).event_id[1:]) for r in records]
+
+
+def test_consume_in_a_group_commit_and_a_new_consumer_resumes_exactly_after(kafka_topic: KafkaTopic) -> None:
+    n = 600
+    with open_stream(kafka_topic.url, _settings(kafka_topic)) as stream:
+        with stream.producer() as producer:
+            for i in range(n):
+                producer.send(_event(i))
+        with stream.consumer(kafka_topic.group) as consumer:
+            assert sum(consumer.end_offsets().values()) == n
+            first = drain(consumer, 250, timeout_s=20)
+            assert len(first) == 250
+            consumer.commit(offsets_after(first))
+            assert consumer.committed() == offsets_after(first)
+        with stream.consumer(kafka_topic.group) as again:
+            rest = drain(again, n - len(first), timeout_s=20)
+            assert again.poll(timeout_s=0.3) == []
+            assert again.lag() == 0
+    seen = [(r.partition, r.offset) for r in first + rest]
+    assert len(seen) == n and len(set(seen)) == n  # nothing lost, nothing twice
+    assert sorted(_ids(first + rest)) == list(range(n))
+    by_domain: dict[str, set[int]] = {}
+    for r in first + rest:  # key = domain: a domain stays in one partition, in order
+        by_domain.setdefault(ClickEvent.model_validate_json(r.value).domain, set()).add(r.partition)
+    assert all(len(p) == 1 for p in by_domain.values())
+    for p in range(kafka_topic.partitions):
+        ids = _ids([r for r in sorted(first + rest, key=lambda r: r.offset) if r.partition == p])
+        assert ids == sorted(ids)
+
+
+def test_seek_before_assignment_is_applied_when_the_group_assigns(kafka_topic: KafkaTopic) -> None:
+    with open_stream(kafka_topic.url, _settings(kafka_topic)) as stream:
+        with stream.producer() as producer:
+            for i in range(50):
+                producer.send(_event(i), key="one-key")  # all in one partition
+        with stream.consumer(None) as reader:
+            part = drain(reader, 50, 20)[0].partition
+        tp = f"{kafka_topic.name}:{part}"
+        with stream.consumer(kafka_topic.group) as consumer:
+            consumer.seek({tp: 45})  # e.g. offsets from the live manifest, before any poll
+            got = drain(consumer, 5, 20)
+            assert [r.offset for r in got] == [45, 46, 47, 48, 49]
+            assert consumer.position()[tp] == 50
+            with pytest.raises(ConfigError, match="not a partition"):
+                consumer.seek({"elsewhere:0": 1})
+
+
+POISON = [
+    (b"{not json", "Invalid JSON"),
+    (b'{"event_id": "e1", "ts": 1, "domain": "comedy", "user_id": "u"}', "item_id: Field required"),
+    (
+        b'{"event_id": "e1", "ts": "soon", "domain": "comedy", "user_id": "u", "item_id": "i", "clicked": 1}',
+        "ts:",
+    ),
+    (
+        b'{"event_id": 5, "ts": 1, "domain": "comedy", "user_id": "u", "item_id": "i", "clicked": "yes"}',
+        "event_id:",
+    ),
+    (b'{"shape": ["unknown"]}', "Field required"),
+    (b"[1, 2]", "<root>"),
+    (b'{"event_id": "' + b"x" * 40_000 + b'"}', "exceeds the limit of 16384"),
+]
+
+
+def test_poison_events_land_in_the_dlq_with_reasons_and_source_offsets(kafka_topic: KafkaTopic) -> None:
+    settings = _settings(kafka_topic)
+    with open_stream(kafka_topic.url, settings) as stream:
+        with stream.producer() as producer:
+            for i, (payload, _) in enumerate(POISON):
+                producer.send(_event(i))
+                producer.send(payload, key="poison")
+        with stream.consumer(kafka_topic.group) as consumer:
+            records = drain(consumer, 2 * len(POISON), 20)
+            checked = check_records(records, max_bytes=settings.max_event_bytes)
+            assert sorted(e.event_id for _, e in checked.valid) == [f"e{i}" for i in range(len(POISON))]
+            sources = {}
+            for record, reason in checked.invalid:
+                letter = stream.dead_letter(record, reason)
+                sources[record.value[:50]] = (record.partition, record.offset)
+                assert letter.source_offset == record.offset
+            consumer.commit()  # dead letters are flushed before the offsets are committed
+        with stream.dead_letter_stream().consumer(None) as dlq:
+            letters = [DeadLetter.model_validate_json(r.value) for r in drain(dlq, len(POISON), 20)]
+    assert len(letters) == len(POISON)
+    by_payload = {letter.payload.encode()[:50]: letter for letter in letters}
+    for payload, expected in POISON:
+        letter = by_payload[payload[:50]]
+        assert expected in letter.reason, (letter.reason, expected)
+        assert letter.source_topic == kafka_topic.name
+        assert (letter.source_partition, letter.source_offset) == sources[payload[:50]]
+
+
+def test_stream_produce_cli_end_to_end(kafka_topic: KafkaTopic, tmp_path: Path) -> None:
+    lines = [_event(i).to_json().decode() for i in range(30)]
+    lines.insert(10, "this is not json")
+    lines.insert(20, json.dumps({"event_id": "e", "ts": 1, "domain": "comedy"}))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mamdr.cli",
+            "stream",
+            "produce",
+            "--stream",
+            kafka_topic.url,
+            "--partitions",
+            str(kafka_topic.partitions),
+        ],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ},
+    )
+    assert proc.returncode == 1, proc.stderr  # some lines were rejected
+    assert "sent 30 events" in proc.stdout
+    assert "line 11:" in proc.stderr and "line 21:" in proc.stderr
+    with open_stream(kafka_topic.url, _settings(kafka_topic)) as stream:
+        with stream.consumer(kafka_topic.group) as consumer:
+            assert sorted(_ids(drain(consumer, 30, 20))) == list(range(30))
+        with stream.dead_letter_stream().consumer(None) as dlq:
+            letters = [DeadLetter.model_validate_json(r.value) for r in drain(dlq, 2, 20)]
+    assert sorted(d.source_offset for d in letters) == [11, 21]
+    assert all(d.reason.startswith(f"line {d.source_offset}:") for d in letters)
+    tail = subprocess.run(
+        [sys.executable, "-m", "mamdr.cli", "stream", "tail", "--stream", kafka_topic.url, "--limit", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert tail.returncode == 0, tail.stderr
+    assert len(tail.stdout.splitlines()) == 5
+
+
+def test_a_missing_broker_is_a_clear_error_not_a_hang() -> None:
+    settings = StreamSettings(url="kafka://127.0.0.1:9/clicks", timeout_s=1.0)
+    with pytest.raises(BackendUnavailable, match=r"not reachable.*run-broker"):
+        open_stream(settings.url, settings)
+
+
+def test_committed_offsets_survive_a_broker_restart(
+    kafka_broker: KafkaBroker, kafka_topic: KafkaTopic
+) -> None:
+    """Last: restarts the session broker (about a few seconds)."""
+    with open_stream(kafka_topic.url, _settings(kafka_topic)) as stream:
+        with stream.producer() as producer:
+            for i in range(40):
+                producer.send(_event(i))
+        with stream.consumer(kafka_topic.group) as consumer:
+            first = drain(consumer, 40, 20)
+            consumer.commit(offsets_after(first[:25]))
+            committed = consumer.committed()
+    kafka_broker.start_again()
+    with (
+        open_stream(kafka_topic.url, _settings(kafka_topic)) as stream,
+        stream.consumer(kafka_topic.group) as c,
+    ):
+        assert c.committed() == committed
+        rest = drain(c, 15, 30)
+    assert sorted(_ids(first[:25] + rest)) == list(range(40))
