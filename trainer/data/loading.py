@@ -19,7 +19,7 @@ MOVIELENS_NAMES = {"ml-latest-small", "ml_latest_small", "movielens"}
 AMAZON_NAMES = {"amazon", "amazon18", "amazon18-5core", "amazon18_5core_small"}
 BUILD_OPTIONS = {"negatives", "ctr_range", "split", "click_threshold"}
 SELECT_OPTIONS = {"domains", "max_domains"}
-KNOWN = sorted(MOVIELENS_NAMES | AMAZON_NAMES | {"synthetic"})
+KNOWN = ["ml-latest-small", "amazon", "synthetic"]  # canonical names (aliases also work)
 
 
 def _source_of(name_or_path: str | Path, data_dir: str | Path | None) -> tuple[str, Path | None]:
