@@ -175,9 +175,18 @@ class RedisStore(EmbeddingStore):
         return n
 
     def publish(self, version: str) -> None:
-        self._meta(check_name(version, "version"), fresh=True)
+        live = self.keys.live(check_name(version, "version"))
+        self._meta(version, fresh=True)
+
+        def switch(pipe: redis.client.Pipeline) -> None:
+            # WATCHing the token: a gc that deletes this version meanwhile aborts the switch.
+            if not pipe.exists(live):
+                raise NotFound(f"embedding version {version!r} does not exist in {self._where}")
+            pipe.multi()
+            pipe.set(self.keys.current, version)
+
         with self._guard("publishing"):
-            self._r.set(self.keys.current, version)
+            self._r.transaction(switch, live)
         self._pointer = (version, time.monotonic())
 
     # -- reads --------------------------------------------------------------------------------
@@ -263,15 +272,25 @@ class RedisStore(EmbeddingStore):
     def gc(self, keep: int) -> list[str]:
         if keep < 0:
             raise DataError(f"keep must be >= 0, got {keep}")
-        names = self.versions()
-        current = self.current_version()
-        kept = set(names[len(names) - keep :] if keep else [])
-        doomed = [n for n in names if n not in kept and n != current]
-        with self._guard("deleting old versions"):
+        doomed: list[str] = []
+
+        def retire(pipe: redis.client.Pipeline) -> None:
+            # WATCHing the pointer: a publish meanwhile aborts and re-plans, so the current
+            # version is never retired. Token first: from then on no reader accepts that version.
+            doomed.clear()
+            names = [v.decode() for v in pipe.zrange(self.keys.versions, 0, -1)]
+            raw = pipe.get(self.keys.current)
+            current = raw.decode() if raw is not None else None
+            kept = set(names[len(names) - keep :] if keep else [])
+            doomed.extend(n for n in names if n not in kept and n != current)
+            pipe.multi()
             for name in doomed:
-                # Token first: from now on no reader accepts anything of this version.
-                self._r.delete(self.keys.live(name))
-                self._r.zrem(self.keys.versions, name)
+                pipe.delete(self.keys.live(name))
+                pipe.zrem(self.keys.versions, name)
+
+        with self._guard("deleting old versions"):
+            self._r.transaction(retire, self.keys.current)
+            for name in doomed:
                 batch: list[bytes] = []
                 for key in self._r.scan_iter(match=self.keys.version_glob(name), count=_UNLINK_BATCH):
                     batch.append(key)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +15,9 @@ import redis
 
 from feature_store import EmbeddingStore, open_store
 from feature_store.redis_store import RedisStore
-from mamdr.errors import BackendUnavailable
+from mamdr.errors import BackendUnavailable, NotFound
 from mamdr.settings import FeatureStoreSettings
-from tests.fixtures.redis_server import RedisServer
+from tests.fixtures.redis_server import RedisServer, free_port
 from tests.unit.test_feature_store_contract import MakeStore, StoreContract, fill
 
 
@@ -116,3 +119,73 @@ def test_outage_then_recovery(redis_server: RedisServer, redis_url: str) -> None
     store.publish("v2")
     assert store.lookup("u0", ["i0"]).items[0, 0] == 2.0
     store.close()
+
+
+def test_stale_pointer_never_reads_a_collected_version(make_store: MakeStore) -> None:
+    """A reader caching the pointer for a minute still switches as soon as its version is collected."""
+    writer, reader = make_store(), make_store(pointer_ttl_s=60.0)
+    fill(writer, "v1", 1.0)
+    writer.publish("v1")
+    assert reader.lookup("u0", ["i0"]).version == "v1"
+    fill(writer, "v2", 2.0)
+    writer.publish("v2")
+    assert reader.lookup("u0", ["i0"]).version == "v1"  # cached pointer; v1 is still whole
+    assert writer.gc(keep=1) == ["v1"]
+    got = reader.lookup("u0", ["i0", "i1"])
+    assert got.version == "v2" and not got.missing_items and float(got.items.min()) == 2.0
+    # A version rebuilt under the same name with another dimension: the token tells the reader.
+    writer.declare("v1", {"user": 3, "item": 3})
+    writer.write("v1", "item", ["i0"], np.ones((1, 3)))
+    assert reader.lookup("u0", ["i0"], version="v1").items.shape == (1, 3)
+
+
+def test_publish_of_a_collected_version_is_refused(make_store: MakeStore) -> None:
+    store = make_store()
+    fill(store, "v1", 1.0)
+    fill(store, "v2", 2.0)
+    store.publish("v2")
+    store.gc(keep=1)
+    with pytest.raises(NotFound):
+        store.publish("v1")
+    assert store.current_version() == "v2"
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """A TLS-only redis-server with a self-signed certificate for 127.0.0.1."""
+    openssl, server = shutil.which("openssl"), shutil.which("redis-server")
+    if openssl is None or server is None:
+        pytest.skip("openssl and redis-server are needed for the TLS test")
+    tmp = tmp_path_factory.mktemp("tls")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp / "key.pem"),
+                    "-out", str(tmp / "cert.pem"), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+    port = free_port()
+    proc = subprocess.Popen(
+        [server, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp), "--tls-cert-file", str(tmp / "cert.pem"),
+         "--tls-key-file", str(tmp / "key.pem"), "--tls-ca-cert-file", str(tmp / "cert.pem"),
+         "--tls-auth-clients", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield port, tmp / "cert.pem"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_tls(tls_redis: tuple[int, Path]) -> None:
+    port, ca = tls_redis
+    store = open_store(f"redis://127.0.0.1:{port}", FeatureStoreSettings(tls=True, tls_ca_file=str(ca)))
+    deadline = time.monotonic() + 10
+    while not store.health() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.health()
+    fill(store, "t1", 1.5)
+    store.publish("t1")
+    assert store.lookup("u0", ["i0"]).items[0, 0] == 1.5
+    store.close()
+    untrusted = open_store(f"rediss://127.0.0.1:{port}")  # system CAs do not know the self-signed cert
+    with pytest.raises(BackendUnavailable):
+        untrusted.versions()
+    plain = open_store(f"redis://127.0.0.1:{port}")  # plaintext against a TLS port
+    assert not plain.health()
