@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from mamdr.cli import main
 from mamdr.contracts import ClickEvent, DeadLetter
 from mamdr.errors import BackendUnavailable, ConfigError
 from mamdr.settings import StreamSettings
 from tests.fixtures.kafka_broker import KafkaBroker, KafkaTopic
 from trainer.stream import check_records, drain, offsets_after, open_stream
 
-REPO = Path(__file__).resolve().parents[2]
+
+def run_mamdr(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """The real ``mamdr`` entry point, in this process (a subprocess costs seconds on a busy machine)."""
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin.encode()))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        sys.stdin = saved
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 DOMAINS = ["comedy", "drama", "horror", "kids", "noir"]
 
 
@@ -129,28 +143,18 @@ def test_poison_events_land_in_the_dlq_with_reasons_and_source_offsets(kafka_top
         assert (letter.source_partition, letter.source_offset) == sources[payload[:50]]
 
 
-def test_stream_produce_cli_end_to_end(kafka_topic: KafkaTopic, tmp_path: Path) -> None:
+def test_stream_produce_cli_end_to_end(kafka_topic: KafkaTopic) -> None:
     lines = [_event(i).to_json().decode() for i in range(30)]
     lines.insert(10, "this is not json")
     lines.insert(20, json.dumps({"event_id": "e", "ts": 1, "domain": "comedy"}))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mamdr.cli",
-            "stream",
-            "produce",
-            "--stream",
-            kafka_topic.url,
-            "--partitions",
-            str(kafka_topic.partitions),
-        ],
-        input="\n".join(lines) + "\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env={**os.environ},
+    proc = run_mamdr(
+        "stream",
+        "produce",
+        "--stream",
+        kafka_topic.url,
+        "--partitions",
+        str(kafka_topic.partitions),
+        stdin="\n".join(lines) + "\n",
     )
     assert proc.returncode == 1, proc.stderr  # some lines were rejected
     assert "sent 30 events" in proc.stdout
@@ -162,13 +166,7 @@ def test_stream_produce_cli_end_to_end(kafka_topic: KafkaTopic, tmp_path: Path) 
             letters = [DeadLetter.model_validate_json(r.value) for r in drain(dlq, 2, 20)]
     assert sorted(d.source_offset for d in letters) == [11, 21]
     assert all(d.reason.startswith(f"line {d.source_offset}:") for d in letters)
-    tail = subprocess.run(
-        [sys.executable, "-m", "mamdr.cli", "stream", "tail", "--stream", kafka_topic.url, "--limit", "5"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    tail = run_mamdr("stream", "tail", "--stream", kafka_topic.url, "--limit", "5")
     assert tail.returncode == 0, tail.stderr
     assert len(tail.stdout.splitlines()) == 5
 
@@ -179,9 +177,7 @@ def test_a_missing_broker_is_a_clear_error_not_a_hang() -> None:
         open_stream(settings.url, settings)
 
 
-def test_committed_offsets_survive_a_broker_restart(
-    kafka_broker: KafkaBroker, kafka_topic: KafkaTopic
-) -> None:
+def test_committed_offsets_survive_a_broker_restart(kafka_broker: KafkaBroker, kafka_topic: KafkaTopic) -> None:
     """Last: restarts the session broker (about a few seconds)."""
     with open_stream(kafka_topic.url, _settings(kafka_topic)) as stream:
         with stream.producer() as producer:
