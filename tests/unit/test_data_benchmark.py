@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from mamdr.contracts import is_domain_id
-from trainer.data import MultiDomainDataset, build_benchmark_table, load_dataset, read_interactions
-from trainer.data.ctr_benchmark import BenchmarkTable
+from trainer.data import MultiDomainDataset, build_benchmark_table, ctr_benchmark, load_dataset, read_interactions
+from trainer.data.ctr_benchmark import BenchmarkTable, build_ctr_benchmark
+from trainer.data.interactions import Interactions
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +133,42 @@ def test_max_domains_keeps_the_largest() -> None:
     ds = load_dataset("ml-latest-small", max_domains=10)
     assert ds.domains == ["crime", "romance", "sci-fi", "comedy", "horror", "drama", "mystery", "fantasy",
                           "animation", "war"]
+
+
+def test_large_pools_sample_exactly_by_rejection_and_small_remainders_densely(monkeypatch) -> None:
+    """Pools above 4,096 items take the rejection path for light users; a heavy user takes the dense one."""
+    rng = np.random.default_rng(0)
+    n_users = 300
+    light = [rng.choice(6000, size=8, replace=False) for _ in range(n_users - 1)]
+    item = np.concatenate([*light, np.arange(4000)]).astype(np.int64)  # the last user clicks 4,000 items
+    user = np.repeat(np.arange(n_users), [8] * (n_users - 1) + [4000]).astype(np.int64)
+    m = int(item.max()) + 1
+    src = Interactions(name="big", domains=["big"], domain_names=["big"],
+                       user_ids=[str(u) for u in range(n_users)], item_ids=[str(i) for i in range(m)],
+                       user=user, item=item, domain=np.zeros_like(user),
+                       ts=rng.random(user.shape[0]) * 1e6, rating=np.full(user.shape[0], np.nan, np.float32))
+    calls: dict[str, int] = {}
+    for name in ("_rejection_draw", "_dense_draw"):
+        real = getattr(ctr_benchmark, name)
+
+        def counted(rows, *args, _real=real, _name=name):  # type: ignore[no-untyped-def]
+            calls[_name] = calls.get(_name, 0) + int(rows.shape[0])
+            return _real(rows, *args)
+
+        monkeypatch.setattr(ctr_benchmark, name, counted)
+    table = build_ctr_benchmark(src, seed=5)
+    assert calls == {"_rejection_draw": n_users - 1, "_dense_draw": 1}
+    neg = table.label == 0
+    pool = np.unique(item)
+    assert pool.shape[0] > 4096
+    clicked = set((user * m + item).tolist())
+    codes = (table.user[neg] * m + table.item[neg]).tolist()
+    assert not clicked & set(codes) and len(set(codes)) == len(codes)
+    n_pos = np.bincount(user, minlength=n_users)
+    want = np.minimum((n_pos / table.ctr_ratio[0]).astype(np.int64), pool.shape[0] - n_pos)
+    assert want[-1] == pool.shape[0] - 4000  # the heavy user takes every unclicked item
+    np.testing.assert_array_equal(np.bincount(table.user[neg], minlength=n_users), want)
+    light_rows = neg & (table.user < n_users - 1)
+    counts = np.bincount(table.item[light_rows], minlength=m)[pool]
+    expected = light_rows.sum() / pool.shape[0]
+    assert abs(counts.mean() - expected) < 1e-9 and counts.var() < 2.0 * expected  # ~Poisson: uniform draws

@@ -28,6 +28,7 @@ from trainer.data.interactions import Interactions
 
 SPLITS = ("train", "val", "test")
 _CHUNK_CELLS = 1 << 22  # users x pool cells drawn at once while sampling negatives (32 MB of float64)
+_SPARSE_POOL = 4096  # pools larger than this use rejection sampling for users who need few of them
 
 
 @dataclass
@@ -107,6 +108,69 @@ def dedupe_positives(src: Interactions) -> np.ndarray:
     return order[first]
 
 
+def _dense_draw(rows: np.ndarray, want: np.ndarray, row_of: np.ndarray, local: np.ndarray, m: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact draw for the given user rows: random keys over the whole pool, own items forced last."""
+    out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    slot = np.full(want.shape[0], -1, dtype=np.int64)
+    step = max(1, _CHUNK_CELLS // max(m, 1))
+    for lo in range(0, rows.shape[0], step):
+        chunk = rows[lo:lo + step]
+        slot[chunk] = np.arange(chunk.shape[0])
+        keys = rng.random((chunk.shape[0], m))
+        sel = slot[row_of] >= 0
+        keys[slot[row_of[sel]], local[sel]] = 2.0  # the user's own items sort last and are never taken
+        slot[chunk] = -1
+        k = want[chunk]
+        kmax = int(k.max())
+        if kmax < m:
+            part = np.argpartition(keys, kmax - 1, axis=1)[:, :kmax]
+            ranked = np.take_along_axis(part, np.argsort(np.take_along_axis(keys, part, 1), axis=1), 1)
+        else:
+            ranked = np.argsort(keys, axis=1)
+        r, j = np.nonzero(np.arange(kmax)[None, :] < k[:, None])
+        out.append((chunk[r], ranked[r, j], j))
+    return tuple(np.concatenate(col) for col in zip(*out, strict=True))  # type: ignore[return-value]
+
+
+def _rejection_draw(rows: np.ndarray, want: np.ndarray, row_of: np.ndarray, local: np.ndarray, m: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw for users who need at most half of their unclicked pool: uniform candidates, rejecting the
+    user's own items and repeats, until each has its count. Cost follows the negatives, not users x pool."""
+    banned = np.sort(row_of * m + local)
+    got = np.zeros(want.shape[0], dtype=np.int64)
+    out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    pending = rows
+    for _ in range(200):  # each round keeps >= half the candidates in expectation; 200 is never reached
+        if pending.shape[0] == 0:
+            break
+        need = want[pending] - got[pending]
+        draws = (need * 3) // 2 + 4
+        cand_row = np.repeat(pending, draws)
+        code = cand_row * m + rng.integers(0, m, size=cand_row.shape[0])
+        hit = np.searchsorted(banned, code)
+        fresh = banned[np.minimum(hit, banned.shape[0] - 1)] != code
+        _, first = np.unique(code, return_index=True)
+        keep = np.zeros(code.shape[0], dtype=bool)
+        keep[first] = True
+        keep &= fresh
+        code, cand_row = code[keep], cand_row[keep]  # still grouped by row, in draw order
+        starts = np.searchsorted(cand_row, pending)
+        rank = np.arange(cand_row.shape[0]) - np.repeat(starts, np.diff(np.r_[starts, cand_row.shape[0]]))
+        take = rank < np.repeat(need, np.diff(np.r_[starts, cand_row.shape[0]]))
+        code, cand_row, rank = code[take], cand_row[take], rank[take]
+        out.append((cand_row, code % m, got[cand_row] + rank))
+        got[pending] += np.bincount(np.searchsorted(pending, cand_row), minlength=pending.shape[0])
+        banned = np.sort(np.r_[banned, code])
+        pending = pending[got[pending] < want[pending]]
+    if pending.shape[0]:
+        raise DataError("negative sampling did not converge; report this with the data set")
+    if not out:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    return tuple(np.concatenate(col) for col in zip(*out, strict=True))  # type: ignore[return-value]
+
+
 def _sample_domain_negatives(user: np.ndarray, item: np.ndarray, ts: np.ndarray, ratio: float,
                              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Negatives of one domain: (user, item, ts) arrays. Rows are positives sorted by (user, ts)."""
@@ -115,35 +179,17 @@ def _sample_domain_negatives(user: np.ndarray, item: np.ndarray, ts: np.ndarray,
     users, starts, n_pos = np.unique(user, return_index=True, return_counts=True)
     want = np.minimum((n_pos / ratio).astype(np.int64), m - n_pos)
     row_of = np.repeat(np.arange(users.shape[0]), n_pos)
-    out_u: list[np.ndarray] = []
-    out_i: list[np.ndarray] = []
-    out_t: list[np.ndarray] = []
-    step = max(1, _CHUNK_CELLS // max(m, 1))
-    for lo in range(0, users.shape[0], step):
-        hi = min(lo + step, users.shape[0])
-        keys = rng.random((hi - lo, m))
-        sel = (row_of >= lo) & (row_of < hi)
-        keys[row_of[sel] - lo, local[sel]] = 2.0  # the user's own items sort last and are never taken
-        k = want[lo:hi]
-        kmax = int(k.max()) if k.size else 0
-        if kmax == 0:
-            continue
-        if kmax < m:
-            part = np.argpartition(keys, kmax - 1, axis=1)[:, :kmax]
-            ranked = np.take_along_axis(part, np.argsort(np.take_along_axis(keys, part, 1), axis=1), 1)
-        else:
-            ranked = np.argsort(keys, axis=1)
-        take = np.arange(kmax)[None, :] < k[:, None]
-        r, j = np.nonzero(take)
-        out_u.append(users[lo + r])
-        out_i.append(pool[ranked[r, j]])
-        # negative j of k is sampled against positive floor(j * n_pos / k) in the user's time order
-        pos = starts[lo + r] + (j * n_pos[lo + r]) // k[r]
-        out_t.append(ts[pos])
-    if not out_u:
+    active = want > 0
+    sparse = active & (m > _SPARSE_POOL) & (2 * want <= m - n_pos)
+    parts = [draw(np.flatnonzero(mask), want, row_of, local, m, rng)
+             for draw, mask in ((_dense_draw, active & ~sparse), (_rejection_draw, sparse)) if mask.any()]
+    if not parts:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0, dtype=np.float64)
-    return np.concatenate(out_u), np.concatenate(out_i), np.concatenate(out_t)
+    r, i, j = (np.concatenate(col) for col in zip(*parts, strict=True))
+    # negative j of k is sampled against positive floor(j * n_pos / k) in the user's time order
+    pos = starts[r] + (j * n_pos[r]) // want[r]
+    return users[r], pool[i], ts[pos]
 
 
 def build_ctr_benchmark(src: Interactions, *, seed: int = 0, negatives: str = "sampled",
