@@ -11,6 +11,7 @@ query reads is defined by a service.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -320,7 +321,7 @@ def test_indexed_job_ranks_rendezvous_at_rank_zero() -> None:
 def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     from mamdr.settings import Settings
 
-    for name in [n for n in __import__("os").environ if n.startswith("MAMDR_")]:
+    for name in [n for n in os.environ if n.startswith("MAMDR_")]:
         monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
