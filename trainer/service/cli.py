@@ -22,6 +22,7 @@ def register(subparsers: Any) -> None:
     run.add_argument("--group", help="consumer group (env MAMDR_STREAM__GROUP)")
     run.add_argument("--model", default="mlp", help="model name from the zoo (default mlp)")
     run.add_argument("--emb-dim", type=int, default=None, help="embedding width (default 128, the paper's)")
+    run.add_argument("--hidden", default=None, help="hidden widths, e.g. 256,128,64 (the paper's)")
     run.add_argument("--round-seconds", type=float, help="publish at least this often while events arrive")
     run.add_argument("--round-events", type=int, help="publish after this many events")
     run.add_argument("--inner-batches", type=int, help="K mini-batches per inner update (DN and DR)")
@@ -31,7 +32,9 @@ def register(subparsers: Any) -> None:
                      help="create unknown domains in the registry instead of dead-lettering their events")
     run.add_argument("--max-rounds", type=int, help="stop after this many published rounds")
     run.add_argument("--idle-exit", type=float, help="stop after this many seconds without events")
-    run.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    run.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on HOST:PORT")
+    run.add_argument("--metrics-host", default="127.0.0.1",
+                     help="address of the metrics endpoint (0.0.0.0 inside a container)")
     run.add_argument("--seed", type=int, help="seed of sampling and batch order")
     run.set_defaults(func=cmd_run)
     trainer.set_defaults(func=lambda args: (trainer.print_help(), 2)[1])
@@ -61,8 +64,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     metrics = TrainerMetrics()
     if args.metrics_port is not None:
-        start_http_server(args.metrics_port, addr="127.0.0.1", registry=metrics.registry)
-    model_config = {"emb_dim": args.emb_dim} if args.emb_dim else {}
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.registry)
+    model_config: dict[str, Any] = {"emb_dim": args.emb_dim} if args.emb_dim else {}
+    if args.hidden:
+        model_config["hidden"] = tuple(int(x) for x in args.hidden.split(","))
     trainer = ContinualTrainer(
         settings, stream=open_stream(settings.stream.url, settings.stream),
         store=open_store(settings.feature_store.url, settings.feature_store),

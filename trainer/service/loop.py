@@ -37,6 +37,7 @@ from trainer.frameworks.config import FrameworkConfig
 from trainer.frameworks.dr import MAMDR
 from trainer.models import ModelConfig
 from trainer.service.buffers import DomainBuffers
+from trainer.service.failpoints import failpoint
 from trainer.service.metrics import TrainerMetrics
 from trainer.service.prequential import Prequential
 from trainer.service.state import CHECKPOINT_DIR, ModelState
@@ -223,6 +224,7 @@ class ContinualTrainer:
         rng = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.round_no)
         order = fw.shuffled_domains(rng)
         fw.negotiate([(d, fw.domain_batches(d, rng, self.cfg.inner_batches)) for d in order])
+        failpoint("mid_round")
         for target in sorted(fresh):
             fw.dr_round(target, rng)
         return sorted(fresh)
@@ -233,6 +235,8 @@ class ContinualTrainer:
             if base.exists():
                 numbers += [int(m.group(1)) for p in base.iterdir() if (m := VERSION_RE.match(p.name))]
         numbers += [int(m.group(1)) for v in self.registry.list_models(limit=1000) if (m := VERSION_RE.match(v.id))]
+        # a crash after the embeddings were published leaves a feature-store version no manifest names
+        numbers += [int(m.group(1)) for v in self.store.versions() if (m := VERSION_RE.match(v))]
         return f"v{max(numbers) + 1:06d}"
 
     def _publish(self, trained: list[int], t0: float) -> RoundReport:
@@ -255,15 +259,19 @@ class ContinualTrainer:
                 self.store.write(version, "item", state.items.ids,
                                  state.model.item_embedding.weight[: len(state.items)].numpy())
         self.store.publish(version)
+        failpoint("mid_publish")
         round_figs = {d: v for d, v in self.prequential.cumulative().items()}
         metrics = {"prequential": round_figs, "prequential_mean_auc": self.prequential.mean_auc(),
                    "round": self.round_no, "valid": self._round_valid, "rejected": self._round_rejected}
         state.save(self.root, version, {"round": self.round_no, "offsets": offsets})
+        failpoint("after_checkpoint")
         domains = {d: s for d, s in state.slots().items() if self._known.get(d, "active") != "retired"}
         export_version(state.params, domains, self.root, version, parent=self.live_version,
                        feature_store_version=version, offsets=offsets, events_included=events,
                        metrics=_finite(metrics), registry=self.registry, promote=True)
+        failpoint("after_export")
         self.consumer.commit(offsets)
+        failpoint("after_commit")
         with contextlib.suppress(NotFound):
             self.store.gc(self.settings.feature_store.keep_versions)
         now = time.time()
