@@ -46,7 +46,7 @@ def _event(i: int) -> ClickEvent:
 
 
 def _settings(topic: KafkaTopic, **kw: object) -> StreamSettings:
-    return StreamSettings(url=topic.url, partitions=topic.partitions, timeout_s=10.0, **kw)
+    return StreamSettings(url=topic.url, partitions=topic.partitions, **{"timeout_s": 10.0, **kw})
 
 
 def _ids(records: list) -> list[int]:
@@ -178,7 +178,7 @@ def test_a_missing_broker_is_a_clear_error_not_a_hang() -> None:
 
 
 def test_committed_offsets_survive_a_broker_restart(kafka_broker: KafkaBroker, kafka_topic: KafkaTopic) -> None:
-    """Last: restarts the session broker (about a few seconds)."""
+    """Last: stops the session broker (an outage) and starts it again on the same data."""
     with open_stream(kafka_topic.url, _settings(kafka_topic)) as stream:
         with stream.producer() as producer:
             for i in range(40):
@@ -187,7 +187,13 @@ def test_committed_offsets_survive_a_broker_restart(kafka_broker: KafkaBroker, k
             first = drain(consumer, 40, 20)
             consumer.commit(offsets_after(first[:25]))
             committed = consumer.committed()
-    kafka_broker.start_again()
+    kafka_broker.stop()
+    try:  # during the outage a producer fails with a clear, retryable error instead of hanging
+        down = _settings(kafka_topic, timeout_s=2.0, create_topics=False)
+        with pytest.raises(BackendUnavailable, match="not reachable"), open_stream(down.url, down) as stream:
+            stream.producer().send(_event(99))
+    finally:
+        kafka_broker.start_again()
     with (
         open_stream(kafka_topic.url, _settings(kafka_topic)) as stream,
         stream.consumer(kafka_topic.group) as c,

@@ -15,15 +15,11 @@ from mamdr.errors import ConfigError
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "stream", help="produce, replay and tail click streams (kafka:// or file://)"
-    )
+    parser = subparsers.add_parser("stream", help="produce, replay and tail click streams (kafka:// or file://)")
     sub = parser.add_subparsers(dest="stream_command", metavar="STREAM_COMMAND", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--stream", default=None, help="kafka://HOST:PORT/TOPIC or file://DIR (default: settings)"
-        )
+        p.add_argument("--stream", default=None, help="kafka://HOST:PORT/TOPIC or file://DIR (default: settings)")
         p.add_argument("--partitions", type=int, default=None, help="partitions when the topic is created")
         p.add_argument("--max-event-bytes", type=int, default=None, help="larger events are rejected")
 
@@ -36,20 +32,17 @@ def register(subparsers: Any) -> None:
     common(produce)
     produce.set_defaults(func=cmd_produce)
 
-    replay = sub.add_parser(
-        "replay", help="replay a benchmark's interactions in time order at a bounded rate"
-    )
+    replay = sub.add_parser("replay", help="replay a benchmark's interactions in time order at a bounded rate")
     common(replay)
-    replay.add_argument(
-        "--dataset", default="ml-latest-small", help="benchmark name (default ml-latest-small)"
-    )
-    replay.add_argument(
-        "--rate", type=float, default=5000.0, help="events per second; 0 = as fast as possible"
-    )
+    replay.add_argument("--dataset", default="ml-latest-small", help="benchmark name (default ml-latest-small)")
+    replay.add_argument("--rate", type=float, default=5000.0, help="events per second; 0 = as fast as possible")
     replay.add_argument("--limit", type=int, default=None, help="stop after N events")
     replay.add_argument("--seed", type=int, default=0, help="seed for the dataset's sampling")
     replay.add_argument("--data-dir", type=Path, default=None, help="where external data sets live")
     replay.add_argument("--no-progress", action="store_true", help="no progress bar")
+    replay.add_argument(
+        "--with-split", action="store_true", help='add features {"split": train|val|test} to each event'
+    )
     replay.set_defaults(func=cmd_replay)
 
     tail = sub.add_parser("tail", help="print records (one line each: partition:offset key value)")
@@ -60,9 +53,7 @@ def register(subparsers: Any) -> None:
     tail.add_argument("--latest", action="store_true", help="start at the end (default: the beginning)")
     tail.add_argument("--limit", type=int, default=None, help="stop after N records")
     tail.add_argument("--follow", action="store_true", help="keep waiting for new records (Ctrl-C stops)")
-    tail.add_argument(
-        "--idle-timeout", type=float, default=1.0, help="without --follow, stop after this idle"
-    )
+    tail.add_argument("--idle-timeout", type=float, default=1.0, help="without --follow, stop after this idle")
     tail.set_defaults(func=cmd_tail)
 
 
@@ -126,7 +117,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or load_settings().data_dir
     from trainer.data import benchmark_events  # lazy: the dataset code is not needed by produce/tail
 
-    events = benchmark_events(args.dataset, seed=args.seed, data_dir=data_dir)
+    events = benchmark_events(args.dataset, seed=args.seed, data_dir=data_dir, with_split=args.with_split)
     from tqdm import tqdm
 
     sent = skipped = 0

@@ -81,9 +81,7 @@ class FileLog:
             meta = json.loads(meta_path.read_text())
             self.partitions = int(meta["partitions"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise BackendUnavailable(
-                f"cannot read {meta_path}: {exc}; the stream folder is damaged"
-            ) from None
+            raise BackendUnavailable(f"cannot read {meta_path}: {exc}; the stream folder is damaged") from None
         (root / "groups").mkdir(exist_ok=True)
         self._fds: dict[str, int] = {}
 
@@ -148,7 +146,7 @@ class FileLog:
             ends = ends[1:]
         data = os.pread(self._fd(f"p-{partition:04d}.log"), ends[-1] - begin, begin)
         out = []
-        for i, line in enumerate(data.splitlines()):
+        for i, line in enumerate(data.split(b"\n")[:-1]):  # JSON escapes every newline in a value
             obj = json.loads(line)
             key = obj.get("key")
             out.append(
@@ -180,10 +178,8 @@ class FileProducer(StreamProducer):
     def send(self, event: bytes | str | ClickEvent, key: str | None = None) -> None:
         value, default_key = event_bytes(event)
         key = key if key is not None else default_key
-        if key is None:
-            partition = next(self._round_robin)
-        else:
-            partition = zlib.crc32(key.encode()) % self._log.partitions
+        n = self._log.partitions
+        partition = next(self._round_robin) if key is None else zlib.crc32(key.encode()) % n
         line = _encode_line(value, key, time.time())
         self._pending.setdefault(partition, []).append(line)
         self._pending_bytes += len(line)
@@ -304,9 +300,7 @@ class FileStream(Stream):
     def __init__(self, url: str, settings: StreamSettings) -> None:
         root = parse_url(url, ("file",), "stream").path
         if not root.name:
-            raise ConfigError(
-                f"stream URL {url!r} names no folder; write e.g. file:///var/lib/mamdr/stream/clicks"
-            )
+            raise ConfigError(f"stream URL {url!r} names no folder; write e.g. file:///var/lib/mamdr/stream/clicks")
         super().__init__(url, root.name, settings)
         self.root = root
         self._create = settings.create_topics

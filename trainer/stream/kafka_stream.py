@@ -20,11 +20,11 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from mamdr.contracts import ClickEvent
-from mamdr.errors import BackendUnavailable, ConfigError
+from mamdr.errors import BackendUnavailable, ConfigError, DataError
 from mamdr.settings import StreamSettings
 from mamdr.urls import parse_url
 from trainer.stream.base import (
@@ -81,6 +81,8 @@ class KafkaStreamProducer(StreamProducer):
         key = key if key is not None else default_key
         try:
             future = self._producer.send(self._topic, value=value, key=key.encode() if key else None)
+        except MessageSizeTooLargeError as exc:
+            raise DataError(f"event of {len(value)} bytes refused by the producer: {exc}") from None
         except KafkaError as exc:
             raise _unreachable(self._bootstrap, exc) from None
         future.add_errback(self._errors.append)
@@ -300,9 +302,7 @@ class KafkaStream(Stream):
         return KafkaStreamProducer(self.bootstrap, self.topic, self.settings)
 
     def consumer(self, group: str | None, reset: str = "earliest") -> KafkaStreamConsumer:
-        return KafkaStreamConsumer(
-            self.bootstrap, self.topic, group, reset, self.settings, self.flush_dead_letters
-        )
+        return KafkaStreamConsumer(self.bootstrap, self.topic, group, reset, self.settings, self.flush_dead_letters)
 
     def dead_letter_stream(self) -> KafkaStream:
         host, port = self.bootstrap.rsplit(":", 1)
