@@ -1,0 +1,147 @@
+"""The serving app factory: scoring, health, metrics and the registry's admin API in one FastAPI app.
+
+``create_app(settings, feature_store=..., registry=...)`` wires; stores not passed in are opened from
+``settings`` in ``lifespan`` (and closed there). The live version is loaded in ``lifespan`` and kept
+current by :class:`serving.reload.Reloader`. Every platform error goes through one handler
+(``mamdr.http_errors``): 404 unknown domain, 410 retired, 422 bad body, 503 + Retry-After when the
+feature store or a model is unavailable; paused domains keep being served (pausing stops training).
+
+The scoring route is ``async`` and calls the (sync, sub-millisecond) feature store and onnxruntime
+inline: a thread hop per request would cost more than the work. One process = one core; scale out
+with processes (``SO_REUSEPORT``, see ``serving.server``) or replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from domain_registry.base import Registry
+from feature_store.base import EmbeddingStore
+from mamdr.errors import MamdrError
+from mamdr.http_errors import error_response, install_error_handlers, validation_response
+from mamdr.settings import Settings, get_settings
+from serving.reload import Reloader, ServingState
+from serving.schemas import CTRRequest, CTRResponse, Readiness
+from serving.scoring import score
+
+log = logging.getLogger(__name__)
+CTR_PATH = "/v1/domains/{domain}/ctr"
+_JSON = "application/json"
+
+
+def _state(request: Request) -> ServingState:
+    return request.app.state.serving  # type: ignore[no-any-return]
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    feature_store: EmbeddingStore | None = None,
+    registry: Registry | None = None,
+) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        opened: list[EmbeddingStore | Registry] = []
+        store = feature_store
+        if store is None:
+            from feature_store import open_store
+
+            store = open_store(settings.feature_store.url, settings.feature_store)
+            opened.append(store)
+        reg = registry
+        if reg is None:
+            from domain_registry import open_registry
+
+            reg = open_registry(settings.registry.url, settings.registry)
+            opened.append(reg)
+        state = ServingState(settings=settings, store=store, registry=reg)
+        app.state.serving = state
+        reloader = Reloader(state)
+        try:
+            await asyncio.to_thread(reloader.poll_once)
+        except MamdrError as exc:  # not ready yet; the poller keeps trying
+            log.warning("no model loaded at startup: %s", exc.message)
+        task = asyncio.create_task(reloader.run(), name="mamdr-serving-reload")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for backend in opened:
+                backend.close()
+
+    app = FastAPI(
+        title="MAMDR serving", version="1", lifespan=lifespan,
+        description="Per-domain CTR scoring with Θi = θS + θi on onnxruntime.",
+    )
+    install_error_handlers(app)
+
+    async def validation_handler(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        domain = request.path_params.get("domain")
+        if domain is not None and hasattr(request.app.state, "serving"):
+            state = _state(request)
+            state.metrics.requests.labels(state.domains.label(domain), "422").inc()
+        return validation_response(exc)
+
+    app.add_exception_handler(RequestValidationError, validation_handler)
+
+    @app.post(CTR_PATH, response_model=CTRResponse, tags=["scoring"],
+              responses={404: {"description": "unknown domain"}, 410: {"description": "retired domain"},
+                         422: {"description": "bad body"}, 503: {"description": "backend unavailable"}})
+    async def ctr(domain: str, body: CTRRequest, request: Request) -> Response:
+        """Click probabilities of ``item_ids`` for ``user_id`` in ``domain`` (in item order)."""
+        state = _state(request)
+        started = time.perf_counter()
+        label = state.domains.label(domain)
+        try:
+            result = score(state, domain, body)
+        except MamdrError as exc:
+            state.metrics.requests.labels(label, str(exc.http_status)).inc()
+            return error_response(exc)
+        state.metrics.latency.labels(label).observe(time.perf_counter() - started)
+        state.metrics.requests.labels(label, "200").inc()
+        return Response(result.model_dump_json(), media_type=_JSON)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        """The process is up (it may not have a model yet: see /readyz)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=Readiness, tags=["ops"])
+    async def readyz(request: Request) -> Response:
+        """200 only with a verified model loaded; 503 otherwise."""
+        state = _state(request)
+        live = state.live
+        body = Readiness(
+            ready=live is not None, model_version=live.version if live else None,
+            composition=live.composer.name if live else None,
+            domains_cached=live.composer.held() if live else 0, last_reload_error=state.last_reload_error,
+        )
+        return Response(body.model_dump_json(), status_code=200 if live else 503, media_type=_JSON)
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics(request: Request) -> Response:
+        state = _state(request)
+        if state.live is not None:
+            state.metrics.domains_cached.set(state.live.composer.held())
+            state.metrics.composer_misses.set(state.live.composer.misses)
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+    from domain_registry.api import build_router
+
+    app.include_router(build_router(lambda: app.state.serving.registry,
+                                    settings.registry.admin_token.get_secret_value()))
+    return app

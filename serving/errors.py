@@ -1,0 +1,21 @@
+"""Serving's own errors; all are ``MamdrError`` subclasses mapped by ``mamdr.http_errors`` (one handler)."""
+
+from __future__ import annotations
+
+from mamdr.errors import BackendUnavailable, DataError
+
+
+class ModelNotReady(BackendUnavailable):
+    """No verified model version is loaded yet (503 + Retry-After; /readyz says the same)."""
+
+
+class TooManyItems(DataError):
+    """More candidates than ``serving.max_items`` (422)."""
+
+
+class FeatureStoreUnavailable(BackendUnavailable):
+    """The feature store did not answer or answered with vectors that do not fit the model (503)."""
+
+
+class ScoringUnavailable(BackendUnavailable):
+    """A domain's artifacts failed verification when read, or onnxruntime refused the run (503)."""

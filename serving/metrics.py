@@ -1,0 +1,66 @@
+"""Every serving metric, in one place (``mamdr_serving_<thing>_<unit>``), on a per-app registry.
+
+Domain labels are bounded: only ids the registry knows (or the live manifest lists, without a
+registry) are used as label values; anything else a client sends is counted under ``"unknown"``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+UNKNOWN = "unknown"
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class ServingMetrics:
+    """Counters, histograms and gauges of one serving app."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "mamdr_serving_requests_total", "Scoring requests by domain and HTTP status", ["domain", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "mamdr_serving_request_latency_seconds", "Scoring request latency inside the app", ["domain"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.feature_latency = Histogram(
+            "mamdr_serving_feature_store_latency_seconds", "One feature-store lookup (user + items)",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.cold_users = Counter(
+            "mamdr_serving_cold_users_total", "Requests whose user the feature store did not know", ["domain"],
+            registry=r,
+        )
+        self.cold_items = Counter(
+            "mamdr_serving_cold_items_total", "Item ids the feature store did not know", ["domain"], registry=r,
+        )
+        self.model_version = Gauge(
+            "mamdr_serving_model_version_info", "1 for the version being served", ["version"], registry=r,
+        )
+        self.reloads = Counter(
+            "mamdr_serving_reloads_total", "Model version loads by result", ["result"], registry=r,
+        )
+        self.reload_failures = Counter(
+            "mamdr_serving_reload_failures_total", "Model versions refused (checksum, shape, missing file)",
+            registry=r,
+        )
+        self.domains_cached = Gauge(
+            "mamdr_serving_domains_cached", "Domains whose composed weights are held in memory", registry=r,
+        )
+        self.composer_misses = Gauge(
+            "mamdr_serving_composer_misses", "Domain weight loads (LRU misses) for the live version", registry=r,
+        )
+
+    def set_version(self, old: str | None, new: str) -> None:
+        if old is not None:
+            self.model_version.remove(old)
+        self.model_version.labels(new).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,35 @@
+"""Request and response bodies of the scoring endpoint (typed: fast to validate and to serialize)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mamdr.contracts import EntityId
+
+
+class CTRRequest(BaseModel):
+    """One user and the candidate items to score (at most ``serving.max_items``)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"user_id": "u42", "item_ids": ["i1", "i7", "i9"]}],
+    })
+
+    user_id: EntityId
+    item_ids: list[EntityId] = Field(min_length=1)
+
+
+class CTRResponse(BaseModel):
+    """Click probabilities in the order of ``item_ids``; cold ids were scored with the fallback vectors."""
+
+    scores: list[float]
+    model_version: str
+    cold_user: bool
+    cold_items: list[str]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model_version: str | None = None
+    composition: str | None = None
+    domains_cached: int = 0
+    last_reload_error: str | None = None

@@ -1,0 +1,71 @@
+"""One scoring request: one feature-store round trip, the cold-start fallback, one onnxruntime run.
+
+Cold start (documented fallback): an unknown user is scored with the mean user vector and unknown
+items with the mean item vector of the model that was exported (``Manifest.cold_start``; zeros if a
+manifest has none); the response lists them (``cold_user``, ``cold_items``) and metrics count them.
+Embeddings are read from the feature-store version the manifest names, so model and vectors match.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from mamdr.errors import IntegrityError, MamdrError, NotFound
+from serving.errors import FeatureStoreUnavailable, ModelNotReady, ScoringUnavailable, TooManyItems
+from serving.reload import ServingState
+from serving.schemas import CTRRequest, CTRResponse
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
+def score(state: ServingState, domain: str, request: CTRRequest) -> CTRResponse:
+    live = state.live
+    if live is None:
+        raise ModelNotReady("no model version is loaded yet; publish and promote one (see /readyz)")
+    state.domains.check(domain)
+    n = len(request.item_ids)
+    cap = state.settings.serving.max_items
+    if n > cap:
+        raise TooManyItems(f"item_ids has {n} ids; send at most {cap} per request")
+    contract = live.loaded.manifest.contract
+    started = time.perf_counter()
+    try:
+        found = state.store.lookup(request.user_id, request.item_ids, version=live.feature_store_version)
+    except NotFound as exc:
+        raise FeatureStoreUnavailable(f"feature store: {exc.message}") from None
+    except MamdrError:
+        raise
+    except Exception as exc:  # a backend failure the store did not wrap is still a backend failure
+        raise FeatureStoreUnavailable(f"feature store read failed ({type(exc).__name__}); retry") from None
+    state.metrics.feature_latency.observe(time.perf_counter() - started)
+    label = state.domains.label(domain)
+    user = live.cold_user if found.user is None else found.user
+    items = found.items
+    if user.shape != (contract.user_dim,) or items.shape != (n, contract.item_dim):
+        raise FeatureStoreUnavailable(
+            f"feature store vectors ({user.shape[-1]}-d users, {items.shape[-1]}-d items) do not fit model "
+            f"{live.version} ({contract.user_dim}/{contract.item_dim}); publish matching embeddings"
+        )
+    cold_items = [request.item_ids[i] for i in found.missing_items]
+    if cold_items:
+        items = np.array(items, dtype=np.float32, copy=True)
+        items[found.missing_items] = live.cold_item
+        state.metrics.cold_items.labels(label).inc(len(cold_items))
+    if found.user is None:
+        state.metrics.cold_users.labels(label).inc()
+    users = np.ascontiguousarray(np.broadcast_to(user.astype(np.float32, copy=False), (n, contract.user_dim)))
+    items = np.ascontiguousarray(items, dtype=np.float32)
+    try:
+        logits = live.composer.logits(domain, users, items)
+    except IntegrityError as exc:
+        raise ScoringUnavailable(f"model {live.version}: {exc.message}") from None
+    except Exception as exc:  # onnxruntime refusing a run is a server-side fault, reported as 503
+        raise ScoringUnavailable(f"model {live.version} could not score ({type(exc).__name__})") from None
+    return CTRResponse(
+        scores=sigmoid(logits).tolist(), model_version=live.version,
+        cold_user=found.user is None, cold_items=cold_items,
+    )

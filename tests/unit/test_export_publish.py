@@ -1,0 +1,116 @@
+"""Publishing: atomic folder, parent reuse of unchanged deltas, verification, registry registration."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from domain_registry import open_registry
+from mamdr.contracts import MANIFEST_FILE, Manifest
+from mamdr.errors import ConfigError, Conflict, IntegrityError
+from serving.artifacts import load_version, sha256_file
+from trainer.export import export_version, set_live_pointer
+from trainer.export.demo import train_tiny
+from trainer.export.publish import publish_version
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    # A private model: this module changes θi of one domain.
+    return train_tiny("mlp", steps=2, delta_steps=1, n_domains=3, seed=3)
+
+
+def test_manifest_records_contract_checksums_and_cold_start(tiny, tmp_path: Path) -> None:
+    m = export_version(tiny.params, tiny.domains, tmp_path, "v1", feature_store_version="emb-7",
+                       offsets={"clicks:0": 12}, events_included=12, metrics={"auc": 0.5})
+    on_disk = Manifest.model_validate_json((tmp_path / "v1" / MANIFEST_FILE).read_text())
+    assert on_disk == m
+    assert m.parent is None and m.feature_store_version == "emb-7" and m.offsets == {"clicks:0": 12}
+    assert m.contract.user_dim == 16 and m.contract.item_dim == 16 and m.contract.model == "mlp"
+    assert m.shared_sha256 == sha256_file(tmp_path / m.shared_path)
+    for entry in m.deltas.values():
+        assert entry.sha256 == sha256_file(tmp_path / entry.path)
+        assert all(t.dtype == "float32" for t in entry.tensors)
+    assert len(m.cold_start["user"]) == 16 and len(m.cold_start["item"]) == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v1"]  # no temp dir left behind
+
+
+def test_unchanged_domains_point_at_the_parent_file(tiny, tmp_path: Path) -> None:
+    export_version(tiny.params, tiny.domains, tmp_path, "v1")
+    m2 = export_version(tiny.params, tiny.domains, tmp_path, "v2", parent="v1")
+    assert all(e.path.startswith("v1/") and e.version == "v1" for e in m2.deltas.values())
+    assert not (tmp_path / "v2" / "deltas").exists()
+    # Change θi of one domain: only that delta is written under v2.
+    slot = tiny.domains["dom-1"]
+    old = {n: t.clone() for n, t in tiny.params.delta(slot).items()}
+    try:
+        tiny.params.set_delta(slot, {n: t + 0.01 for n, t in old.items()})
+        m3 = export_version(tiny.params, tiny.domains, tmp_path, "v3", parent="v2")
+    finally:
+        tiny.params.set_delta(slot, old)
+    assert m3.deltas["dom-1"].path == "v3/deltas/dom-1.onnx"
+    assert {d: e.path[:3] for d, e in m3.deltas.items() if d != "dom-1"} == {"dom-0": "v1/", "dom-2": "v1/"}
+    assert load_version(tmp_path / "v3").read_delta("dom-1")
+
+
+def test_float16_deltas_load_as_float32(tiny, tmp_path: Path) -> None:
+    m = export_version(tiny.params, tiny.domains, tmp_path, "v1", delta_dtype="float16")
+    loaded = load_version(tmp_path / "v1")
+    arrays = loaded.read_delta("dom-0")
+    assert arrays and all(a.dtype.name == "float32" for a in arrays.values())
+    assert all(t.dtype == "float16" for t in m.deltas["dom-0"].tensors)
+
+
+def test_existing_version_and_bad_ids_are_refused(tiny, tmp_path: Path) -> None:
+    export_version(tiny.params, tiny.domains, tmp_path, "v1")
+    with pytest.raises(Conflict):
+        export_version(tiny.params, tiny.domains, tmp_path, "v1")
+    with pytest.raises(ConfigError):
+        export_version(tiny.params, tiny.domains, tmp_path, "../evil")
+    with pytest.raises(ConfigError):
+        export_version(tiny.params, {"dom-0": 99}, tmp_path, "v9")
+
+
+def test_a_version_that_does_not_verify_never_becomes_visible(tiny, tmp_path: Path) -> None:
+    export_version(tiny.params, tiny.domains, tmp_path, "v1")
+    m1 = load_version(tmp_path / "v1").manifest
+    shared = (tmp_path / m1.shared_path).read_bytes()
+    name = m1.deltas["dom-0"].tensors[0].name
+    arrays = {name: torch.ones(m1.deltas["dom-0"].tensors[0].shape).numpy()}
+    # A delta file whose tensor is absent from the graph: verification fails before the rename.
+    from trainer.export.onnx_graph import delta_model
+
+    bad = {"dom-0": (delta_model("dom-0", {"not.a.weight": arrays[name]}), {"not.a.weight": arrays[name]})}
+    with pytest.raises(IntegrityError):
+        publish_version(tmp_path, "v2", shared, bad, m1.contract, parent="v1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v1"]
+
+
+def test_load_refuses_corrupted_files(tiny, tmp_path: Path) -> None:
+    m = export_version(tiny.params, tiny.domains, tmp_path, "v1")
+    path = tmp_path / m.deltas["dom-2"].path
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="sha256"):
+        load_version(tmp_path / "v1")
+    os.remove(path)
+    with pytest.raises(IntegrityError, match="missing"):
+        load_version(tmp_path / "v1")
+
+
+def test_registry_registration_promotion_and_live_pointer(tiny, tmp_path: Path) -> None:
+    registry = open_registry(f"sqlite://{tmp_path}/registry.db")
+    m = export_version(tiny.params, tiny.domains, tmp_path / "art", "v1", registry=registry, promote=True)
+    live = registry.live_model()
+    assert live is not None and live.id == "v1"
+    assert live.artifact_uri == f"file://{(tmp_path / 'art' / 'v1').resolve()}"
+    assert live.delta_checksums == {d: e.sha256 for d, e in m.deltas.items()}
+    set_live_pointer(tmp_path / "art", "v1")
+    assert (tmp_path / "art" / "LIVE").read_text() == "v1"
+    assert json.loads((tmp_path / "art" / "v1" / MANIFEST_FILE).read_text())["version"] == "v1"
+    registry.close()
