@@ -39,7 +39,9 @@ from trainer.stream.base import (
     tp_key,
 )
 
-log = logging.getLogger(__name__)
+_kafka_log = logging.getLogger("kafka")
+if _kafka_log.level == logging.NOTSET:  # kafka-python logs every connection at INFO; keep warnings and errors
+    _kafka_log.setLevel(logging.WARNING)
 
 
 def _unreachable(bootstrap: str, exc: Exception) -> BackendUnavailable:
