@@ -39,7 +39,11 @@ class Lookup:
 
 @dataclass(frozen=True)
 class VersionInfo:
-    """What a version holds: declared dims, wire dtype, rows written per kind, creation time (epoch s)."""
+    """What a version holds: declared dims, wire dtype, vectors per kind, creation time (epoch s).
+
+    memory:// and file:// count distinct ids; redis:// counts rows written (an id written twice
+    counts twice), which is exact for the usual write-once versions.
+    """
 
     version: str
     dims: dict[Kind, int]

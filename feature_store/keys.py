@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from feature_store.base import Kind
 from mamdr.errors import ConfigError, DataError
 
@@ -33,6 +35,17 @@ def check_kind(kind: str) -> Kind:
     if kind not in KIND_TAG:
         raise DataError(f"entity kind {kind!r} is invalid: use 'user' or 'item'")
     return kind  # type: ignore[return-value]
+
+
+def check_dims(dims: dict[Kind, int]) -> dict[Kind, int]:
+    """Validated {kind: positive int} (numpy integers accepted)."""
+    out: dict[Kind, int] = {}
+    for kind, dim in dims.items():
+        check_kind(kind)
+        if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim <= 0:
+            raise DataError(f"dimension of {kind} must be a positive integer, got {dim!r}")
+        out[kind] = int(dim)
+    return out
 
 
 def check_namespace(ns: str) -> str:

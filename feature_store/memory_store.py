@@ -16,7 +16,7 @@ import numpy as np
 
 from feature_store.base import KINDS, EmbeddingStore, Kind, Lookup, VersionInfo
 from feature_store.codec import check_vectors, decode, decode_into, encode_rows, wire_dtype
-from feature_store.keys import check_kind, check_name, check_namespace
+from feature_store.keys import check_dims, check_kind, check_name, check_namespace
 from mamdr.errors import Conflict, DataError, NotFound
 
 
@@ -65,10 +65,7 @@ class MemoryStore(EmbeddingStore):
 
     def declare(self, version: str, dims: dict[Kind, int]) -> None:
         check_name(version, "version")
-        for kind, dim in dims.items():
-            check_kind(kind)
-            if not isinstance(dim, int) or dim <= 0:
-                raise DataError(f"dimension of {kind} must be a positive integer, got {dim!r}")
+        dims = check_dims(dims)
         with self._space.lock:
             v = self._space.versions.get(version)
             if v is None:

@@ -30,7 +30,7 @@ from redis.retry import Retry
 
 from feature_store.base import KINDS, EmbeddingStore, Kind, Lookup, VersionInfo
 from feature_store.codec import check_vectors, decode, decode_into, encode_rows, wire_dtype
-from feature_store.keys import KeyLayout, check_kind, check_name
+from feature_store.keys import KeyLayout, check_dims, check_kind, check_name
 from mamdr.errors import BackendUnavailable, Conflict, DataError, NotFound
 from mamdr.settings import FeatureStoreSettings
 
@@ -125,10 +125,7 @@ class RedisStore(EmbeddingStore):
     # -- writes -------------------------------------------------------------------------------
     def declare(self, version: str, dims: dict[Kind, int]) -> None:
         check_name(version, "version")
-        for kind, dim in dims.items():
-            check_kind(kind)
-            if not isinstance(dim, int) or dim <= 0:
-                raise DataError(f"dimension of {kind} must be a positive integer, got {dim!r}")
+        dims = check_dims(dims)
         meta_key = self.keys.meta(version)
         now = time.time()
         with self._guard("declaring a version"):
@@ -240,6 +237,8 @@ class RedisStore(EmbeddingStore):
 
     def lookup(self, user_id: str, item_ids: Sequence[str], version: str | None = None) -> Lookup:
         name, meta, values = self._mget_version(version, [str(user_id)], "item", item_ids)
+        if len(meta.dims) < 2:  # cached before the version declared both kinds
+            meta = self._meta(name, fresh=True)
         raw_user = values[1]
         user = decode(raw_user, meta.dims["user"], meta.dtype) if raw_user is not None else None
         idim = meta.dims.get("item", 0)
@@ -253,6 +252,8 @@ class RedisStore(EmbeddingStore):
         check_kind(kind)
         name = version or self._current(self.settings.pointer_ttl_s)
         meta = self._meta(name)
+        if kind not in meta.dims:  # cached before the version declared this kind
+            meta = self._meta(name, fresh=True)
         dim = meta.dims.get(kind, 0)
         out = np.zeros((len(ids), dim), dtype=np.float32)
         missing: list[int] = []

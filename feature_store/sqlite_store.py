@@ -20,7 +20,7 @@ import numpy as np
 
 from feature_store.base import KINDS, EmbeddingStore, Kind, Lookup, VersionInfo
 from feature_store.codec import check_vectors, decode, decode_into, encode_rows, wire_dtype
-from feature_store.keys import KIND_TAG, check_kind, check_name, check_namespace
+from feature_store.keys import KIND_TAG, check_dims, check_kind, check_name, check_namespace
 from mamdr.errors import BackendUnavailable, Conflict, DataError, NotFound
 from mamdr.settings import FeatureStoreSettings
 
@@ -121,10 +121,7 @@ class SqliteStore(EmbeddingStore):
     # -- writes -------------------------------------------------------------------------------
     def declare(self, version: str, dims: dict[Kind, int]) -> None:
         check_name(version, "version")
-        for kind, dim in dims.items():
-            check_kind(kind)
-            if not isinstance(dim, int) or dim <= 0:
-                raise DataError(f"dimension of {kind} must be a positive integer, got {dim!r}")
+        dims = check_dims(dims)
         with self._tx(write=True) as db:
             db.execute("INSERT OR IGNORE INTO versions (ns, version, created, dtype) VALUES (?,?,?,?)",
                        (self.ns, version, time.time(), self.settings.dtype))

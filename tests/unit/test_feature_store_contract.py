@@ -101,6 +101,20 @@ class StoreContract:
         with pytest.raises(NotFound):
             store.publish("v9")
 
+    def test_kinds_declared_in_steps(self, make_store: MakeStore) -> None:
+        writer, reader = make_store(), make_store()
+        writer.declare("v1", {"user": 2})
+        writer.write("v1", "user", ["a"], np.ones((1, 2)))
+        assert reader.lookup("a", [], version="v1").user is not None  # reader caches what it saw
+        writer.declare("v1", {"item": np.int64(3)})  # type: ignore[dict-item]
+        writer.write("v1", "item", ["x"], np.ones((1, 3)))
+        got = reader.lookup("a", ["x"], version="v1")
+        assert got.items.shape == (1, 3) and not got.missing_items
+        with pytest.raises(DataError, match="positive integer"):
+            writer.declare("v1", {"item": 0})
+        with pytest.raises(DataError, match="positive integer"):
+            writer.declare("v2", {"user": True})
+
     def test_live_version_is_read_only(self, make_store: MakeStore) -> None:
         store = make_store()
         fill(store, "v1", 1.0)
