@@ -132,7 +132,9 @@ def main() -> None:
             assert isinstance(store, RedisStore)
             from redis.utils import HIREDIS_AVAILABLE
 
-            print(f"redis-server 127.0.0.1:{port}  hiredis={HIREDIS_AVAILABLE}  pinned={args.pin}  dim={DIM}")
+            load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+            print(f"redis-server 127.0.0.1:{port}  hiredis={HIREDIS_AVAILABLE}  pinned={args.pin}  dim={DIM}"
+                  f"  cpus={os.cpu_count()}  load average {load}")
             ids = [f"i{i}" for i in range(args.n)]
             vecs = rng.standard_normal((args.n, DIM)).astype(np.float32)
             s_rate, f_rate = bench_write(store, raw, ids, vecs, args.trials)
