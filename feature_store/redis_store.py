@@ -31,7 +31,7 @@ from redis.retry import Retry
 from feature_store.base import KINDS, EmbeddingStore, Kind, Lookup, VersionInfo
 from feature_store.codec import check_vectors, decode, decode_into, encode_rows, wire_dtype
 from feature_store.keys import KeyLayout, check_dims, check_kind, check_name
-from mamdr.errors import BackendUnavailable, Conflict, DataError, NotFound
+from mamdr.errors import BackendUnavailable, ConfigError, Conflict, DataError, NotFound
 from mamdr.settings import FeatureStoreSettings
 
 _PIPELINE_CHUNKS = 8  # MSET chunks per pipeline flush: bounds client memory, keeps the socket busy
@@ -68,7 +68,11 @@ class RedisStore(EmbeddingStore):
         if url.startswith("rediss://") and s.tls_ca_file:
             kwargs["ssl_ca_certs"] = s.tls_ca_file
         self._where = url.split("@")[-1].split("://")[-1]  # host:port/db without credentials
-        self._pool = redis.ConnectionPool.from_url(url, **kwargs)
+        try:
+            self._pool = redis.ConnectionPool.from_url(url, **kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"feature store URL {self._where!r} is invalid: {exc}; "
+                              "write e.g. redis://127.0.0.1:6379/0") from None
         self._r = redis.Redis(connection_pool=self._pool)
         self._pointer: tuple[str | None, float] = (None, -1.0)
         self._meta_cache: dict[str, _Meta] = {}

@@ -21,7 +21,7 @@ import numpy as np
 from feature_store.base import KINDS, EmbeddingStore, Kind, Lookup, VersionInfo
 from feature_store.codec import check_vectors, decode, decode_into, encode_rows, wire_dtype
 from feature_store.keys import KIND_TAG, check_dims, check_kind, check_name, check_namespace
-from mamdr.errors import BackendUnavailable, Conflict, DataError, NotFound
+from mamdr.errors import BackendUnavailable, ConfigError, Conflict, DataError, NotFound
 from mamdr.settings import FeatureStoreSettings
 
 DB_NAME = "embeddings.sqlite3"
@@ -38,11 +38,14 @@ CREATE TABLE IF NOT EXISTS pointer (ns TEXT PRIMARY KEY, version TEXT NOT NULL) 
 
 
 def db_path(path: Path) -> Path:
-    if path.suffix in {".db", ".sqlite", ".sqlite3"} or path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-    path.mkdir(parents=True, exist_ok=True)
-    return path / DB_NAME
+    """The database file for a file:// path (a directory gets ``embeddings.sqlite3`` inside)."""
+    is_file = path.suffix in {".db", ".sqlite", ".sqlite3"} or path.is_file()
+    try:
+        (path.parent if is_file else path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the feature store folder for {path}: {exc}; "
+                          "set MAMDR_FEATURE_STORE__URL to a writable file://PATH") from None
+    return path if is_file else path / DB_NAME
 
 
 class SqliteStore(EmbeddingStore):

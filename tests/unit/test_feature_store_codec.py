@@ -88,6 +88,11 @@ def test_open_store_resolves_by_scheme(tmp_path) -> None:
         open_store("localhost:6379")
     with pytest.raises(ConfigError, match="float16"):
         open_store("memory://", FeatureStoreSettings(dtype="int8"))
+    with pytest.raises(ConfigError, match="invalid"):
+        open_store("redis://127.0.0.1:notaport/0")
+    (tmp_path / "plain").write_text("")
+    with pytest.raises(ConfigError, match="writable"):
+        open_store(f"file://{tmp_path}/plain/sub")
 
 
 def test_memory_names_share_within_process() -> None:
