@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from trainer.models.autoint import AutoInt
 from trainer.models.base import CTRModel, ModelConfig
+from trainer.models.deepfm import DeepFM
 from trainer.models.mlp import MLP
+from trainer.models.mmoe import MMoE
+from trainer.models.neurfm import NeurFM
+from trainer.models.ple import PLE
+from trainer.models.shared_bottom import SharedBottom
+from trainer.models.star import STAR
+from trainer.models.wdl import WideDeep
 
 MODELS: dict[str, type[CTRModel]] = {}
 
@@ -15,7 +23,7 @@ def register(cls: type[CTRModel]) -> type[CTRModel]:
     return cls
 
 
-for _cls in (MLP,):
+for _cls in (MLP, WideDeep, DeepFM, SharedBottom, MMoE, STAR, PLE, NeurFM, AutoInt):
     register(_cls)
 
 
