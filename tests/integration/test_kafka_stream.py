@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -96,6 +97,30 @@ def test_seek_before_assignment_is_applied_when_the_group_assigns(kafka_topic: K
             assert consumer.position()[tp] == 50
             with pytest.raises(ConfigError, match="not a partition"):
                 consumer.seek({"elsewhere:0": 1})
+
+
+def test_a_rebalance_does_not_rewind_a_partition_the_member_keeps(kafka_topic_factory) -> None:
+    """Commits lag behind on purpose (they wait for a publish): a rebalance must not replay buffered events."""
+    topic = kafka_topic_factory(2)
+    with open_stream(topic.url, _settings(topic)) as stream:
+        with stream.producer() as producer:
+            for i in range(60):
+                producer.send(_event(i), key=f"user-{i}")
+        with stream.consumer(topic.group) as a:
+            read_by_a = drain(a, 60, 20)
+            assert len(read_by_a) == 60 and {r.partition for r in read_by_a} == {0, 1}
+            with stream.consumer(topic.group) as b:  # joins: the group moves one partition to b
+                again_by_a, read_by_b = [], []
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and not (read_by_b and len(a.position()) == 1):
+                    again_by_a += a.poll(timeout_s=0.2)
+                    read_by_b += b.poll(timeout_s=0.2)
+                assert len(a.position()) == 1, "no rebalance happened"
+                (kept,) = a.position()
+                again_by_a += a.poll(timeout_s=0.5)
+                assert again_by_a == []  # a kept its place on the partition it still owns
+                assert a.position()[kept] == sum(1 for r in read_by_a if r.tp == kept)
+                assert {r.tp for r in read_by_b} == {f"{topic.name}:0", f"{topic.name}:1"} - {kept}
 
 
 POISON = [

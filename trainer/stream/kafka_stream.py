@@ -107,7 +107,11 @@ class KafkaStreamProducer(StreamProducer):
 
 
 class _SeekOnAssign(ConsumerRebalanceListener):
-    """Applies seeks that were asked for before the group assigned the partitions."""
+    """Applies seeks that were asked for before the group assigned the partitions.
+
+    A partition this member keeps through a rebalance keeps its position (kafka-python does not rewind it
+    to the lagging committed offset; tests/integration/test_kafka_stream.py checks that).
+    """
 
     def __init__(self, owner: KafkaStreamConsumer) -> None:
         self._owner = owner
@@ -148,6 +152,7 @@ class KafkaStreamConsumer(StreamConsumer):
                 max_partition_fetch_bytes=max(1_048_576, settings.max_event_bytes * 4),
                 request_timeout_ms=max(30_000, int(settings.timeout_s * 1000)),
                 session_timeout_ms=10_000,
+                max_poll_interval_ms=600_000,  # a training round happens between polls
                 heartbeat_interval_ms=3_000,
             )
         except (KafkaError, OSError) as exc:
