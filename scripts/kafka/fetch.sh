@@ -19,16 +19,23 @@ if ! command -v mvn >/dev/null 2>&1 || ! command -v java >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq maven openjdk-17-jre-headless >/dev/null
   else sudo apt-get update -qq && sudo apt-get install -y -qq maven openjdk-17-jre-headless >/dev/null; fi
 fi
+mkdir -p "$home"
+exec 9>"$home/.fetch.lock"
+flock 9  # one fetch at a time; a second caller finds the stamp afterwards
+if [ -f "$stamp" ] && compgen -G "$libs/kafka_2.13-*.jar" >/dev/null; then
+  echo "$libs"
+  exit 0
+fi
 echo "[kafka] fetching Kafka $version jars into $libs (first run only)" >&2
 tmp="$home/.libs.tmp.$$"
 rm -rf "$tmp"
 mkdir -p "$tmp"
 trap 'rm -rf "$tmp"' EXIT
-mvn -q -B -f "$here/pom.xml" -Dkafka.version="$version" dependency:copy-dependencies \
+mvn -q -B -Dstyle.color=never -f "$here/pom.xml" -Dkafka.version="$version" dependency:copy-dependencies \
   -DincludeScope=runtime -DoutputDirectory="$tmp" >&2
 # Swap in atomically so a concurrent or interrupted run never leaves a half-filled libs folder.
 rm -rf "$libs"
-mv "$tmp" "$libs"
+mv -T "$tmp" "$libs"
 rm -f "$home"/.complete-*
 touch "$stamp"
 echo "$libs"
