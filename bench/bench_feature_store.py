@@ -115,7 +115,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000, help="item vectors to write (128-d)")
     ap.add_argument("--users", type=int, default=10_000)
     ap.add_argument("--lookups", type=int, default=3000)
-    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--pin", action="store_true", help="pin redis-server and this process to CPU 0")
     args = ap.parse_args()
     rng = np.random.default_rng(0)

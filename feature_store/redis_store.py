@@ -157,6 +157,10 @@ class RedisStore(EmbeddingStore):
             raise DataError(f"version {version!r} has no declared {kind} dimension; declare it first")
         rows = encode_rows(check_vectors(ids, vectors, meta.dims[kind], meta.dtype, f"{kind} vectors"))
         prefix = self.keys.entity_prefix(version, kind)
+        try:
+            keys = [prefix + i for i in ids]  # type: ignore[operator]
+        except TypeError:  # non-str ids
+            keys = [prefix + str(i) for i in ids]
         n, chunk = len(rows), max(1, self.settings.write_chunk)
         with self._guard("writing vectors"):
             pipe = self._r.pipeline(transaction=False)
@@ -164,7 +168,7 @@ class RedisStore(EmbeddingStore):
             for start in range(0, n, chunk):
                 stop = min(n, start + chunk)
                 args: list[Any] = [None] * (2 * (stop - start))
-                args[0::2] = [prefix + str(i) for i in ids[start:stop]]
+                args[0::2] = keys[start:stop]
                 args[1::2] = rows[start:stop]
                 pipe.execute_command("MSET", *args)
                 queued += 1
