@@ -99,3 +99,13 @@ def test_memory_names_share_within_process() -> None:
     a, b, c = open_store("memory://shared-t"), open_store("memory://shared-t"), open_store("memory://")
     a.declare("v1", {"user": 2})
     assert b.versions() == ["v1"] and c.versions() == []
+
+
+def test_feature_store_never_imports_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, feature_store, feature_store.cli, feature_store.loaders, feature_store.memory_store, "
+            "feature_store.sqlite_store, feature_store.redis_store; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"
