@@ -286,6 +286,8 @@ class RedisStore(EmbeddingStore):
         def retire(pipe: redis.client.Pipeline) -> None:
             # WATCHing the pointer: a publish meanwhile aborts and re-plans, so the current
             # version is never retired. Token first: from then on no reader accepts that version.
+            # The version leaves the list only once its keys are gone, so a gc that dies halfway
+            # is finished by the next one.
             doomed.clear()
             names = [v.decode() for v in pipe.zrange(self.keys.versions, 0, -1)]
             raw = pipe.get(self.keys.current)
@@ -295,7 +297,6 @@ class RedisStore(EmbeddingStore):
             pipe.multi()
             for name in doomed:
                 pipe.delete(self.keys.live(name))
-                pipe.zrem(self.keys.versions, name)
 
         with self._guard("deleting old versions"):
             self._r.transaction(retire, self.keys.current)
@@ -308,6 +309,7 @@ class RedisStore(EmbeddingStore):
                         batch.clear()
                 if batch:
                     self._r.unlink(*batch)
+                self._r.zrem(self.keys.versions, name)
                 self._meta_cache.pop(name, None)
         return doomed
 

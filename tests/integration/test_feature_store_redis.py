@@ -73,6 +73,12 @@ def test_gc_unlinks_every_key_of_old_versions(make_store: MakeStore, redis_url: 
     assert not list(admin.scan_iter(match=f"{ns}:v:v0:*"))
     assert not list(admin.scan_iter(match=f"{ns}:v:v1:*"))
     assert len(list(admin.scan_iter(match=f"{ns}:v:v2:*"))) == 30 + 40 + 2  # + meta + live token
+    # A gc that died after retiring the token but before unlinking is finished by the next gc.
+    fill(store, "v3", 3.0)
+    admin.delete(f"{ns}:v:v2:live")
+    store.publish("v3")
+    assert store.gc(keep=0) == ["v2"]
+    assert not list(admin.scan_iter(match=f"{ns}:v:v2:*")) and store.versions() == ["v3"]
     admin.close()
 
 
