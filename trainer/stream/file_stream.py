@@ -205,6 +205,7 @@ class FileConsumer(StreamConsumer):
         self._settings = settings
         self._before_commit = before_commit
         self._lock_fd: int | None = None
+        start = check_reset(reset)
         if group is not None:
             if not _GROUP_RE.match(group):
                 raise ConfigError(f"consumer group {group!r} must match {_GROUP_RE.pattern}")
@@ -219,7 +220,6 @@ class FileConsumer(StreamConsumer):
                     "one consumer per group (stop the other one, or use kafka:// to share partitions)"
                 ) from None
         committed = self.committed()
-        start = check_reset(reset)
         self._pos = {
             p: committed.get(tp_key(log.topic, p), 0 if start == "earliest" else log.count(p))
             for p in range(log.partitions)
