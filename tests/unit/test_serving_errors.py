@@ -1,0 +1,106 @@
+"""Error mapping of the scoring endpoint: 404, 410, 422, 503 + Retry-After; never a 500."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from domain_registry import open_registry
+from feature_store import open_store
+from mamdr.settings import load_settings
+from serving.app import create_app
+from tests.fixtures.redis_server import free_port
+from trainer.export.demo import cached_tiny, publish_demo
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return cached_tiny("mlp", steps=8, delta_steps=4, n_domains=4)
+
+
+def _settings(root: Path, **extra: object):
+    return load_settings(**{"artifacts_url": f"file://{root}", "serving.reload_poll_s": 0.05,
+                            "serving.max_items": 5, **extra})
+
+
+def _wait(predicate, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+def test_client_errors(tiny, tmp_path: Path) -> None:
+    store = open_store(f"memory://errors-{uuid.uuid4().hex}")
+    registry = open_registry(f"sqlite://{tmp_path}/registry.db")
+    publish_demo(tiny, tmp_path / "art", store, registry)
+    with TestClient(create_app(_settings(tmp_path / "art"), feature_store=store, registry=registry)) as client:
+        ok = {"user_id": "u1", "item_ids": ["i1"]}
+        cases = [
+            ("unknown", ok, 404, "not registered"),
+            ("NOT A SLUG", ok, 404, "not registered"),
+            ("dom-0", {"user_id": "u1", "item_ids": []}, 422, "item_ids"),
+            ("dom-0", {"user_id": "u1"}, 422, "item_ids: Field required"),
+            ("dom-0", {"user_id": "", "item_ids": ["i1"]}, 422, "user_id"),
+            ("dom-0", {"user_id": "u1", "item_ids": ["i1"], "extra": 1}, 422, "extra"),
+            ("dom-0", {"user_id": "u1", "item_ids": [f"i{k}" for k in range(6)]}, 422, "at most 5"),
+            ("dom-0", {"user_id": 5, "item_ids": "i1"}, 422, "body"),
+        ]
+        for domain, body, status, reason in cases:
+            r = client.post(f"/v1/domains/{domain}/ctr", json=body)
+            assert r.status_code == status, (domain, body, r.text)
+            assert reason in r.json()["detail"], r.text
+        r = client.post("/v1/domains/dom-0/ctr", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 422
+        before = client.get("/metrics").text
+        assert 'mamdr_serving_requests_total{domain="unknown",status="404"} 2.0' in before
+        # Retired: 410. Paused: still served (pausing stops training, not scoring).
+        registry.update_domain("dom-1", status="retired")
+        registry.update_domain("dom-2", status="paused")
+        _wait(lambda: client.post("/v1/domains/dom-1/ctr", json=ok).status_code == 410)
+        assert "retired" in client.post("/v1/domains/dom-1/ctr", json=ok).json()["detail"]
+        assert client.post("/v1/domains/dom-2/ctr", json=ok).status_code == 200
+        # A domain registered after the export has no delta: it is served by θS at once.
+        registry.create_domain("fresh")
+        _wait(lambda: client.post("/v1/domains/fresh/ctr", json=ok).status_code == 200)
+        metrics = client.get("/metrics").text
+        # Domain labels only from the registry: raw input never becomes a label.
+        assert 'domain="NOT A SLUG"' not in metrics
+        assert 'mamdr_serving_requests_total{domain="dom-1",status="410"}' in metrics
+        assert 'mamdr_serving_requests_total{domain="dom-0",status="422"}' in metrics
+        assert 'mamdr_serving_model_version_info{version="v1"} 1.0' in metrics
+        assert client.get("/openapi.json").json()["paths"]["/v1/domains/{domain}/ctr"]["post"]
+    registry.close()
+
+
+def test_feature_store_unreachable_is_503_with_retry_after(tiny, tmp_path: Path) -> None:
+    store = open_store(f"memory://errors-{uuid.uuid4().hex}")
+    registry = open_registry(f"sqlite://{tmp_path}/registry.db")
+    publish_demo(tiny, tmp_path / "art", store, registry)
+    # A real redis client pointed at a port where nothing listens.
+    dead = open_store(f"redis://127.0.0.1:{free_port()}/0", load_settings().feature_store)
+    with TestClient(create_app(_settings(tmp_path / "art"), feature_store=dead, registry=registry)) as client:
+        r = client.post("/v1/domains/dom-0/ctr", json={"user_id": "u1", "item_ids": ["i1"]})
+        assert r.status_code == 503, r.text
+        assert int(r.headers["Retry-After"]) >= 1
+        assert client.get("/readyz").status_code == 200  # the model is there; the store is not
+    registry.close()
+
+
+def test_not_ready_without_a_live_model(tmp_path: Path) -> None:
+    store = open_store(f"memory://errors-{uuid.uuid4().hex}")
+    registry = open_registry(f"sqlite://{tmp_path}/registry.db")
+    registry.create_domain("dom-0")
+    with TestClient(create_app(_settings(tmp_path / "art"), feature_store=store, registry=registry)) as client:
+        assert client.get("/healthz").status_code == 200
+        r = client.get("/readyz")
+        assert r.status_code == 503 and r.json()["ready"] is False
+        r = client.post("/v1/domains/dom-0/ctr", json={"user_id": "u1", "item_ids": ["i1"]})
+        assert r.status_code == 503 and "Retry-After" in r.headers
+    registry.close()
