@@ -1,0 +1,164 @@
+"""``mamdr experiment``: frameworks × seeds on one dataset and model, summarised like the paper's
+Tables V/VI (mean ± std over seeds of average AUC and average RANK), with per-domain AUCs.
+
+Methods are framework names; ``NAME+finetune`` reports NAME after the final per-domain finetune
+(the framework is trained once and reported both ways when both are asked for).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mamdr.errors import ConfigError
+from trainer.data.base import MultiDomainDataset
+from trainer.evaluation import average_rank, mean_auc
+from trainer.experiment_report import format_table, plot_per_domain
+from trainer.frameworks import FRAMEWORKS, FrameworkConfig, build_framework, fit
+from trainer.models import MODELS, ModelConfig, build_model
+
+log = logging.getLogger(__name__)
+FINETUNE_SUFFIX = "+finetune"
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    dataset: str
+    model: str
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    out: Path
+    framework: FrameworkConfig = field(default_factory=FrameworkConfig)
+    data_dir: Path | None = None
+    model_extra: dict[str, Any] = field(default_factory=dict)
+    emb_dim: int = 128
+    dataset_options: dict[str, Any] = field(default_factory=dict)  # passed to load_dataset
+
+
+def parse_methods(spec: str) -> tuple[str, ...]:
+    methods = tuple(m.strip().lower() for m in spec.split(",") if m.strip())
+    if not methods:
+        raise ConfigError("--frameworks is empty; name at least one, e.g. alternate,dn,dr,mamdr")
+    for m in methods:
+        base = m.removesuffix(FINETUNE_SUFFIX)
+        if base not in FRAMEWORKS:
+            raise ConfigError(f"unknown framework {m!r}; choose from {', '.join(sorted(FRAMEWORKS))} "
+                              f"(append {FINETUNE_SUFFIX} for the final per-domain finetune)")
+        if m.endswith(FINETUNE_SUFFIX) and base == "separate":
+            raise ConfigError("separate has no shared model to finetune from; drop separate+finetune")
+    return methods
+
+
+def load(dataset: str, seed: int, data_dir: Path | None, options: dict[str, Any] | None = None
+         ) -> MultiDomainDataset:
+    """The dataset by name or folder path (the data package decides what names exist)."""
+    try:
+        from trainer.data import load_dataset
+    except ImportError as exc:  # the loaders are another package's; fail with one line
+        raise ConfigError(f"dataset loaders are not available ({exc})") from exc
+    return load_dataset(dataset, seed=seed, data_dir=data_dir, **(options or {}))
+
+
+def model_config(ds: MultiDomainDataset, cfg: ExperimentConfig) -> ModelConfig:
+    pretrained = ds.user_vectors is not None and ds.item_vectors is not None
+    return ModelConfig(
+        n_users=ds.n_users, n_items=ds.n_items, n_domains=ds.n_domains, emb_dim=cfg.emb_dim,
+        user_dim=int(ds.user_vectors.shape[1]) if pretrained else None,  # type: ignore[union-attr]
+        item_dim=int(ds.item_vectors.shape[1]) if pretrained else None,  # type: ignore[union-attr]
+        freeze_user_item=pretrained, extra=dict(cfg.model_extra),
+    )
+
+
+def build(ds: MultiDomainDataset, cfg: ExperimentConfig, seed: int):  # type: ignore[no-untyped-def]
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, model_config(ds, cfg))
+    if ds.user_vectors is not None and ds.item_vectors is not None:
+        with torch.no_grad():
+            model.user_embedding.weight.copy_(torch.from_numpy(np.asarray(ds.user_vectors, dtype=np.float32)))
+            model.item_embedding.weight.copy_(torch.from_numpy(np.asarray(ds.item_vectors, dtype=np.float32)))
+    return model
+
+
+def run_experiment(cfg: ExperimentConfig,
+                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train every method for every seed; write results.json and the plot; return the results."""
+    if cfg.model not in MODELS:
+        raise ConfigError(f"unknown model {cfg.model!r}; choose one of {', '.join(sorted(MODELS))}")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    bases = list(dict.fromkeys(m.removesuffix(FINETUNE_SUFFIX) for m in cfg.methods))
+    per_seed: list[dict[str, dict[str, Any]]] = []
+    domains: list[str] = []
+    summary = ""
+    for seed in cfg.seeds:
+        ds = load(cfg.dataset, seed, cfg.data_dir, cfg.dataset_options)
+        domains, summary = ds.domains, ds.summary()
+        cells: dict[str, dict[str, Any]] = {}
+        for base in bases:
+            finetune = f"{base}{FINETUNE_SUFFIX}" in cfg.methods
+            fcfg = cfg.framework.with_(seed=seed, finetune=finetune)
+            fw = build_framework(base, build(ds, cfg, seed), ds, fcfg)
+
+            def report(epoch: int, value: float, base: str = base, seed: int = seed) -> None:
+                if progress is not None:
+                    progress(f"seed {seed} {base} epoch {epoch + 1}: val AUC {value:.4f}")
+
+            start = time.perf_counter()
+            result = fit(fw, report)
+            info = {"epochs": result.epochs, "best_epoch": result.best_epoch + 1,
+                    "epoch_time_s": result.mean_epoch_time, "train_time_s": time.perf_counter() - start,
+                    "best_val_auc": result.best_val_auc, "val_history": result.val_history}
+            if base in cfg.methods:
+                cells[base] = {"per_domain": result.test, **info}
+            if finetune and result.test_finetuned is not None:
+                cells[f"{base}{FINETUNE_SUFFIX}"] = {"per_domain": result.test_finetuned, **info}
+            if progress is not None:
+                progress(f"seed {seed} {base}: test AUC {result.test_auc:.4f} after {result.epochs} epochs")
+        ranks = average_rank({m: c["per_domain"] for m, c in cells.items()})
+        for m, c in cells.items():
+            c["avg_auc"], c["avg_rank"] = mean_auc(c["per_domain"]), ranks[m]
+        per_seed.append(cells)
+    results = aggregate(cfg, per_seed, domains, summary)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+    plot_per_domain(results, cfg.out / "per_domain_auc.png")
+    return results
+
+
+def _ms(values: Sequence[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def aggregate(cfg: ExperimentConfig, per_seed: list[dict[str, dict[str, Any]]], domains: list[str],
+              summary: str) -> dict[str, Any]:
+    methods: dict[str, Any] = {}
+    alt_time = None
+    if all("alternate" in cells for cells in per_seed):
+        alt_time = float(np.mean([cells["alternate"]["epoch_time_s"] for cells in per_seed]))
+    for m in cfg.methods:
+        cells = [s[m] for s in per_seed]
+        auc_m, auc_s = _ms([c["avg_auc"] for c in cells])
+        rank_m, rank_s = _ms([c["avg_rank"] for c in cells])
+        epoch_time = float(np.mean([c["epoch_time_s"] for c in cells]))
+        methods[m] = {
+            "avg_auc": auc_m, "avg_auc_std": auc_s, "avg_rank": rank_m, "avg_rank_std": rank_s,
+            "per_domain": {domains[d]: float(np.mean([c["per_domain"][d] for c in cells]))
+                           for d in range(len(domains))},
+            "epochs": [c["epochs"] for c in cells], "best_epoch": [c["best_epoch"] for c in cells],
+            "epoch_time_s": epoch_time,
+            "epoch_time_vs_alternate": epoch_time / alt_time if alt_time else None,
+            "train_time_s": float(np.mean([c["train_time_s"] for c in cells])),
+            "per_seed": [{"avg_auc": c["avg_auc"], "avg_rank": c["avg_rank"], "val_history": c["val_history"],
+                          "per_domain": {domains[d]: v for d, v in c["per_domain"].items()}} for c in cells],
+        }
+    return {"dataset": cfg.dataset, "summary": summary, "model": cfg.model, "seeds": list(cfg.seeds),
+            "domains": domains, "framework_config": cfg.framework.to_json(), "methods": methods,
+            "table": format_table(methods)}

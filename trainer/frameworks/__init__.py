@@ -1,0 +1,43 @@
+"""Model-agnostic multi-domain learning frameworks over (model, DomainParameters, dataset, config).
+
+``build_framework(name, model, dataset, config)`` then ``fit(framework)``; or drive one round at a
+time (``DomainNegotiation.negotiate``, ``DomainRegularization.regularize``) from a stream.
+"""
+
+from __future__ import annotations
+
+from mamdr.errors import ConfigError
+from trainer.data.base import MultiDomainDataset
+from trainer.frameworks.alternate import Alternate, Joint
+from trainer.frameworks.base import Batch, Framework
+from trainer.frameworks.config import FrameworkConfig
+from trainer.frameworks.dn import DomainNegotiation
+from trainer.frameworks.dr import MAMDR, DomainRegularization
+from trainer.frameworks.fit import FitResult, fit
+from trainer.frameworks.separate import Separate
+from trainer.models.base import CTRModel
+
+FRAMEWORKS: dict[str, type[Framework]] = {}
+
+
+def register(cls: type[Framework]) -> type[Framework]:
+    if cls.name in FRAMEWORKS:
+        raise ValueError(f"framework {cls.name!r} registered twice")
+    FRAMEWORKS[cls.name] = cls
+    return cls
+
+
+for _cls in (Alternate, Joint, Separate, DomainNegotiation, DomainRegularization, MAMDR):
+    register(_cls)
+
+
+def build_framework(name: str, model: CTRModel, dataset: MultiDomainDataset,
+                    config: FrameworkConfig) -> Framework:
+    if name not in FRAMEWORKS:
+        raise ConfigError(f"unknown framework {name!r}; choose from {', '.join(sorted(FRAMEWORKS))}")
+    return FRAMEWORKS[name](model, dataset, config)
+
+
+__all__ = ["FRAMEWORKS", "MAMDR", "Alternate", "Batch", "DomainNegotiation", "DomainRegularization",
+           "FitResult", "Framework", "FrameworkConfig", "Joint", "Separate", "build_framework", "fit",
+           "register"]

@@ -1,0 +1,89 @@
+"""One frozen configuration for every learning framework (defaults: how the paper's authors ran it)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from mamdr.errors import ConfigError
+
+INNER_OPTIMIZERS = ("adam", "sgd")
+OUTER_OPTIMIZERS = ("interp", "sgd", "adagrad", "adam")
+BETA_SCHEDULES = ("constant", "anneal")
+SCHEDULES = ("interleaved", "staged")
+
+
+@dataclass(frozen=True)
+class FrameworkConfig:
+    """Knobs shared by the frameworks; each reads only the ones it needs.
+
+    ``inner_steps``/``dr_steps``: ``None`` means one update is a full pass over a domain's training
+    data (the paper); an int K means K mini-batches (what a streaming trainer needs).
+    ``outer``: ``interp`` is Θ ← Θ + β(Θ̃ − Θ); the optimizers are fed (Θ − Θ̃) as the gradient with
+    learning rate ``outer_lr`` (the paper's industry setting: inner SGD 0.1, outer Adagrad).
+    ``beta_schedule``: ``anneal`` uses β_e = max(β, 1/(1 + e)) (epoch e from 0): DN starts as
+    alternate training and approaches the negotiated step, so it leaves the popularity plateau fast.
+    ``dr_budget`` (when ``dr_steps`` is None): ``pass`` = full passes over T_j and T_i (the paper; an
+    epoch of MAMDR costs ≈ (2k + 3)× Alternate); ``half`` = each of the two updates takes half as many
+    mini-batches as a pass over the target T_i, so DR costs (k + 1) target passes and MAMDR ≈ (k + 2)×.
+    ``schedule`` (DR, MAMDR): ``interleaved`` runs DR on every domain after each shared epoch
+    (Algorithm 3); ``staged`` trains θS to convergence first, then only DR rounds on the fixed θS.
+    """
+
+    epochs: int = 30
+    patience: int = 3
+    batch_size: int = 1024
+    inner: str = "adam"
+    inner_lr: float = 1e-3
+    persist_inner_state: bool = True
+    inner_steps: int | None = None
+    outer: str = "interp"
+    beta: float = 0.1
+    outer_lr: float = 0.1
+    beta_schedule: str = "constant"
+    gamma: float = 0.1
+    k: int = 5
+    dr_steps: int | None = None
+    dr_budget: str = "pass"
+    schedule: str = "interleaved"
+    l2: float = 1e-5
+    specific: str | None = None
+    delta_init: str = "zeros"  # or "random" (the authors' independent initialisation)
+    finetune: bool = False
+    finetune_lr: float = 1e-3
+    finetune_epochs: int = 20
+    finetune_patience: int = 3
+    seed: int = 0
+    device: str = "cpu"
+    eval_batch_size: int = 8192
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.inner in INNER_OPTIMIZERS, f"inner optimizer {self.inner!r}: use {INNER_OPTIMIZERS}"),
+            (self.outer in OUTER_OPTIMIZERS, f"outer optimizer {self.outer!r}: use {OUTER_OPTIMIZERS}"),
+            (self.beta_schedule in BETA_SCHEDULES, f"beta_schedule {self.beta_schedule!r}: {BETA_SCHEDULES}"),
+            (self.schedule in SCHEDULES, f"schedule {self.schedule!r}: use {SCHEDULES}"),
+            (self.dr_budget in ("pass", "half"), f"dr_budget {self.dr_budget!r}: use pass or half"),
+            (self.delta_init in ("zeros", "random"), f"delta_init {self.delta_init!r}: use zeros or random"),
+            (0 < self.beta <= 1, f"beta must be in (0, 1], got {self.beta}"),
+            (0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}"),
+            (self.k >= 0, f"k must be >= 0, got {self.k}"),
+            (self.epochs >= 1 and self.patience >= 1, "epochs and patience must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.inner_steps is None or self.inner_steps >= 1, "inner_steps must be >= 1 (None: full pass)"),
+            (self.dr_steps is None or self.dr_steps >= 1, "dr_steps must be >= 1 (or None: full pass)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def beta_at(self, epoch: int) -> float:
+        if self.beta_schedule == "anneal":
+            return max(self.beta, 1.0 / (1.0 + epoch))
+        return self.beta
+
+    def with_(self, **changes: Any) -> FrameworkConfig:
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
