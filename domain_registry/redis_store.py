@@ -161,6 +161,8 @@ class RedisRegistry(Registry):
             current = self._load_domain(pipe.hget(self.k_domains, domain_id), domain_id)
             domain, changes = rules.updated_domain(current, display_name=display_name, status=status,
                                                    settings=settings, now=time.time())
+            if not changes:
+                return _Write(current)
             return _Write(domain, rules.update_action(changes), domain_id, changes,
                           lambda p, _seq: p.hset(self.k_domains, domain_id, domain.model_dump_json()))
 

@@ -74,7 +74,8 @@ def updated_domain(current: Domain, *, display_name: str | None, status: str | N
     """The domain after an update and the audit detail (``{field: [old, new]}``).
 
     ``settings`` is merged key by key (a ``None`` value removes the key), like a JSON merge patch.
-    A retired domain is kept for history and never changes again: ``Gone``.
+    A retired domain is kept for history and never changes again: ``Gone``. When nothing changes,
+    ``changes`` is empty and backends write nothing (no counter bump, ``updated_at`` kept).
     """
     if current.status == "retired":
         raise Gone(f"domain {current.id!r} is retired; its record is kept for history and cannot change "

@@ -209,6 +209,8 @@ class SqliteRegistry(Registry):
             current = self._get_domain(conn, domain_id)
             domain, changes = rules.updated_domain(current, display_name=display_name, status=status,
                                                    settings=settings, now=now)
+            if not changes:
+                return current
             conn.execute("UPDATE domains SET display_name = ?, status = ?, updated_at = ?, settings = ? "
                          "WHERE id = ?",
                          (domain.display_name, domain.status, domain.updated_at, _dumps(domain.settings),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -57,23 +58,40 @@ for domain_id in ids:
 print(json.dumps(won))
 """
 
-# Crash safety: write in a loop until killed (bounded in count and time if nobody kills it).
-CRASH_WRITER = """
-import sys, time
+# Crash safety: a spawner (one Python start-up) forks one writer per line of stdin, prints its pid,
+# then how it ended. Each writer writes in a loop until the test kills it with SIGKILL (bounded in
+# count and time if nobody does). Forking from this single-threaded process is cheap, so a test can
+# afford many kills at random moments.
+CRASH_SPAWNER = """
+import os, sys, time
+import domain_registry.redis_store, domain_registry.sqlite_store  # imported once, before the forks
 from domain_registry import open_registry
 from domain_registry.base import ModelVersion
-url, tag = sys.argv[1], sys.argv[2]
-reg = open_registry(url)
-deadline = time.monotonic() + 30
-for i in range(100_000):
-    if time.monotonic() > deadline:
-        break
-    reg.create_domain(f"{tag}-{i}", display_name=f"{tag} {i}", settings={"i": i, "tag": tag})
-    reg.register_model(ModelVersion(id=f"{tag}-m{i}", created_at=time.time(),
-                                    artifact_uri=f"file:///a/{tag}-m{i}", metrics={"i": i}))
-    reg.promote(f"{tag}-m{i}")
-    if i % 3 == 2:
-        reg.rollback()
+
+def write_forever(url, tag):
+    reg = open_registry(url)
+    deadline = time.monotonic() + 30
+    for i in range(100_000):
+        if time.monotonic() > deadline:
+            return
+        reg.create_domain(f"{tag}-{i}", display_name=f"{tag} {i}", settings={"i": i, "tag": tag})
+        reg.register_model(ModelVersion(id=f"{tag}-m{i}", created_at=time.time(),
+                                        artifact_uri=f"file:///a/{tag}-m{i}", metrics={"i": i}))
+        reg.promote(f"{tag}-m{i}")
+        if i % 3 == 2:
+            reg.rollback()
+
+url = sys.argv[1]
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            write_forever(url, line.strip())
+        finally:
+            os._exit(3)
+    print(pid, flush=True)
+    _, status = os.waitpid(pid, 0)
+    print(-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status), flush=True)
 """
 
 
@@ -171,6 +189,9 @@ class RegistrySuite:
         assert registry.get_domain("comedy") == resumed
         with pytest.raises(DataError):
             registry.update_domain("comedy", status="deleted")  # type: ignore[arg-type]
+        before = registry.change_counter()
+        unchanged = registry.update_domain("comedy", status="active", settings={"dr_k": 5})
+        assert unchanged == resumed and registry.change_counter() == before, "a no-op update writes nothing"
 
     def test_retire_keeps_history_and_blocks_reuse(self, registry: Registry) -> None:
         registry.create_domain("comedy", settings={"dr_k": 3})
@@ -373,23 +394,34 @@ class RegistrySuite:
     def test_kill_9_mid_write_leaves_a_consistent_registry(self, registry_url: str) -> None:
         with open_registry(registry_url) as reg:
             reg.change_counter()
-        for round_no, kill_after in enumerate((7, 23, 41)):
-            proc = subprocess.Popen([sys.executable, "-c", CRASH_WRITER, registry_url, f"r{round_no}"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_python_env())
-            with open_registry(registry_url) as watcher:
+        rng = random.Random(7)
+        spawner = subprocess.Popen([sys.executable, "-c", CRASH_SPAWNER, registry_url], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_python_env(), text=True)
+        assert spawner.stdin is not None and spawner.stdout is not None
+        watcher = open_registry(registry_url)
+        try:
+            for round_no in range(20):
                 start = watcher.change_counter()
+                spawner.stdin.write(f"r{round_no}\n")
+                spawner.stdin.flush()
+                pid = int(spawner.stdout.readline())
+                kill_after = rng.randint(3, 30)
                 deadline = time.monotonic() + 30
-                while watcher.change_counter() < start + kill_after and proc.poll() is None:
+                while watcher.change_counter() < start + kill_after:
                     assert time.monotonic() < deadline, "writer made no progress"
                     time.sleep(0.002)
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
-            assert proc.returncode == -signal.SIGKILL
-            with open_registry(registry_url) as reg:
+                time.sleep(rng.uniform(0, 0.03))  # do not kill in step with the commits we observe
+                os.kill(pid, signal.SIGKILL)
+                assert int(spawner.stdout.readline()) == -signal.SIGKILL, "the writer failed on its own"
                 self.check_storage(registry_url)
-                assert_consistent(reg)
-                assert reg.change_counter() >= start + kill_after
+                with open_registry(registry_url) as reg:
+                    assert_consistent(reg)
+                    assert reg.change_counter() >= start + kill_after
+        finally:
+            watcher.close()
+            spawner.kill()
+            _, err = spawner.communicate(timeout=10)
+        assert "Traceback" not in err, err
 
     def check_storage(self, registry_url: str) -> None:
         """Backend-specific checks after a crash (sqlite: integrity_check)."""
