@@ -1,0 +1,362 @@
+"""Serving benchmark (prints figures): HTTP vs the floor, composition strategies, 10 -> 10,000 domains.
+
+Everything runs on loopback with a real ``redis-server`` started here, the paper's MLP
+(128-d user/item/domain, [256, 128, 64]) and 100 candidates per request.
+
+1. floor: one feature-store lookup (1 user + 100 items, one MGET) + one onnxruntime run, no HTTP.
+2. HTTP: ``mamdr serve`` (uvicorn, its own socket) at concurrency 1 (p50/p99) and peak throughput
+   with several keep-alive client processes; both as ratios to the floor measured in this run.
+3. composition strategies in-process (no HTTP): per-domain miss cost, run latency and memory held.
+4. domains held: a server per count (10, 1,000, 10,000 synthetic deltas, all kept in the LRU),
+   RSS per domain and p99 over uniformly random domains.
+
+Run: ``~/.cache/mamdr/venv/bin/python bench/bench_serving.py`` (``--quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+N_CANDIDATES = 100
+# Tensors a synthetic delta overrides: the domain row and the last two layers (a typical θi scope
+# when thousands of domains are served); the parity tests use full-network deltas.
+SYNTH_TENSORS = ("domain_embedding.weight", "tower.6.weight", "tower.6.bias", "out.weight", "out.bias")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("redis-server did not start")
+
+
+def pct(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values) * 1e3
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# --------------------------------------------------------------------------------------------- setup
+def build_world(tmp: Path, redis_url: str, n_users: int, n_items: int) -> dict[str, object]:
+    """Paper-size MLP exported with 4 real domains; embeddings in Redis; a sqlite registry."""
+    import torch
+
+    from domain_registry import open_registry
+    from feature_store import open_store
+    from mamdr.settings import load_settings
+    from trainer.export import export_version
+    from trainer.feature_sync import sync_embeddings
+    from trainer.models import ModelConfig, build_model
+    from trainer.params import DomainParameters
+
+    torch.manual_seed(0)
+    model = build_model("mlp", ModelConfig(n_users=n_users, n_items=n_items, n_domains=4, dropout=0.0))
+    params = DomainParameters(model)
+    for d in range(4):
+        params.set_delta(d, {n: torch.randn_like(t) * 0.01 for n, t in params.shared_specific().items()})
+    store = open_store(redis_url, load_settings().feature_store)
+    users = [f"u{k}" for k in range(n_users)]
+    items = [f"i{k}" for k in range(n_items)]
+    sync_embeddings(model, users, items, store, "emb-1")
+    registry = open_registry(f"sqlite://{tmp}/registry.db")
+    domains = {f"dom-{d}": d for d in range(4)}
+    for d in domains:
+        registry.create_domain(d)
+    export_version(params, domains, tmp / "art", "v1", feature_store_version="emb-1", registry=registry,
+                   promote=True)
+    registry.close()
+    store.close()
+    return {"users": users, "items": items}
+
+
+def publish_synthetic(tmp: Path, n_domains: int) -> tuple[Path, str]:
+    """A registry + version with ``n_domains`` random deltas over SYNTH_TENSORS (fsync off: bulk)."""
+    from domain_registry import open_registry
+    from domain_registry.base import ModelVersion
+    from serving.artifacts import load_version
+    from trainer.export.onnx_graph import delta_model
+    from trainer.export.publish import publish_version
+
+    base = load_version(tmp / "art" / "v1")
+    root = tmp / f"art-{n_domains}"
+    rng = np.random.default_rng(n_domains)
+    deltas = {}
+    for k in range(n_domains):
+        arrays = {n: (rng.standard_normal(base.shared[n].shape) * 0.01).astype(np.float32) for n in SYNTH_TENSORS}
+        deltas[f"s{k}"] = (delta_model(f"s{k}", arrays), arrays)
+    m = publish_version(root, "v1", base.shared_bytes, deltas, base.manifest.contract,
+                        feature_store_version="emb-1", cold_start=base.manifest.cold_start, fsync=False)
+    db = tmp / f"registry-{n_domains}.db"
+    registry = open_registry(f"sqlite://{db}")
+    for d in deltas:
+        registry.create_domain(d)
+    registry.register_model(ModelVersion(id="v1", created_at=time.time(), artifact_uri=f"file://{root / 'v1'}",
+                                         delta_checksums={d: e.sha256 for d, e in m.deltas.items()}))
+    registry.promote("v1")
+    registry.close()
+    return db, "v1"
+
+
+# --------------------------------------------------------------------------------------------- floor
+def floor(tmp: Path, redis_url: str, world: dict, iters: int) -> dict[str, float]:
+    """Feature-store lookup + one onnxruntime run of the shared graph, in this process."""
+    from feature_store import open_store
+    from mamdr.settings import load_settings
+    from serving.artifacts import load_version
+    from serving.composition import FeedComposer
+
+    loaded = load_version(tmp / "art" / "v1")
+    composer = FeedComposer(loaded, cache_size=8, threads=1)
+    store = open_store(redis_url, load_settings().feature_store)
+    rng = np.random.default_rng(0)
+    lat, fs_lat = [], []
+    for k in range(iters + 50):
+        user = world["users"][int(rng.integers(len(world["users"])))]
+        items = [world["items"][int(i)] for i in rng.integers(len(world["items"]), size=N_CANDIDATES)]
+        t0 = time.perf_counter()
+        found = store.lookup(user, items, version="emb-1")
+        t1 = time.perf_counter()
+        users = np.ascontiguousarray(np.broadcast_to(found.user, (N_CANDIDATES, found.user.shape[0])))
+        composer.session.run(["logit"], {"user_emb": users, "item_emb": found.items})
+        t2 = time.perf_counter()
+        if k >= 50:
+            lat.append(t2 - t0)
+            fs_lat.append(t1 - t0)
+    store.close()
+    p50, p99 = pct(lat)
+    return {"p50": p50, "p99": p99, "fs_p50": pct(fs_lat)[0], "mean": float(np.mean(lat)) * 1e3}
+
+
+# --------------------------------------------------------------------------------------------- http
+class Server:
+    def __init__(self, tmp: Path, redis_url: str, registry_db: Path, cache: int, composition: str) -> None:
+        self.port = free_port()
+        env = {**os.environ, "MAMDR_SERVING__RELOAD_POLL_S": "0.5", "MAMDR_REGISTRY__ADMIN_TOKEN": "bench"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mamdr.cli", "--log-level", "WARNING", "serve", "--feature-store", redis_url,
+             "--registry", f"sqlite://{registry_db}", "--port", str(self.port), "--cache-size", str(cache),
+             "--composition", composition],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                status, _ = self.get("/readyz")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.2)
+        raise SystemExit("server did not become ready")
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _bodies(world: dict, domains: list[str], n: int, seed: int) -> list[tuple[str, bytes]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        user = world["users"][int(rng.integers(len(world["users"])))]
+        items = [world["items"][int(i)] for i in rng.integers(len(world["items"]), size=N_CANDIDATES)]
+        domain = domains[int(rng.integers(len(domains)))]
+        out.append((f"/v1/domains/{domain}/ctr", json.dumps({"user_id": user, "item_ids": items}).encode()))
+    return out
+
+
+def run_requests(port: int, reqs: list[tuple[str, bytes]], seconds: float | None = None) -> list[float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.connect()
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    headers = {"content-type": "application/json"}
+    lat = []
+    stop = time.monotonic() + seconds if seconds else None
+    k = 0
+    while True:
+        path, body = reqs[k % len(reqs)]
+        t0 = time.perf_counter()
+        conn.request("POST", path, body, headers)
+        r = conn.getresponse()
+        r.read()
+        lat.append(time.perf_counter() - t0)
+        if r.status != 200:
+            raise SystemExit(f"HTTP {r.status} during the benchmark")
+        k += 1
+        if (stop is None and k >= len(reqs)) or (stop is not None and time.monotonic() > stop):
+            return lat
+
+
+def _client_proc(port: int, reqs: list[tuple[str, bytes]], seconds: float, queue: mp.Queue) -> None:
+    queue.put(len(run_requests(port, reqs, seconds)))
+
+
+def throughput(port: int, reqs: list[tuple[str, bytes]], clients: int, seconds: float) -> float:
+    queue: mp.Queue = mp.Queue()
+    procs = [mp.Process(target=_client_proc, args=(port, reqs, seconds, queue)) for _ in range(clients)]
+    for p in procs:
+        p.start()
+    total = sum(queue.get(timeout=seconds + 60) for _ in procs)
+    for p in procs:
+        p.join()
+    return total / seconds
+
+
+# --------------------------------------------------------------------------------------------- strategies
+def strategies(tmp: Path, n_domains: int, iters: int) -> list[str]:
+    """Per-strategy miss cost, run latency at N=100 and RSS per domain held (full-network deltas)."""
+    from serving.artifacts import load_version
+    from serving.composition import build_composer
+    from trainer.export.onnx_graph import delta_model
+    from trainer.export.publish import publish_version
+
+    base = load_version(tmp / "art" / "v1")
+    real = base.read_delta("dom-0")  # full-network delta (all dense layers + domain row)
+    rng = np.random.default_rng(1)
+    deltas = {}
+    for k in range(n_domains):
+        arrays = {n: (a + rng.standard_normal(a.shape).astype(np.float32) * 1e-3) for n, a in real.items()}
+        deltas[f"f{k}"] = (delta_model(f"f{k}", arrays), arrays)
+    root = tmp / "art-full"
+    publish_version(root, "v1", base.shared_bytes, deltas, base.manifest.contract, fsync=False)
+    loaded = load_version(root / "v1")
+    u = np.random.default_rng(2).standard_normal((N_CANDIDATES, 128), dtype=np.float32)
+    i = np.random.default_rng(3).standard_normal((N_CANDIDATES, 128), dtype=np.float32)
+    lines = []
+    for name in ("feed", "session"):
+        rss0 = rss_mib(os.getpid())
+        composer = build_composer(name, loaded, cache_size=n_domains, threads=1)
+        t0 = time.perf_counter()
+        for d in deltas:
+            composer.warm(d)
+        miss_ms = (time.perf_counter() - t0) / n_domains * 1e3
+        held = (rss_mib(os.getpid()) - rss0) / n_domains
+        doms = list(deltas)
+        lat = []
+        for k in range(iters):
+            d = doms[k % len(doms)]
+            t = time.perf_counter()
+            composer.logits(d, u, i)
+            lat.append(time.perf_counter() - t)
+        p50, p99 = pct(lat)
+        lines.append(f"  {name:8s} miss (load+compose+build) {miss_ms:6.2f} ms   held {held:5.2f} MiB/domain   "
+                     f"run N=100 p50 {p50:.3f} ms p99 {p99:.3f} ms")
+        del composer
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller counts (smoke run)")
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--items", type=int, default=20_000)
+    ap.add_argument("--clients", type=int, default=3, help="client processes for peak throughput")
+    args = ap.parse_args()
+    iters = 300 if args.quick else 2_000
+    counts = (10, 100) if args.quick else (10, 1_000, 10_000)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    redis_proc, redis_url = start_redis(tmp)
+    try:
+        print(f"setup: paper MLP, {args.users} users / {args.items} items in Redis, {N_CANDIDATES} candidates",
+              flush=True)
+        world = build_world(tmp, redis_url, args.users, args.items)
+        fl = floor(tmp, redis_url, world, iters)
+        print(f"floor (Redis MGET + onnxruntime, no HTTP): p50 {fl['p50']:.3f} ms  p99 {fl['p99']:.3f} ms  "
+              f"(feature store p50 {fl['fs_p50']:.3f} ms); 1-core ceiling {1e3 / fl['mean']:.0f} req/s", flush=True)
+
+        server = Server(tmp, redis_url, tmp / "registry.db", cache=256, composition="feed")
+        try:
+            domains = [f"dom-{d}" for d in range(4)]
+            reqs = _bodies(world, domains, 500, seed=1)
+            run_requests(server.port, reqs[:100])  # warm-up
+            p50, p99 = pct(run_requests(server.port, reqs * (iters // 500 + 1)))
+            rps = throughput(server.port, reqs, args.clients, 3.0 if args.quick else 8.0)
+            ceiling = 1e3 / fl["mean"]
+            print(f"HTTP feed, concurrency 1: p50 {p50:.3f} ms  p99 {p99:.3f} ms  ->  p50 {p50 / fl['p50']:.2f}x  "
+                  f"p99 {p99 / fl['p99']:.2f}x the floor", flush=True)
+            print(f"HTTP peak throughput ({args.clients} client processes on the same 2 cores): {rps:.0f} req/s = "
+                  f"{rps / ceiling:.2f}x the floor's 1-core ceiling", flush=True)
+        finally:
+            server.stop()
+
+        print("composition strategies, in-process, full-network deltas (all dense layers), N=100:", flush=True)
+        for line in strategies(tmp, 50 if args.quick else 300, iters):
+            print(line, flush=True)
+
+        print(f"domains held (feed, every domain in the LRU, deltas over {', '.join(SYNTH_TENSORS)}):",
+              flush=True)
+        base_p99 = None
+        for n in counts:
+            db, _ = publish_synthetic(tmp, n)
+            server = Server(tmp, redis_url, db, cache=n, composition="feed")
+            try:
+                rss0 = rss_mib(server.proc.pid)
+                doms = [f"s{k}" for k in range(n)]
+                warm = [(f"/v1/domains/{d}/ctr", json.dumps({"user_id": "u1", "item_ids": ["i1"]}).encode())
+                        for d in doms]
+                run_requests(server.port, warm)
+                rss1 = rss_mib(server.proc.pid)
+                lat = run_requests(server.port, _bodies(world, doms, iters, seed=n))
+                p50, p99 = pct(lat)
+                base_p99 = base_p99 or p99
+                print(f"  {n:6d} domains: RSS {rss1:7.1f} MiB (+{rss1 - rss0:6.1f} after touching all, "
+                      f"{(rss1 - rss0) * 1024 / n:6.1f} KiB/domain)  p50 {p50:.3f} ms  p99 {p99:.3f} ms  "
+                      f"(p99 {p99 / base_p99:.2f}x the 10-domain p99)", flush=True)
+            finally:
+                server.stop()
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
