@@ -61,12 +61,21 @@ def _check_json_dict(value: Any, what: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _check_domain_settings(settings: Any) -> dict[str, Any]:
+    """A JSON object; the keys the trainer reads are type-checked here so a typo fails at the edge."""
+    checked = _check_json_dict(settings, "settings")
+    dr_k = checked.get("dr_k")
+    if dr_k is not None and (isinstance(dr_k, bool) or not isinstance(dr_k, int) or dr_k < 1):
+        raise DataError(f"settings.dr_k must be a positive integer (DR neighbours per domain), got {dr_k!r}")
+    return checked
+
+
 def new_domain(domain_id: str, display_name: str | None, settings: dict[str, Any] | None,
                now: float) -> Domain:
     check_domain_id(domain_id)
     name = domain_id if display_name is None else _check_display_name(display_name)
     return Domain(id=domain_id, display_name=name, status="active", created_at=now, updated_at=now,
-                  settings=_check_json_dict(settings or {}, "settings"))
+                  settings=_check_domain_settings(settings or {}))
 
 
 def updated_domain(current: Domain, *, display_name: str | None, status: str | None,
@@ -100,7 +109,7 @@ def updated_domain(current: Domain, *, display_name: str | None, status: str | N
                 merged.pop(key, None)
             else:
                 merged[key] = value
-        merged = _check_json_dict(merged, "settings")
+        merged = _check_domain_settings(merged)
         if merged != current.settings:
             changes["settings"] = [current.settings, merged]
             data["settings"] = merged

@@ -98,9 +98,14 @@ class SqliteRegistry(Registry):
             self._conn.execute("PRAGMA synchronous = FULL")
             with self._write():
                 self._create_schema()
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.OperationalError as exc:  # locked by another process, disk full, ...
             self._conn.close()
-            raise ConfigError(f"{self.path} is not a usable registry database: {exc}") from None
+            raise BackendUnavailable(f"cannot open the registry database {self.path} ({exc}); retry shortly"
+                                     ) from None
+        except sqlite3.DatabaseError as exc:  # not an SQLite file at all
+            self._conn.close()
+            raise ConfigError(f"{self.path} is not a usable registry database ({exc}); "
+                              "point sqlite:// at a registry file or a new path") from None
         except BackendUnavailable:
             self._conn.close()
             raise
@@ -135,6 +140,9 @@ class SqliteRegistry(Registry):
                                      retry_after_s=1) from None
         except sqlite3.ProgrammingError as exc:
             raise BackendUnavailable(f"registry database {self.path} is closed ({exc})") from None
+        except sqlite3.DatabaseError as exc:
+            raise BackendUnavailable(f"registry database {self.path} is damaged ({exc}); "
+                                     "restore it from a backup") from None
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock, self._errors():
