@@ -111,6 +111,7 @@ def publish_synthetic(tmp: Path, n_domains: int) -> tuple[Path, str]:
     from domain_registry import open_registry
     from domain_registry.base import ModelVersion
     from serving.artifacts import load_version
+    from trainer.export.exporter import registry_checksums
     from trainer.export.onnx_graph import delta_model
     from trainer.export.publish import publish_version
 
@@ -128,7 +129,7 @@ def publish_synthetic(tmp: Path, n_domains: int) -> tuple[Path, str]:
     for d in deltas:
         registry.create_domain(d)
     registry.register_model(ModelVersion(id="v1", created_at=time.time(), artifact_uri=f"file://{root / 'v1'}",
-                                         delta_checksums={d: e.sha256 for d, e in m.deltas.items()}))
+                                         delta_checksums=registry_checksums(m)))
     registry.promote("v1")
     registry.close()
     return db, "v1"

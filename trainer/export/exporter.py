@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,8 +11,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from mamdr.contracts import InputContract, Manifest
+from mamdr.contracts import MANIFEST_FILE, InputContract, Manifest
 from mamdr.errors import ConfigError
+from serving.artifacts import sha256_bytes
 from trainer.export.onnx_graph import (
     OUTPUT,
     delta_model,
@@ -27,6 +29,8 @@ from trainer.params import DomainParameters
 if TYPE_CHECKING:
     from domain_registry.base import Registry
 
+REGISTRY_JSON_LIMIT = 16_000  # domain_registry.rules caps a record's JSON fields at 16,384 bytes
+
 
 def cold_start_vectors(model: CTRModel) -> dict[str, list[float]]:
     """Mean user and item vectors: the documented fallback for ids the feature store does not know."""
@@ -35,6 +39,18 @@ def cold_start_vectors(model: CTRModel) -> dict[str, list[float]]:
             "user": model.user_embedding.weight.float().mean(dim=0).tolist(),
             "item": model.item_embedding.weight.float().mean(dim=0).tolist(),
         }
+
+
+def registry_checksums(manifest: Manifest) -> dict[str, str]:
+    """Per-domain checksums for the registry record, if they fit its 16 KiB JSON cap (~200 domains).
+
+    Beyond that only the manifest's own checksum is recorded (under ``"manifest.json"``): the
+    manifest holds every delta's checksum and serving verifies all of them on load.
+    """
+    checksums = {d: e.sha256 for d, e in manifest.deltas.items()}
+    if len(json.dumps(checksums)) <= REGISTRY_JSON_LIMIT:
+        return checksums
+    return {MANIFEST_FILE: sha256_bytes(manifest.to_json().encode())}
 
 
 def export_version(
@@ -94,7 +110,7 @@ def export_version(
         registry.register_model(ModelVersion(
             id=version, parent=parent, created_at=time.time(),
             artifact_uri=f"file://{(Path(root) / version).resolve()}",
-            delta_checksums={d: e.sha256 for d, e in manifest.deltas.items()}, metrics=dict(metrics or {}),
+            delta_checksums=registry_checksums(manifest), metrics=dict(metrics or {}),
         ))
         if promote:
             registry.promote(version)
