@@ -22,6 +22,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from mamdr.errors import ConfigError, Conflict, NotFound
 from mamdr.settings import Settings
 from trainer.data.base import MultiDomainDataset, Split
 from trainer.export.publish import read_manifest
+from trainer.feature_sync import sync_embeddings
 from trainer.frameworks.config import FrameworkConfig
 from trainer.frameworks.dr import MAMDR
 from trainer.models import ModelConfig
@@ -91,6 +93,7 @@ class ContinualTrainer:
         self._known: dict[str, str] = {}
         self._counter = -1
         self._dropped_seen = 0
+        self.distributed: Any = None  # a trainer.distributed Coordinator on rank 0 of a multi-process run
 
     # -- start / resume -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -223,6 +226,8 @@ class ContinualTrainer:
         fw.domains = sorted(train)
         rng = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.round_no)
         order = fw.shuffled_domains(rng)
+        if self.distributed is not None:  # data-parallel DN + domain-partitioned DR (trainer/distributed)
+            return self.distributed.train_round(self, train, sorted(fresh), order)
         fw.negotiate([(d, fw.domain_batches(d, rng, self.cfg.inner_batches)) for d in order])
         failpoint("mid_round")
         for target in sorted(fresh):
@@ -249,16 +254,7 @@ class ContinualTrainer:
         offsets = dict(self._offsets)
         events = len(self._pending)
         # embeddings first, under the new version (serving reads the version its manifest names)
-        dims = {"user": state.model.config.udim, "item": state.model.config.idim}
-        self.store.declare(version, dims)
-        with torch.no_grad():
-            if len(state.users):
-                self.store.write(version, "user", state.users.ids,
-                                 state.model.user_embedding.weight[: len(state.users)].numpy())
-            if len(state.items):
-                self.store.write(version, "item", state.items.ids,
-                                 state.model.item_embedding.weight[: len(state.items)].numpy())
-        self.store.publish(version)
+        sync_embeddings(state.model, state.users.ids, state.items.ids, self.store, version, publish=True)
         failpoint("mid_publish")
         round_figs = {d: v for d, v in self.prequential.cumulative().items()}
         metrics = {"prequential": round_figs, "prequential_mean_auc": self.prequential.mean_auc(),
