@@ -1,0 +1,119 @@
+"""Serving against a real Redis (feature store and registry) through a real uvicorn on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+import uvicorn
+
+from domain_registry import open_registry
+from feature_store import open_store
+from mamdr.settings import Settings, load_settings
+from serving.app import create_app
+from serving.server import listening_socket
+from trainer.export.demo import cached_tiny, publish_demo
+from trainer.feature_sync import sync_embeddings
+
+
+def _settings(root: Path, redis_url: str) -> Settings:
+    return load_settings(**{"artifacts_url": f"file://{root}", "serving.reload_poll_s": 0.05,
+                            "feature_store.url": redis_url, "feature_store.retries": 0,
+                            "feature_store.socket_timeout_s": 0.3, "feature_store.connect_timeout_s": 0.3})
+
+
+@contextmanager
+def running(app, settings: Settings) -> Iterator[str]:
+    """A real uvicorn on a free loopback port, in a thread; bounded start and stop."""
+    sock = listening_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+def _wait(predicate, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def test_parity_over_real_http_with_redis_and_outage_recovery(redis_url: str, redis_server, tmp_path: Path) -> None:
+    tiny = cached_tiny("mlp", steps=8, delta_steps=4, n_domains=4)
+    settings = _settings(tmp_path / "art", redis_url)
+    store = open_store(redis_url, settings.feature_store)
+    registry = open_registry(f"sqlite://{tmp_path}/registry.db")
+    publish_demo(tiny, tmp_path / "art", store, registry)
+    rng = np.random.default_rng(3)
+    with running(create_app(settings, registry=registry), settings) as base, httpx.Client(base_url=base) as http:
+        got: dict[int, list[float]] = {s: [] for s in tiny.domains.values()}
+        asked: dict[int, tuple[list[int], list[int]]] = {s: ([], []) for s in tiny.domains.values()}
+        for k in range(200):
+            domain, slot = list(tiny.domains.items())[k % 4]
+            user = int(rng.integers(len(tiny.user_ids)))
+            items = rng.integers(len(tiny.item_ids), size=int(rng.integers(1, 100))).tolist()
+            r = http.post(f"/v1/domains/{domain}/ctr",
+                          json={"user_id": tiny.user_ids[user], "item_ids": [tiny.item_ids[i] for i in items]})
+            assert r.status_code == 200, r.text
+            got[slot] += r.json()["scores"]
+            asked[slot][0].extend([user] * len(items))
+            asked[slot][1].extend(items)
+        for slot, (users, items) in asked.items():
+            n = len(items)
+            with torch.no_grad():
+                want = torch.sigmoid(tiny.params.forward_domain(
+                    slot, torch.tensor(users), torch.tensor(items), torch.full((n,), slot))).numpy()
+            np.testing.assert_allclose(got[slot], want, atol=1e-5, rtol=0)
+        assert http.get("/readyz").status_code == 200
+
+        # Outage: Redis stops -> 503 with Retry-After (never a 500), the app stays up.
+        redis_server.stop()
+        r = http.post("/v1/domains/dom-0/ctr", json={"user_id": "u1", "item_ids": ["i1"]})
+        assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1, r.text
+        assert http.get("/healthz").status_code == 200
+        # Recovery: Redis is back (empty: no persistence here), embeddings are re-published, 200 again.
+        redis_server.start_again()
+        fresh = open_store(redis_url, settings.feature_store)
+        sync_embeddings(tiny.params.model, tiny.user_ids, tiny.item_ids, fresh, "emb-1")
+        _wait(lambda: http.post("/v1/domains/dom-0/ctr",
+                                json={"user_id": "u1", "item_ids": ["i1"]}).status_code == 200)
+    registry.close()
+
+
+def test_hot_reload_through_the_redis_registry(redis_url: str, tmp_path: Path) -> None:
+    tiny = cached_tiny("mlp", steps=8, delta_steps=4, n_domains=4)
+    settings = _settings(tmp_path / "art", redis_url)
+    store = open_store(redis_url, settings.feature_store)
+    registry = open_registry(redis_url, settings.registry)
+    publish_demo(tiny, tmp_path / "art", store, registry, "v1")
+    with running(create_app(settings, feature_store=store, registry=registry), settings) as base, \
+            httpx.Client(base_url=base) as http:
+        body = {"user_id": "u2", "item_ids": ["i4", "i5"]}
+        assert http.post("/v1/domains/dom-3/ctr", json=body).json()["model_version"] == "v1"
+        publish_demo(tiny, tmp_path / "art", store, registry, "v2", parent="v1")
+        _wait(lambda: http.post("/v1/domains/dom-3/ctr", json=body).json()["model_version"] == "v2")
+        registry.rollback()
+        _wait(lambda: http.post("/v1/domains/dom-3/ctr", json=body).json()["model_version"] == "v1")
+        # The registry's admin API is mounted: reads are open, writes need the token.
+        assert http.get("/v1/domains").status_code == 200
+        assert http.post("/v1/domains", json={"id": "x"}).status_code == 401
+    registry.close()
