@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -36,6 +37,11 @@ def register(subparsers: Any) -> None:
     run.add_argument("--metrics-host", default="127.0.0.1",
                      help="address of the metrics endpoint (0.0.0.0 inside a container)")
     run.add_argument("--seed", type=int, help="seed of sampling and batch order")
+    run.add_argument("--world-size", type=int, default=None,
+                     help="train on N processes over torch.distributed (torchrun's WORLD_SIZE/RANK are used "
+                          "when set; otherwise N-1 local worker processes are started)")
+    run.add_argument("--dist-timeout", type=float, default=600.0,
+                     help="seconds a collective waits for a peer before the round fails (default 600)")
     run.set_defaults(func=cmd_run)
     trainer.set_defaults(func=lambda args: (trainer.print_help(), 2)[1])
 
@@ -62,6 +68,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from trainer.stream import open_stream
 
     settings = settings_from_args(args)
+    from trainer.distributed.launch import prepare
+
+    session = prepare(args, settings)  # None: one process; exit_code set: this was a worker rank
+    if session is not None and session.exit_code is not None:
+        return session.exit_code
     metrics = TrainerMetrics()
     if args.metrics_port is not None:
         start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.registry)
@@ -82,10 +93,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    try:
-        reports = trainer.run(max_rounds=args.max_rounds, idle_exit_s=args.idle_exit)
-    finally:
-        trainer.close()
+    if session is not None:
+        session.attach(trainer, metrics.registry)
+    with session.guard() if session is not None else contextlib.nullcontext():
+        try:
+            reports = trainer.run(max_rounds=args.max_rounds, idle_exit_s=args.idle_exit)
+        finally:
+            trainer.close()
     print(json.dumps({"rounds": len(reports), "last_version": reports[-1].version if reports else None,
                       "events": sum(r.events for r in reports)}))
     return 0
