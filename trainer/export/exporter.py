@@ -21,7 +21,7 @@ from trainer.export.onnx_graph import (
     graph_initializer_names,
     model_bytes,
 )
-from trainer.export.publish import publish_version
+from trainer.export.publish import check_new_version, publish_version
 from trainer.export.view import build_view_module, delta_arrays, domain_view_arrays, shared_view_arrays
 from trainer.models.base import CTRModel
 from trainer.params import DomainParameters
@@ -76,6 +76,7 @@ def export_version(
     model = params.model
     if not isinstance(model, CTRModel):
         raise ConfigError("export needs a CTRModel")
+    check_new_version(Path(root), version)  # fail before the (slow) export, not after it
     n_slots = model.config.n_domains
     for domain, slot in domains.items():
         if not 0 <= slot < n_slots:

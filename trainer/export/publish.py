@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from domain_registry.base import is_version_id
 from mamdr.contracts import (
     DELTAS_DIR,
     LIVE_POINTER_FILE,
@@ -49,6 +50,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def check_new_version(root: Path, version: str) -> None:
+    """``ConfigError`` for an id that is not a safe folder name, ``Conflict`` if it is taken."""
+    if not is_version_id(version):  # the registry's rule; also a safe folder name (no '/', no leading '.')
+        raise ConfigError(f"version id {version!r} must be letters, digits, '.', '_', '-' like v0003")
+    if (Path(root) / version).exists():
+        raise Conflict(f"version {version!r} already exists under {root}; pick a new id")
+
+
 def publish_version(
     root: Path,
     version: str,
@@ -73,11 +82,8 @@ def publish_version(
     per-file fsync (bulk synthetic versions in benchmarks; the rename stays atomic, not durable).
     """
     root = Path(root)
-    if not is_domain_id(version):  # same slug rules: safe as a folder name
-        raise ConfigError(f"version id {version!r} must be a slug like v0003")
+    check_new_version(root, version)
     final = root / version
-    if final.exists():
-        raise Conflict(f"version {version!r} already exists under {root}; pick a new id")
     parent_manifest = read_manifest(root / parent) if parent else None
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
