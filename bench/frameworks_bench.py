@@ -33,10 +33,13 @@ def main() -> None:
     p.add_argument("--beta-schedule", default="anneal")
     p.add_argument("--dr-budget", default="half")
     p.add_argument("--emb-dim", type=int, default=128)
+    p.add_argument("--schedule", default="interleaved")
+    p.add_argument("--lr", type=float, default=1e-3)
     args = p.parse_args()
     methods = tuple(args.frameworks.split(","))
     fcfg = FrameworkConfig(epochs=args.epochs, patience=args.patience, k=args.k, beta=args.beta,
-                           beta_schedule=args.beta_schedule, dr_budget=args.dr_budget)
+                           beta_schedule=args.beta_schedule, dr_budget=args.dr_budget,
+                           schedule=args.schedule, inner_lr=args.lr)
     if args.merge:
         seeds = sorted(args.out.glob("seed_*/results.json"))
         per_seed, domains, summary = [], [], ""

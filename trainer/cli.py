@@ -1,5 +1,5 @@
-"""Trainer subcommands: ``experiment`` (frameworks × seeds → Tables V/VI-style summary) and a short
-``quickstart``. Torch is imported inside the commands only, so ``mamdr --help`` stays fast."""
+"""Trainer subcommands: ``experiment`` (frameworks × seeds → Tables V/VI-style summary). ``mamdr quickstart``
+lives in ``mamdr.stack_cli``. Torch is imported inside the commands only, so ``mamdr --help`` stays fast."""
 
 from __future__ import annotations
 
@@ -51,10 +51,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_framework_flags(p)
     p.set_defaults(func=cmd_experiment)
 
-    q = subparsers.add_parser("quickstart", help="a ~2-minute framework comparison on the shipped MovieLens")
-    q.add_argument("--out", type=Path, default=Path("runs/quickstart"))
-    q.set_defaults(func=cmd_quickstart)
-
 
 def _framework_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from trainer.frameworks import FrameworkConfig
@@ -77,7 +73,7 @@ def _run(cfg, threads: int | None) -> int:  # type: ignore[no-untyped-def]
 
     if threads:
         torch.set_num_threads(threads)
-    bar = tqdm(desc="experiment", unit="epoch", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(desc="experiment", unit="epoch", file=sys.stderr, dynamic_ncols=True, delay=1.0)
 
     def progress(message: str) -> None:
         bar.set_postfix_str(message)
@@ -105,17 +101,3 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     )
     return _run(cfg, args.threads)
 
-
-def cmd_quickstart(args: argparse.Namespace) -> int:
-    from trainer.experiment import ExperimentConfig
-    from trainer.frameworks import FrameworkConfig
-
-    # Short on purpose (a few minutes at most): 64-d embeddings, K mini-batches per inner update,
-    # β annealed from 1 so DN leaves the popularity plateau within the few epochs it gets.
-    cfg = ExperimentConfig(
-        dataset="ml-latest-small", model="mlp", methods=("alternate", "dn", "mamdr"), seeds=(0,),
-        out=args.out, emb_dim=64,
-        framework=FrameworkConfig(epochs=4, patience=2, inner_steps=8, dr_steps=2, k=2,
-                                  beta_schedule="anneal"),
-    )
-    return _run(cfg, None)

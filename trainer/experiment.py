@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,9 @@ from trainer.models import MODELS, ModelConfig, build_model
 
 log = logging.getLogger(__name__)
 FINETUNE_SUFFIX = "+finetune"
+# With ``schedule=staged`` the first stage of DR is exactly an Alternate run and that of MAMDR a DN run
+# (same seed, same draws): when both are in the table, the second resumes from the first.
+STAGED_FIRST = {"dr": "alternate", "mamdr": "dn"}
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ def run_experiment(cfg: ExperimentConfig,
         ds = load(cfg.dataset, seed, cfg.data_dir, cfg.dataset_options)
         domains, summary = ds.domains, ds.summary()
         cells: dict[str, dict[str, Any]] = {}
+        first_stages: dict[str, Any] = {}  # finished Alternate/DN runs a staged DR/MAMDR resumes from
         for base in bases:
             finetune = f"{base}{FINETUNE_SUFFIX}" in cfg.methods
             fcfg = cfg.framework.with_(seed=seed, finetune=finetune)
@@ -110,10 +113,13 @@ def run_experiment(cfg: ExperimentConfig,
                 if progress is not None:
                     progress(f"seed {seed} {base} epoch {epoch + 1}: val AUC {value:.4f}")
 
-            start = time.perf_counter()
-            result = fit(fw, report)
-            info = {"epochs": result.epochs, "best_epoch": result.best_epoch + 1,
-                    "epoch_time_s": result.mean_epoch_time, "train_time_s": time.perf_counter() - start,
+            resume = first_stages.get(STAGED_FIRST.get(base, "")) if fcfg.schedule == "staged" else None
+            result = fit(fw, report, resume_shared=resume)
+            if base in STAGED_FIRST.values() and result.state is not None:
+                first_stages[base] = result.state
+            info = {"epochs": result.epochs, "best_epoch": result.best_epoch + 1, "phases": result.phases,
+                    "epoch_times_s": result.epoch_times,
+                    "epoch_time_s": result.mean_epoch_time, "train_time_s": sum(result.epoch_times),
                     "best_val_auc": result.best_val_auc, "val_history": result.val_history}
             if base in cfg.methods:
                 cells[base] = {"per_domain": result.test, **info}
@@ -157,6 +163,7 @@ def aggregate(cfg: ExperimentConfig, per_seed: list[dict[str, dict[str, Any]]], 
             "epoch_time_vs_alternate": epoch_time / alt_time if alt_time else None,
             "train_time_s": float(np.mean([c["train_time_s"] for c in cells])),
             "per_seed": [{"avg_auc": c["avg_auc"], "avg_rank": c["avg_rank"], "val_history": c["val_history"],
+                          "phases": c.get("phases", []), "epoch_times_s": c.get("epoch_times_s", []),
                           "per_domain": {domains[d]: v for d, v in c["per_domain"].items()}} for c in cells],
         }
     return {"dataset": cfg.dataset, "summary": summary, "model": cfg.model, "seeds": list(cfg.seeds),

@@ -14,6 +14,8 @@ from trainer.frameworks.config import FrameworkConfig
 from trainer.frameworks.dn import DomainNegotiation
 from trainer.frameworks.dr import MAMDR, DomainRegularization
 from trainer.frameworks.fit import FitResult, fit
+from trainer.frameworks.meta import MAML, MLDG, Reptile
+from trainer.frameworks.multitask import PCGrad, WeightedLoss
 from trainer.frameworks.separate import Separate
 from trainer.models.base import CTRModel
 
@@ -27,7 +29,8 @@ def register(cls: type[Framework]) -> type[Framework]:
     return cls
 
 
-for _cls in (Alternate, Joint, Separate, DomainNegotiation, DomainRegularization, MAMDR):
+for _cls in (Alternate, Joint, Separate, DomainNegotiation, DomainRegularization, MAMDR, WeightedLoss, PCGrad,
+             Reptile, MAML, MLDG):
     register(_cls)
 
 
@@ -38,6 +41,24 @@ def build_framework(name: str, model: CTRModel, dataset: MultiDomainDataset,
     return FRAMEWORKS[name](model, dataset, config)
 
 
-__all__ = ["FRAMEWORKS", "MAMDR", "Alternate", "Batch", "DomainNegotiation", "DomainRegularization",
-           "FitResult", "Framework", "FrameworkConfig", "Joint", "Separate", "build_framework", "fit",
-           "register"]
+__all__ = [
+    "FRAMEWORKS",
+    "MAMDR",
+    "MAML",
+    "MLDG",
+    "Alternate",
+    "Batch",
+    "DomainNegotiation",
+    "DomainRegularization",
+    "FitResult",
+    "Framework",
+    "FrameworkConfig",
+    "Joint",
+    "PCGrad",
+    "Reptile",
+    "Separate",
+    "WeightedLoss",
+    "build_framework",
+    "fit",
+    "register",
+]

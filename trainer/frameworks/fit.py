@@ -1,8 +1,13 @@
 """The epoch loop: train, validate on mean AUC over domains, stop early, keep the best state,
-report per-domain test AUC (and after the optional per-domain finetune)."""
+report per-domain test AUC (and after the optional per-domain finetune).
+
+``FitState`` is everything the loop carries (RNG states included), so a ``staged`` DR/MAMDR run can
+resume from the finished Alternate/DN run whose trajectory its first stage would repeat exactly.
+"""
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +17,17 @@ import torch
 from trainer.evaluation import EarlyStopping, domain_auc, mean_auc
 from trainer.frameworks.base import Framework
 from trainer.frameworks.finetune import finetune_deltas
+
+
+@dataclass
+class FitState:
+    stopper: EarlyStopping
+    best_state: dict[str, torch.Tensor]
+    rng_state: torch.Tensor
+    torch_rng_state: torch.Tensor
+    times: list[float] = field(default_factory=list)
+    history: list[float] = field(default_factory=list)
+    phases: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -25,6 +41,7 @@ class FitResult:
     test: dict[int, float]
     test_finetuned: dict[int, float] | None = None
     phases: list[str] = field(default_factory=list)
+    state: FitState | None = field(default=None, repr=False)
 
     @property
     def test_auc(self) -> float:
@@ -35,36 +52,57 @@ class FitResult:
         return sum(self.epoch_times) / max(1, len(self.epoch_times))
 
 
-def fit(fw: Framework, progress: Callable[[int, float], None] | None = None) -> FitResult:
-    """Train ``fw`` until early stopping (patience on mean validation AUC) or ``epochs``."""
+def fit(fw: Framework, progress: Callable[[int, float], None] | None = None,
+        resume_shared: FitState | None = None) -> FitResult:
+    """Train ``fw`` until early stopping (patience on mean validation AUC) or ``epochs``.
+
+    ``resume_shared``: the state of a finished run of this framework's first stage (same seed and
+    config); its best θS is loaded and training continues with the next phase.
+    """
     cfg = fw.config
-    torch.manual_seed(cfg.seed)  # dropout draws
-    rng = torch.Generator().manual_seed(cfg.seed)
-    stopper = EarlyStopping(cfg.patience)
-    best_state = fw.snapshot()
-    times: list[float] = []
-    history: list[float] = []
-    phases: list[str] = []
-    for epoch in range(cfg.epochs):
-        start = time.perf_counter()
-        fw.train_epoch(epoch, rng)
-        times.append(time.perf_counter() - start)
-        phases.append(str(getattr(fw, "phase", fw.name)))
-        value = mean_auc(domain_auc(fw.score, fw.dataset.val, cfg.eval_batch_size))
-        history.append(value)
-        if progress is not None:
-            progress(epoch, value)
-        stop = stopper.step(value, epoch)
-        if stopper.best_epoch == epoch:
-            best_state = fw.snapshot()
+    rng = torch.Generator()
+    if resume_shared is None:
+        torch.manual_seed(cfg.seed)  # dropout draws
+        rng.manual_seed(cfg.seed)
+        state = FitState(EarlyStopping(cfg.patience), fw.snapshot(), rng.get_state(), torch.get_rng_state())
+    else:
+        state = copy.deepcopy(resume_shared)
+        rng.set_state(state.rng_state)
+        torch.set_rng_state(state.torch_rng_state)
+        fw.model.load_state_dict({k[6:]: v for k, v in state.best_state.items() if k.startswith("model/")})
+        state.best_state = fw.snapshot()
+        next_phase = getattr(fw, "next_phase", None)
+        if next_phase is None or not next_phase():
+            raise ValueError(f"{fw.name} has no phase after the shared one")
+        state.stopper.bad = 0
+    stopper = state.stopper
+    epoch = len(state.times)
+    phase_start = epoch  # ``epochs`` is a budget per phase
+    while True:
+        stop = epoch - phase_start >= cfg.epochs
+        if not stop:
+            start = time.perf_counter()
+            fw.train_epoch(epoch, rng)
+            state.times.append(time.perf_counter() - start)
+            state.phases.append(str(getattr(fw, "phase", fw.name)))
+            value = mean_auc(domain_auc(fw.score, fw.dataset.val, cfg.eval_batch_size))
+            state.history.append(value)
+            if progress is not None:
+                progress(epoch, value)
+            stop = stopper.step(value, epoch)
+            if stopper.best_epoch == epoch:
+                state.best_state = fw.snapshot()
+            epoch += 1
         if stop:
             next_phase = getattr(fw, "next_phase", None)
             if next_phase is not None and next_phase():
-                fw.restore(best_state)  # the next phase starts from the best θS
+                fw.restore(state.best_state)  # the next phase starts from the best θS
                 stopper.bad = 0
+                phase_start = epoch
                 continue
             break
-    fw.restore(best_state)
+    state.rng_state, state.torch_rng_state = rng.get_state(), torch.get_rng_state()
+    fw.restore(state.best_state)
     test = domain_auc(fw.score, fw.dataset.test, cfg.eval_batch_size)
     tuned = None
     if cfg.finetune and fw.name != "separate":
@@ -75,5 +113,5 @@ def fit(fw: Framework, progress: Callable[[int, float], None] | None = None) -> 
         tuned = domain_auc(fw.score, fw.dataset.test, cfg.eval_batch_size)
         fw.params.deltas.clear()
         fw.params.deltas.update(saved)
-    return FitResult(fw.name, stopper.best_epoch, len(times), stopper.best, times, history, test, tuned,
-                     phases)
+    return FitResult(fw.name, stopper.best_epoch, len(state.times), stopper.best, list(state.times),
+                     list(state.history), test, tuned, list(state.phases), state)

@@ -1,0 +1,56 @@
+"""``mamdr experiment``: results.json + plot on a small synthetic run, determinism, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mamdr.cli import main
+from trainer.experiment import ExperimentConfig, run_experiment
+from trainer.frameworks import FrameworkConfig
+
+
+def _run(out: Path) -> dict:
+    cfg = ExperimentConfig(
+        dataset="synthetic", model="mlp", methods=("alternate", "mamdr", "mamdr+finetune"),
+        seeds=(0, 1), out=out, emb_dim=8,
+        framework=FrameworkConfig(epochs=1, batch_size=64, k=1, finetune_epochs=1),
+        dataset_options={"n_domains": 3, "n_users": 40, "n_items": 30, "rows_per_domain": 100},
+    )
+    return run_experiment(cfg)
+
+
+def test_experiment_writes_results_and_plot_reproducibly(tmp_path: Path) -> None:
+    first = _run(tmp_path / "a")
+    saved = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert (tmp_path / "a" / "per_domain_auc.png").stat().st_size > 1000
+    assert set(saved["methods"]) == {"alternate", "mamdr", "mamdr+finetune"}
+    for m in saved["methods"].values():
+        assert 0.0 <= m["avg_auc"] <= 1.0 and 1.0 <= m["avg_rank"] <= 3.0
+        assert len(m["per_domain"]) == 3 and len(m["epochs"]) == 2 and m["epoch_time_s"] > 0
+    ranks = [m["avg_rank"] for m in saved["methods"].values()]
+    assert sum(ranks) == pytest.approx(1 + 2 + 3)  # RANK is taken across the table's methods
+    assert "avg AUC" in first["table"] and "mamdr+finetune" in first["table"]
+    second = _run(tmp_path / "b")
+    for name, m in first["methods"].items():
+        assert m["per_domain"] == second["methods"][name]["per_domain"], name
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--dataset", "no-such-data"], "no-such-data"),
+    (["--dataset", "/nonexistent/folder/x"], "/nonexistent/folder/x"),
+    (["--dataset", "synthetic", "--model", "nope"], "unknown model 'nope'"),
+    (["--dataset", "synthetic", "--frameworks", "alternate,nope"], "unknown framework 'nope'"),
+    (["--dataset", "synthetic", "--beta", "0"], "beta"),
+    (["--dataset", "synthetic", "--inner", "rmsprop"], "inner optimizer"),
+])
+def test_bad_input_is_one_error_line(argv: list[str], needle: str, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["experiment", *argv, "--seeds", "1", "--epochs", "1", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("mamdr: error:")]
+    assert len(lines) == 1 and needle in lines[0], err
+    assert "Traceback" not in err

@@ -1,0 +1,67 @@
+"""Issue 7's frameworks, each by its defining property on a tiny model."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.unit.frameworks_toy import toy_dataset, toy_model
+from trainer.frameworks import MAML, FrameworkConfig, Reptile, WeightedLoss
+from trainer.frameworks.multitask import pcgrad_project
+
+
+def test_pcgrad_removes_conflicts_and_leaves_agreeing_gradients() -> None:
+    g1, g2, g3 = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([-1.0, 1.0, 0.0]), torch.tensor([0.0, 0.0, 2.0])
+    inputs = [g1.clone(), g2.clone(), g3.clone()]
+    out = pcgrad_project(inputs, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(inputs, (g1, g2, g3), strict=True))  # no aliasing
+    assert float(out[0] @ g2) >= -1e-6 and float(out[1] @ g1) >= -1e-6  # conflict removed
+    assert torch.allclose(out[0], torch.tensor([0.5, 0.5, 0.0]))  # divided by |g_j|², not |g_j|
+    assert torch.equal(out[2], g3)  # no conflict, no projection
+
+
+def test_reptile_with_one_domain_is_sgd_interpolation() -> None:
+    ds = toy_dataset(n_domains=1)
+    torch.manual_seed(0)
+    model = toy_model(ds)
+    alpha, beta = 0.1, 0.3
+    fw = Reptile(model, ds, FrameworkConfig(inner="sgd", inner_lr=alpha, beta=beta, l2=0.0, batch_size=10_000))
+    s = ds.train[0]
+    batch = (torch.from_numpy(s.user), torch.from_numpy(s.item), torch.zeros(len(s), dtype=torch.long),
+             torch.from_numpy(s.label))
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss = fw.loss(batch)
+    grads = dict(zip(start, torch.autograd.grad(loss, list(model.parameters())), strict=True))
+    fw.train_domain([batch])
+    for n, p in model.named_parameters():
+        expected = start[n] + beta * ((start[n] - alpha * grads[n]) - start[n])
+        assert torch.allclose(p.detach(), expected, atol=1e-6), n
+
+
+def test_weighted_loss_learns_larger_variance_for_the_noisier_domain() -> None:
+    ds = toy_dataset(n_domains=2, rows=192)
+    rng = torch.Generator().manual_seed(0)
+    noisy = ds.train[1]
+    noisy.label[:] = (torch.rand(len(noisy), generator=rng) < 0.5).numpy()  # pure noise
+    torch.manual_seed(0)
+    fw = WeightedLoss(toy_model(ds), ds, FrameworkConfig(batch_size=32, inner_lr=0.02))
+    for epoch in range(15):
+        fw.train_epoch(epoch, rng)
+    log_var = fw.log_var.detach()
+    assert log_var[1] > log_var[0] + 0.1, log_var
+
+
+def test_maml_adaptation_lowers_query_loss() -> None:
+    ds = toy_dataset(n_domains=3, rows=128)
+    torch.manual_seed(0)
+    fw = MAML(toy_model(ds), ds, FrameworkConfig(batch_size=64, inner_lr=0.01, outer_lr=0.5))
+    rng = torch.Generator().manual_seed(0)
+    for epoch in range(3):
+        fw.train_epoch(epoch, rng)
+    s = ds.train[0]
+    batch = (torch.from_numpy(s.user), torch.from_numpy(s.item), torch.zeros(len(s), dtype=torch.long),
+             torch.from_numpy(s.label))
+    support, query = tuple(t[:64] for t in batch), tuple(t[64:] for t in batch)
+    theta = {n: p.detach() for n, p in fw.params.shared().items()}
+    before = float(fw.loss_at(theta, query))
+    after = float(fw.loss_at(fw.adapt(support, steps=3), query))
+    assert after < before, (before, after)
