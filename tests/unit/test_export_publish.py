@@ -40,8 +40,9 @@ def test_manifest_records_contract_checksums_and_cold_start(tiny, tmp_path: Path
 
 
 def test_unchanged_domains_point_at_the_parent_file(tiny, tmp_path: Path) -> None:
-    export_version(tiny.params, tiny.domains, tmp_path, "v1")
+    m1 = export_version(tiny.params, tiny.domains, tmp_path, "v1")
     m2 = export_version(tiny.params, tiny.domains, tmp_path, "v2", parent="v1")
+    assert m2.shared_sha256 == m1.shared_sha256  # same weights, same bytes (the graph is reused)
     assert all(e.path.startswith("v1/") and e.version == "v1" for e in m2.deltas.values())
     assert not (tmp_path / "v2" / "deltas").exists()
     # Change θi of one domain: only that delta is written under v2.

@@ -9,6 +9,7 @@ initializer names ARE the model's parameter names; :func:`export_shared_graph` c
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 
@@ -40,9 +41,50 @@ def _rename(model: onnx.ModelProto, mapping: dict[str, str]) -> None:
             vi.name = mapping.get(vi.name, vi.name)
 
 
+# Graphs already exported, by structure: a later version of the same model only needs new initializer
+# values (the exporter costs seconds per call, a streaming trainer exports every round). A reused graph
+# is checked against torch like a fresh one, and a mismatch falls back to a fresh export.
+_GRAPHS: dict[tuple[object, ...], onnx.ModelProto] = {}
+_MAX_GRAPHS = 8
+
+
+def _structure_key(view: ServingView, arrays: Arrays, user_dim: int, item_dim: int) -> tuple[object, ...]:
+    config = {k: v for k, v in view.m.config.to_json().items() if k not in ("n_users", "n_items", "n_domains")}
+    shapes = tuple(sorted((n, tuple(a.shape), a.dtype.str) for n, a in arrays.items()))
+    return (type(view.m).__module__, type(view.m).__qualname__, json.dumps(config, sort_keys=True, default=str),
+            shapes, user_dim, item_dim)
+
+
+def _with_values(graph: onnx.ModelProto, arrays: Arrays) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    model.CopyFrom(graph)
+    for init in model.graph.initializer:
+        if init.name in arrays:
+            init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arrays[init.name]), init.name))
+    return model
+
+
 def export_shared_graph(view: ServingView, arrays: Arrays, user_dim: int, item_dim: int) -> onnx.ModelProto:
-    """Export ``view`` (holding ``arrays``) and return the ModelProto with stable initializer names."""
+    """The ModelProto of ``view`` (holding ``arrays``) with stable initializer names."""
     view.eval()
+    key = _structure_key(view, arrays, user_dim, item_dim)
+    cached = _GRAPHS.get(key)
+    if cached is not None:
+        model = _with_values(cached, arrays)
+        try:
+            check_graph_runs(model, view, user_dim, item_dim)
+            return model
+        except IntegrityError:
+            log.warning("a cached graph no longer matches %s; exporting afresh", type(view.m).__name__)
+            _GRAPHS.pop(key, None)
+    model = _export(view, arrays, user_dim, item_dim)
+    if len(_GRAPHS) >= _MAX_GRAPHS:
+        _GRAPHS.pop(next(iter(_GRAPHS)))
+    _GRAPHS[key] = model
+    return model
+
+
+def _export(view: ServingView, arrays: Arrays, user_dim: int, item_dim: int) -> onnx.ModelProto:
     n = torch.export.Dim("n", min=1, max=1_000_000)
     sample = (torch.randn(3, user_dim), torch.randn(3, item_dim))
     with warnings.catch_warnings(), torch.no_grad():
