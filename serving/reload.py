@@ -37,6 +37,7 @@ class ServingState:
     live: LiveModel | None = None
     domains: DomainTable = field(default_factory=DomainTable)
     last_reload_error: str | None = None
+    store_down_until: float = 0.0  # perf_counter() before which the feature store is not tried
 
 
 def artifact_dir(model: ModelVersion, artifacts_url: str) -> Path:

@@ -4,6 +4,7 @@ Cold start (documented fallback): an unknown user is scored with the mean user v
 items with the mean item vector of the model that was exported (``Manifest.cold_start``; zeros if a
 manifest has none); the response lists them (``cold_user``, ``cold_items``) and metrics count them.
 Embeddings are read from the feature-store version the manifest names, so model and vectors match.
+When the store fails, later requests get 503 at once for ``STORE_BACKOFF_S`` (a minimal circuit breaker).
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ import time
 
 import numpy as np
 
-from mamdr.errors import IntegrityError, MamdrError, NotFound
+from mamdr.errors import BackendUnavailable, IntegrityError, MamdrError, NotFound
 from serving.errors import FeatureStoreUnavailable, ModelNotReady, ScoringUnavailable, TooManyItems
 from serving.reload import ServingState
 from serving.schemas import CTRRequest, CTRResponse
+
+# After a failed read, requests answer 503 at once for this long instead of each waiting for the
+# backend's timeouts on the event loop (which would also stall /healthz during an outage).
+STORE_BACKOFF_S = 0.5
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -33,13 +38,19 @@ def score(state: ServingState, domain: str, request: CTRRequest) -> CTRResponse:
         raise TooManyItems(f"item_ids has {n} ids; send at most {cap} per request")
     contract = live.loaded.manifest.contract
     started = time.perf_counter()
+    if started < state.store_down_until:  # fail fast: do not block the event loop on a dead backend
+        raise FeatureStoreUnavailable("the feature store is unavailable; retry shortly")
     try:
         found = state.store.lookup(request.user_id, request.item_ids, version=live.feature_store_version)
     except NotFound as exc:
         raise FeatureStoreUnavailable(f"feature store: {exc.message}") from None
+    except BackendUnavailable:
+        state.store_down_until = time.perf_counter() + STORE_BACKOFF_S
+        raise
     except MamdrError:
         raise
     except Exception as exc:  # a backend failure the store did not wrap is still a backend failure
+        state.store_down_until = time.perf_counter() + STORE_BACKOFF_S
         raise FeatureStoreUnavailable(f"feature store read failed ({type(exc).__name__}); retry") from None
     state.metrics.feature_latency.observe(time.perf_counter() - started)
     label = state.domains.label(domain)
