@@ -294,6 +294,27 @@ def strategies(tmp: Path, n_domains: int, iters: int) -> list[str]:
     return lines
 
 
+def composer_sweep(tmp: Path, n: int, iters: int) -> str:
+    """p50/p99 of one feed-composer run over uniformly random domains, every domain held."""
+    from serving.artifacts import load_version
+    from serving.composition import FeedComposer
+
+    composer = FeedComposer(load_version(tmp / f"art-{n}" / "v1"), cache_size=n, threads=1)
+    doms = [f"s{k}" for k in range(n)]
+    for d in doms:
+        composer.warm(d)
+    rng = np.random.default_rng(n)
+    u = rng.standard_normal((N_CANDIDATES, 128), dtype=np.float32)
+    i = rng.standard_normal((N_CANDIDATES, 128), dtype=np.float32)
+    lat = []
+    for k in rng.integers(n, size=iters * 2):
+        t = time.perf_counter()
+        composer.logits(doms[int(k)], u, i)
+        lat.append(time.perf_counter() - t)
+    p50, p99 = pct(lat)
+    return f"p50 {p50:.3f} ms  p99 {p99:.3f} ms"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller counts (smoke run)")
@@ -337,6 +358,8 @@ def main() -> None:
         base_p99 = None
         for n in counts:
             db, _ = publish_synthetic(tmp, n)
+            print(f"  {n:6d} domains in-process (composer only, no HTTP/Redis): {composer_sweep(tmp, n, iters)}",
+                  flush=True)
             server = Server(tmp, redis_url, db, cache=n, composition="feed")
             try:
                 rss0 = rss_mib(server.proc.pid)
