@@ -17,6 +17,7 @@ from mamdr.errors import ConfigError, Gone, NotFound
 from mamdr.settings import ServingSettings
 from serving.artifacts import LoadedVersion, load_version
 from serving.composition import Composer, build_composer
+from serving.metrics import UNKNOWN
 
 
 @dataclass
@@ -77,6 +78,5 @@ class DomainTable:
             raise Gone(f"domain {domain!r} is retired; it is no longer served")
 
     def label(self, domain: str) -> str:
-        from serving.metrics import UNKNOWN
-
+        """The metric label for a domain: registry ids only, anything else is ``"unknown"``."""
         return domain if domain in self.statuses else UNKNOWN
