@@ -30,7 +30,8 @@ class CacheCounters:
 
     fetched: feature store → static cache; from_plan: new rows and the round plan from rank 0;
     written: delta rows written back by rank 0; allreduce: bytes each rank put into all-reduces;
-    uncached: what a cache-less worker would move (pull + push of every batch's rows at every step).
+    uncached: what a cache-less worker would move (pull + push of every batch's rows and of dense θS at every
+    inner step).
     """
 
     fetched_rows: int = 0

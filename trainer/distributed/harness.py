@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     for plan in plans:
         dist.barrier()
         t0 = time.perf_counter()
-        counters = CacheCounters()
+        counters = CacheCounters(plan_bytes=plan.nbytes() if args.rank else 0)
         worker = run(plan, args.rank, args.world, store, all_reduce_sum, counters)
         times.append(time.perf_counter() - t0)
         totals = totals.add(CacheCounters.from_tensor(all_reduce_sum([counters.as_tensor()])[0]))

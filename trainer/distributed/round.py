@@ -132,9 +132,11 @@ class RoundWorker:
 
     def _count_uncached(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         dims = {"user": self.model.config.udim, "item": self.model.config.idim}
+        tables = set(TABLES.values())
+        dense = sum(p.numel() for n, p in self.params.shared().items() if n not in tables)
         for batch in batches:
             rows = torch.unique(batch[0]).numel() * dims["user"] + torch.unique(batch[1]).numel() * dims["item"]
-            self.counters.uncached_bytes += 2 * rows * FLOAT_BYTES  # pull before, push after each step
+            self.counters.uncached_bytes += 2 * (rows + dense) * FLOAT_BYTES  # pull before, push after each step
             yield batch
 
     @torch.no_grad()
