@@ -74,11 +74,11 @@ def detect(world_size: int | None) -> DistEnv | None:
 
 
 def init_group(env: DistEnv, timeout_s: float) -> None:
-    """Join the process group (gloo on CPU; nccl when this rank has a GPU)."""
+    """Join the process group. gloo: the trainer trains on CPU and the plan/deltas are CPU tensors
+    (nccl would need them on the GPU first)."""
     os.environ.setdefault("MASTER_ADDR", env.master_addr)
     os.environ.setdefault("MASTER_PORT", str(env.master_port))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend, init_method="env://", rank=env.rank, world_size=env.world_size,
+    dist.init_process_group("gloo", init_method="env://", rank=env.rank, world_size=env.world_size,
                             timeout=timedelta(seconds=timeout_s))
 
 
