@@ -45,6 +45,9 @@ def build_live(version_dir: Path, settings: ServingSettings) -> LiveModel:
     composer = build_composer(
         settings.composition, loaded, settings.session_cache_size, settings.intra_op_threads
     )
+    # Fill the LRU here, off the event loop, so the first requests of each domain do not pay the miss.
+    for domain in list(loaded.manifest.deltas)[: settings.session_cache_size]:
+        composer.warm(domain)
     cold = loaded.manifest.cold_start
 
     def vector(kind: str, dim: int) -> np.ndarray:
