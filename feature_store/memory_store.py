@@ -136,7 +136,7 @@ class MemoryStore(EmbeddingStore):
             raise DataError(f"keep must be >= 0, got {keep}")
         with self._space.lock:
             names = list(self._space.versions)
-            kept = set(names[len(names) - keep :] if keep else [])
+            kept = set(names[max(0, len(names) - keep) :] if keep else [])
             doomed = [n for n in names if n not in kept and n != self._space.current]
             for n in doomed:
                 del self._space.versions[n]

@@ -292,7 +292,7 @@ class RedisStore(EmbeddingStore):
             names = [v.decode() for v in pipe.zrange(self.keys.versions, 0, -1)]
             raw = pipe.get(self.keys.current)
             current = raw.decode() if raw is not None else None
-            kept = set(names[len(names) - keep :] if keep else [])
+            kept = set(names[max(0, len(names) - keep) :] if keep else [])
             doomed.extend(n for n in names if n not in kept and n != current)
             pipe.multi()
             for name in doomed:

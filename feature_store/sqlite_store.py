@@ -214,7 +214,7 @@ class SqliteStore(EmbeddingStore):
                 "SELECT version FROM versions WHERE ns=? ORDER BY created, version", (self.ns,))]
             row = db.execute("SELECT version FROM pointer WHERE ns=?", (self.ns,)).fetchone()
             current = row[0] if row else None
-            kept = set(names[len(names) - keep :] if keep else [])
+            kept = set(names[max(0, len(names) - keep) :] if keep else [])
             doomed = [n for n in names if n not in kept and n != current]
             for n in doomed:
                 db.execute("DELETE FROM vectors WHERE ns=? AND version=?", (self.ns, n))
