@@ -40,6 +40,11 @@ class ServingMetrics:
         self.cold_items = Counter(
             "mamdr_serving_cold_items_total", "Item ids the feature store did not know", ["domain"], registry=r,
         )
+        self.feature_version_fallbacks = Counter(
+            "mamdr_serving_feature_version_fallbacks_total",
+            "Lookups that read the current embedding version because the manifest's was collected",
+            registry=r,
+        )
         self.model_version = Gauge(
             "mamdr_serving_model_version_info", "1 for the version being served", ["version"], registry=r,
         )

@@ -38,6 +38,7 @@ class ServingState:
     domains: DomainTable = field(default_factory=DomainTable)
     last_reload_error: str | None = None
     store_down_until: float = 0.0  # perf_counter() before which the feature store is not tried
+    fallback_warned: str | None = None  # the collected embedding version last warned about
 
 
 def artifact_dir(model: ModelVersion, artifacts_url: str) -> Path:

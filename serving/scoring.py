@@ -4,19 +4,24 @@ Cold start (documented fallback): an unknown user is scored with the mean user v
 items with the mean item vector of the model that was exported (``Manifest.cold_start``; zeros if a
 manifest has none); the response lists them (``cold_user``, ``cold_items``) and metrics count them.
 Embeddings are read from the feature-store version the manifest names, so model and vectors match.
-When the store fails, later requests get 503 at once for ``STORE_BACKOFF_S`` (a minimal circuit breaker).
+If that version was collected, the current one is used (logged, counted). When the store fails,
+later requests get 503 at once for ``STORE_BACKOFF_S`` (a minimal circuit breaker).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
 
+from feature_store.base import Lookup
 from mamdr.errors import BackendUnavailable, IntegrityError, MamdrError, NotFound
 from serving.errors import FeatureStoreUnavailable, ModelNotReady, ScoringUnavailable, TooManyItems
 from serving.reload import ServingState
 from serving.schemas import CTRRequest, CTRResponse
+
+log = logging.getLogger(__name__)
 
 # After a failed read, requests answer 503 at once for this long instead of each waiting for the
 # backend's timeouts on the event loop (which would also stall /healthz during an outage).
@@ -25,6 +30,22 @@ STORE_BACKOFF_S = 0.5
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
+def _lookup(state: ServingState, pinned: str | None, request: CTRRequest) -> Lookup:
+    """Read the manifest's embedding version; if it was collected (e.g. after a rollback to an old
+    model), read the current one instead: degraded but served, logged and counted."""
+    try:
+        return state.store.lookup(request.user_id, request.item_ids, version=pinned)
+    except NotFound:
+        if pinned is None:
+            raise
+    found = state.store.lookup(request.user_id, request.item_ids, version=None)
+    state.metrics.feature_version_fallbacks.inc()
+    if state.fallback_warned != pinned:
+        state.fallback_warned = pinned
+        log.warning("embedding version %s is gone; scoring with the current version %s", pinned, found.version)
+    return found
 
 
 def score(state: ServingState, domain: str, request: CTRRequest) -> CTRResponse:
@@ -41,7 +62,7 @@ def score(state: ServingState, domain: str, request: CTRRequest) -> CTRResponse:
     if started < state.store_down_until:  # fail fast: do not block the event loop on a dead backend
         raise FeatureStoreUnavailable("the feature store is unavailable; retry shortly")
     try:
-        found = state.store.lookup(request.user_id, request.item_ids, version=live.feature_store_version)
+        found = _lookup(state, live.feature_store_version, request)
     except NotFound as exc:
         raise FeatureStoreUnavailable(f"feature store: {exc.message}") from None
     except BackendUnavailable:

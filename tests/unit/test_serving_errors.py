@@ -104,3 +104,18 @@ def test_not_ready_without_a_live_model(tmp_path: Path) -> None:
         r = client.post("/v1/domains/dom-0/ctr", json={"user_id": "u1", "item_ids": ["i1"]})
         assert r.status_code == 503 and "Retry-After" in r.headers
     registry.close()
+
+
+def test_collected_embedding_version_falls_back_to_the_current_one(tiny, tmp_path: Path) -> None:
+    from trainer.feature_sync import sync_embeddings
+
+    store = open_store(f"memory://errors-{uuid.uuid4().hex}")
+    registry = open_registry(f"sqlite://{tmp_path}/registry.db")
+    publish_demo(tiny, tmp_path / "art", store, registry)  # pins embedding version emb-1
+    sync_embeddings(tiny.params.model, tiny.user_ids, tiny.item_ids, store, "emb-2")
+    assert store.gc(1) == ["emb-1"]
+    with TestClient(create_app(_settings(tmp_path / "art"), feature_store=store, registry=registry)) as client:
+        r = client.post("/v1/domains/dom-0/ctr", json={"user_id": "u1", "item_ids": ["i1"]})
+        assert r.status_code == 200, r.text
+        assert "mamdr_serving_feature_version_fallbacks_total 1.0" in client.get("/metrics").text
+    registry.close()
