@@ -207,21 +207,28 @@ def _train(trainer: Any, rounds: list[dict[str, Any]], idle_s: float) -> None:
                  trainer.consumer.lag() if trainer.consumer else -1)
 
 
-def _sample(events: list[dict[str, Any]], domain: str, n: int = 5) -> tuple[str, list[str]]:
-    """A user of ``domain`` and up to ``n`` items of that domain, for the sample requests."""
+def _sample(events: list[dict[str, Any]], domain: str, n: int = 5,
+            known: list[dict[str, Any]] | None = None) -> tuple[str, list[str]]:
+    """A user of ``domain`` and up to ``n`` items of that domain, for the sample requests.
+
+    With ``known`` (events already trained on), ids seen there come first, so a new domain's sample is
+    not all cold ids (which θS would score with the same mean vectors).
+    """
     rows = [e for e in events if e["domain"] == domain]
+    seen_users = {e["user_id"] for e in known or []}
+    seen_items = {e["item_id"] for e in known or []}
     by_user = Counter(e["user_id"] for e in rows)
-    user = by_user.most_common(1)[0][0]
-    items = list(dict.fromkeys(e["item_id"] for e in rows))[:n]
+    user = max(by_user, key=lambda u: (u in seen_users, by_user[u], u))
+    items = sorted(dict.fromkeys(e["item_id"] for e in rows), key=lambda i: i not in seen_items)[:n]
     return user, items
 
 
 def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     """Run every step; returns the summary (also written as JSON/Markdown next to the plot)."""
-    from domain_registry import open_registry
-    from feature_store import open_store
     import torch
 
+    from domain_registry import open_registry
+    from feature_store import open_store
     from serving.artifacts import read_manifest
     from trainer.service.loop import ContinualTrainer, check_artifacts_url
     from trainer.stream import open_stream
@@ -286,7 +293,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
         new = cfg.new_domain
         log.info("[7/8] onboarding %r through POST /v1/domains", new)
         status = service.create_domain(new, ev.names[new])
-        user, items = _sample(ev.new or ev.holdout, new)
+        user, items = _sample(ev.new or ev.holdout, new, known=ev.main)
         devstack.wait_until(lambda: service.http.post(f"/v1/domains/{new}/ctr", json={
             "user_id": user, "item_ids": items}).status_code == 200, 30, f"serving (domain {new})")
         if new in read_manifest(artifacts / before).deltas:

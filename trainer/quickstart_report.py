@@ -114,6 +114,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax.legend(loc="upper left", fontsize=8)
     rounds = summary["round_log"]
     ax2.plot(range(1, len(rounds) + 1), [r["prequential_mean_auc"] or np.nan for r in rounds], marker="o")
+    ax2.set_xticks(range(1, len(rounds) + 1))
     ax2.set_xlabel("round")
     ax2.set_title("prequential mean AUC")
     fig.tight_layout()
