@@ -133,6 +133,8 @@ def main() -> None:
                   f"all-reduced {per_round['allreduce_bytes'] / 1e6:.2f} MB, "
                   f"plan to workers {per_round['plan_bytes'] / 1e6:.2f} MB, "
                   f"cache-less pull+push {per_round['uncached_bytes'] / 1e6:.2f} MB")
+            last = res["phases"][-1]
+            print("         rank 0 phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in last.items()))
         rate = ingest_rate(tmp / "ingest", 30_000)
         print(f"rank-0 ingest (poll + validate + prequential + buffer, file://): {rate:,.0f} events/s")
 

@@ -68,19 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.distributed.comm import all_reduce_sum
 
     plans = load_plans(args.plan)
-    totals, times, worker = CacheCounters(), [], None
+    totals, times, phases, worker = CacheCounters(), [], [], None
     for plan in plans:
         dist.barrier()
         t0 = time.perf_counter()
         counters = CacheCounters(plan_bytes=plan.nbytes() if args.rank else 0)
         worker = run(plan, args.rank, args.world, store, all_reduce_sum, counters)
         times.append(time.perf_counter() - t0)
+        phases.append(worker.seconds)
         totals = totals.add(CacheCounters.from_tensor(all_reduce_sum([counters.as_tensor()])[0]))
     if args.rank == 0 and worker is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         torch.save(replica_state(worker), args.out / "result.pt")
         (args.out / "result.json").write_text(json.dumps({
-            "counters": totals.to_json(), "round_seconds": times,
+            "counters": totals.to_json(), "round_seconds": times, "phases": phases,
             "events": [p.events() for p in plans]}))
     dist.barrier()
     dist.destroy_process_group()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -110,6 +111,7 @@ class RoundWorker:
         self.fw.domains = list(meta["domains"])
         self.shared = list(self.params.shared().values())
         self.start = [p.detach().clone() for p in self.shared]
+        self.seconds: dict[str, float] = {}  # wall time per phase (set by ``run``)
 
     def _local(self, split: Split) -> Split:
         return Split(user=self.caches["user"].local(split.user), item=self.caches["item"].local(split.item),
@@ -188,10 +190,21 @@ class RoundWorker:
 def run(plan: RoundPlan, rank: int, world: int, store: EmbeddingStore | None, reduce: Reduce,
         counters: CacheCounters | None = None) -> RoundWorker:
     """The whole round on one rank; ``reduce`` sums a tensor list over ranks (one collective)."""
+    t0 = time.perf_counter()
     worker = RoundWorker(plan, rank, world, store, counters)
-    worker.dn_apply(reduce(worker.dn_local()))
+    t1 = time.perf_counter()
+    local = worker.dn_local()
+    t2 = time.perf_counter()
+    worker.dn_apply(reduce(local))
+    t3 = time.perf_counter()
     if plan.targets:
-        worker.dr_apply(reduce(worker.dr_local()))
+        local = worker.dr_local()
+        t4 = time.perf_counter()
+        worker.dr_apply(reduce(local))
+    else:
+        t4 = t3
+    worker.seconds = {"setup": t1 - t0, "dn": t2 - t1, "dn_reduce": t3 - t2, "dr": t4 - t3,
+                      "dr_reduce": time.perf_counter() - t4}
     return worker
 
 
