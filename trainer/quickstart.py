@@ -225,6 +225,7 @@ def _sample(events: list[dict[str, Any]], domain: str, n: int = 5,
 
 def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     """Run every step; returns the summary (also written as JSON/Markdown next to the plot)."""
+    t_start = time.monotonic()
     import torch
 
     from domain_registry import open_registry
@@ -236,7 +237,6 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     # One torch thread: serving and the HTTP client need the other core, and an oversubscribed
     # machine made a round 8x slower with two threads than with one (measured: 128 s vs 15 s).
     torch.set_num_threads(1)
-    t_start = time.monotonic()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress
     plan = cfg.plan
     mode = "short" if cfg.short else "full"
@@ -356,13 +356,15 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
                 time.sleep(1)
         return summary
     finally:
-        if trainer is not None:
-            trainer.close()
+        t_close = time.monotonic()
         if service is not None:
             service.close()
+        if trainer is not None:
+            trainer.close()
         stream.close()
         store.close()
         registry.close()
+        log.info("stopped serving and closed the backends in %.1f s", time.monotonic() - t_close)
 
 
 def _round(values: list[float]) -> list[float]:
