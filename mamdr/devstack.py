@@ -179,7 +179,11 @@ def redis_ping(port: int) -> bool:
 
 
 def kafka_answers(bootstrap: str) -> bool:
+    import logging
+
     from kafka import KafkaAdminClient
+
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # a probe's connection chatter is noise
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, bootstrap_timeout_ms=2000,
                              client_id="mamdr-dev-probe")
@@ -297,7 +301,8 @@ def up(workdir: Path, *, redis_port: int = 0, kafka_port: int = 0, serving_port:
         st = StackState(str(workdir), redis_port or free_port(), kafka_port or free_port(),
                         serving_port or free_port(), metrics_port or free_port())
         (workdir / STATE_FILE).write_text(json.dumps(asdict(st), indent=2) + "\n")
-    env = {"MAMDR_REGISTRY__ADMIN_TOKEN": admin_token(workdir), "MAMDR_HOME": str(workdir)}
+    # one torch thread for the trainer: serving shares the machine (see README, Operations: Scaling)
+    env = {"MAMDR_REGISTRY__ADMIN_TOKEN": admin_token(workdir), "MAMDR_HOME": str(workdir), "OMP_NUM_THREADS": "1"}
     limits = {"redis": 15.0, "kafka": timeout_s, "trainer": timeout_s, "serving": timeout_s}
     try:
         for name in COMPONENTS:

@@ -299,7 +299,10 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
         if new in read_manifest(artifacts / before).deltas:
             raise BackendUnavailable(f"{new} has a delta before any of its clicks arrived")
         theta_s = service.score(new, user, items)
-        log.info("  %s (HTTP %d) served by θS in %s: %s", new, status, before, " ".join(f"{s:.3f}" for s in theta_s))
+        cold = service.http.post(f"/v1/domains/{new}/ctr", json={"user_id": user, "item_ids": items}).json()
+        log.info("  %s (HTTP %d) served by θS in %s: %s%s", new, status, before, " ".join(f"{s:.3f}" for s in theta_s),
+                 f" ({len(cold['cold_items'])} of {len(items)} items are new: scored with the mean item vector)"
+                 if cold["cold_items"] else "")
         _produce(stream, ev.new, new, cfg.progress)
         _train(trainer, rounds, idle_s=1.5)
         after = rounds[-1]["version"]
