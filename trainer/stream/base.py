@@ -143,6 +143,7 @@ class Stream(ABC):
         self.topic = topic
         self.settings = settings
         self.dead_letters_sent = 0
+        self._dlq: StreamProducer | None = None  # opened lazily by _dlq_producer
 
     @property
     def dlq_topic(self) -> str:
@@ -170,11 +171,14 @@ class Stream(ABC):
         self.dead_letters_sent += 1
         return letter
 
-    @abstractmethod
-    def flush_dead_letters(self) -> None: ...
+    def flush_dead_letters(self) -> None:
+        if self._dlq is not None:
+            self._dlq.flush()
 
-    @abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        if self._dlq is not None:
+            self._dlq.close()
+            self._dlq = None
 
     def __enter__(self) -> Stream:
         return self

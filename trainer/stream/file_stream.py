@@ -327,12 +327,3 @@ class FileStream(Stream):
         if self._dlq is None:
             self._dlq = self.dead_letter_stream().producer()
         return self._dlq
-
-    def flush_dead_letters(self) -> None:
-        if self._dlq is not None:
-            self._dlq.flush()
-
-    def close(self) -> None:
-        if self._dlq is not None:
-            self._dlq.close()
-            self._dlq = None

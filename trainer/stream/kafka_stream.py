@@ -320,12 +320,3 @@ class KafkaStream(Stream):
         if self._dlq is None:
             self._dlq = KafkaStreamProducer(self.bootstrap, self.dlq_topic, self.settings)
         return self._dlq
-
-    def flush_dead_letters(self) -> None:
-        if self._dlq is not None:
-            self._dlq.flush()
-
-    def close(self) -> None:
-        if self._dlq is not None:
-            self._dlq.close()
-            self._dlq = None
