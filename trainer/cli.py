@@ -48,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed-offset", type=int, default=0)
     p.add_argument("--emb-dim", type=int, default=128)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--grid", action="store_true",
+                   help="models × frameworks × seeds, resumable; writes Tables V, VI, X to --out")
+    p.add_argument("--models", default=None, help="grid: comma list of models (default: --model)")
     _add_framework_flags(p)
     p.set_defaults(func=cmd_experiment)
 
@@ -94,6 +97,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise ConfigError("--seeds must be >= 1")
+    if args.grid:
+        return _run_grid(args)
     cfg = ExperimentConfig(
         dataset=args.dataset, model=args.model.lower(), methods=parse_methods(args.frameworks),
         seeds=tuple(range(args.seed_offset, args.seed_offset + args.seeds)), out=args.out,
@@ -101,3 +106,24 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     )
     return _run(cfg, args.threads)
 
+
+
+def _run_grid(args: argparse.Namespace) -> int:
+    import torch
+
+    from trainer.experiment import parse_methods
+    from trainer.experiment_grid import GridConfig, parse_models, run_grid
+
+    cfg = GridConfig(
+        dataset=args.dataset, models=parse_models(args.models or args.model),
+        methods=parse_methods(args.frameworks),
+        seeds=tuple(range(args.seed_offset, args.seed_offset + args.seeds)), out=args.out,
+        framework=_framework_config(args), data_dir=args.data_dir, emb_dim=args.emb_dim,
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tables = run_grid(cfg, show_progress=True)
+    print(f"{len(tables['computed'])} cells trained, {len(tables['skipped'])} resumed from {args.out / 'cells'}")
+    print((args.out / "tables.md").read_text())
+    print(f"wrote tables.md, table_v.json, table_vi.json, table_x.json and table_x.png to {args.out}")
+    return 0

@@ -1,0 +1,109 @@
+"""``mamdr experiment --grid``: every cell written, resume skips finished cells, tables complete, RANK bounded."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from mamdr.cli import main
+from mamdr.errors import ConfigError
+from trainer.experiment_grid import GridConfig, cell_path, run_grid
+from trainer.frameworks import FrameworkConfig
+
+MODELS = ("mlp", "star")
+METHODS = ("alternate", "dn", "mamdr", "mamdr+finetune")
+SEEDS = (0, 1)
+OPTIONS = {"n_domains": 3, "n_users": 40, "n_items": 30, "rows_per_domain": 100}
+
+
+def _cfg(out: Path, epochs: int = 1) -> GridConfig:
+    return GridConfig(dataset="synthetic", models=MODELS, methods=METHODS, seeds=SEEDS, out=out, emb_dim=8,
+                      framework=FrameworkConfig(epochs=epochs, batch_size=64, k=1, finetune_epochs=1),
+                      dataset_options=OPTIONS)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict]]:
+    out = tmp_path_factory.mktemp("grid")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is several times faster on a shared 2-core machine
+    try:
+        yield out, run_grid(_cfg(out))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_every_cell_is_written_and_tables_cover_them(grid: tuple[Path, dict]) -> None:
+    out, tables = grid
+    bases = ("alternate", "dn", "mamdr")
+    assert len(tables["computed"]) == len(MODELS) * len(bases) * len(SEEDS) and not tables["skipped"]
+    for m in MODELS:
+        for b in bases:
+            for s in SEEDS:
+                cell = json.loads(cell_path(out, m, b, s).read_text())
+                assert len(cell["per_domain"]) == 3 and cell["epochs"] == 1
+                assert (cell["per_domain_finetuned"] is not None) == (b == "mamdr")
+    assert not list((out / "cells").glob("*.tmp"))  # atomic writes leave no partial files
+    tx = tables["table_x"]["models"]
+    for m in MODELS:
+        assert set(tx[m]["rows"]) == set(METHODS)
+        ranks = [r["avg_rank"] for r in tx[m]["rows"].values()]
+        assert all(1.0 <= r <= len(METHODS) for r in ranks)
+        assert sum(ranks) == pytest.approx(sum(range(1, len(METHODS) + 1)))  # ranks taken within the table
+        assert all(r["n_seeds"] == 2 and 0.0 <= r["avg_auc"] <= 1.0 for r in tx[m]["rows"].values())
+    v = tables["table_v"]["rows"]
+    assert set(v) == {"mlp", "star", "mlp+mamdr"}
+    assert all(1.0 <= r["avg_rank"] <= 3.0 for r in v.values())
+    vi = tables["table_vi"]["rows"]
+    assert list(vi) == ["mlp+alternate", "mlp+dn", "mlp+mamdr", "mlp+mamdr+finetune"]
+    assert all(1.0 <= r["avg_rank"] <= 4.0 for r in vi.values())
+    md = (out / "tables.md").read_text()
+    for needle in ("Table V", "Table VI", "Table X", "mlp+mamdr+finetune", "star AUC", "star RANK"):
+        assert needle in md
+    assert md.count("\n| mamdr+finetune |") == 1
+    for name in ("table_v.json", "table_vi.json", "table_x.json"):
+        assert json.loads((out / name).read_text())["meta"]["models"] == list(MODELS)
+    assert (out / "table_x.png").stat().st_size > 1000
+
+
+def test_resume_skips_finished_cells_and_redoes_missing_ones(grid: tuple[Path, dict]) -> None:
+    out, first = grid
+    victim = cell_path(out, "star", "dn", 1)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    victim.unlink()
+    again = run_grid(_cfg(out))
+    assert again["computed"] == [victim.name]
+    assert len(again["skipped"]) == len(mtimes) - 1
+    for p in (out / "cells").glob("*.json"):
+        if p != victim:
+            assert p.stat().st_mtime_ns == mtimes[p.name], p.name  # not recomputed
+    # deterministic training: the recomputed cell gives the same tables
+    assert again["table_x"] == first["table_x"]
+
+
+def test_cells_from_another_config_are_refused(grid: tuple[Path, dict]) -> None:
+    out, _ = grid
+    with pytest.raises(ConfigError, match="different configuration"):
+        run_grid(_cfg(out, epochs=2))
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--models", "mlp,nope"], "unknown model 'nope'"),
+    (["--models", ","], "--models is empty"),
+    (["--frameworks", "alternate,nope"], "unknown framework 'nope'"),
+    (["--frameworks", "separate+finetune"], "separate"),
+])
+def test_bad_grid_names_are_one_error_line(argv: list[str], needle: str, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["experiment", "--grid", "--dataset", "synthetic", *argv, "--seeds", "1", "--epochs", "1",
+                 "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("mamdr: error:")]
+    assert len(lines) == 1 and needle in lines[0], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "cells").exists()
