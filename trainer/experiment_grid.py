@@ -269,12 +269,13 @@ def plot_table_x(tables: dict[str, Any], path: Path) -> None:
                 grid[i, j] = row["avg_auc"]
     fig, ax = plt.subplots(figsize=(2.0 + 1.4 * len(models), 1.5 + 0.45 * len(methods)))
     image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    middle = float(np.nanmean(grid)) if np.isfinite(grid).any() else 0.0
     for j, m in enumerate(models):
         for i, meth in enumerate(methods):
             row = tx["models"][m]["rows"].get(meth)
-            if row:
+            if row:  # dark text on the bright (high-AUC) end of viridis, white on the dark end
                 ax.text(j, i, f"{row['avg_auc']:.3f}\nR {row['avg_rank']:.2f}", ha="center", va="center",
-                        fontsize=7, color="white")
+                        fontsize=7, color="black" if row["avg_auc"] > middle else "white")
     ax.set_xticks(range(len(models)))
     ax.set_xticklabels(models)
     ax.set_yticks(range(len(methods)))
