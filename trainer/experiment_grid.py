@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 PLAIN = "alternate"  # how Table V trains each base model on its own
 ABLATION = ("alternate", "dn", "dr", "mamdr")  # Table VI rows (each also +finetune when asked for)
 CELL_VERSION = 1
+EMPTY_HINT = {"table_v": f"{PLAIN} (and mamdr, with mlp in --models)", "table_vi": ", ".join(ABLATION)}
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,8 @@ def to_markdown(tables: dict[str, Any]) -> str:
         t = tables[key]
         lines += [f"## {t['title']}", "", "| method | avg AUC | avg RANK |", "|---|---|---|"]
         lines += [f"| {label} | {a} | {r} |" for label, row in t["rows"].items() for a, r in [_fmt(row)]]
+        if not t["rows"]:
+            lines.append(f"\n_no rows: add {EMPTY_HINT[key]} to --frameworks_")
         lines.append("")
     tx = tables["table_x"]
     models = meta["models"]
