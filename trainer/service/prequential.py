@@ -63,6 +63,23 @@ class Prequential:
             for d, s in self.domains.items()
         }
 
+    def snapshot(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Copies of the per-domain histograms; ``auc_since`` turns two of them into a window's AUC."""
+        return {d: (s.pos.copy(), s.neg.copy()) for d, s in self.domains.items()}
+
+    def auc_since(self, earlier: dict[str, tuple[np.ndarray, np.ndarray]], min_class: int = 1) -> dict[str, float]:
+        """Per-domain AUC of the events scored after ``earlier`` (a ``snapshot``), e.g. one round's.
+
+        Domains with fewer than ``min_class`` positives or negatives in the window are left out.
+        """
+        out = {}
+        for d, s in self.domains.items():
+            pos0, neg0 = earlier.get(d, (0, 0))
+            window = _DomainStats(pos=s.pos - pos0, neg=s.neg - neg0)
+            if window.pos.sum() >= min_class and window.neg.sum() >= min_class:
+                out[d] = window.auc()
+        return out
+
     def mean_auc(self) -> float:
         values = [s.auc() for s in self.domains.values()]
         values = [v for v in values if not np.isnan(v)]
