@@ -119,7 +119,10 @@ def test_prequential_auc_rises_over_rounds_and_ends_near_offline_mamdr(tmp_path:
         t0 = time.monotonic()
         streamed, test, domains = split_events()
         settings = load_settings(**{
+            # one partition: the replay stays in time order across domains (partitions are keyed by domain,
+            # and a backlog is polled partition by partition)
             "home": str(tmp_path), "stream.url": f"file://{tmp_path}/stream/clicks", "stream.group": "preq",
+            "stream.partitions": 1,
             "trainer.round_events": ROUND_EVENTS, "trainer.round_seconds": 3600.0, "trainer.seed": 0,
         })
         registry = open_registry(f"sqlite://{tmp_path}/registry.db")
@@ -162,10 +165,11 @@ def test_prequential_auc_rises_over_rounds_and_ends_near_offline_mamdr(tmp_path:
               f"stream {t_stream:.1f}s offline {time.monotonic() - t1:.1f}s")
         scored = [a for a in per_round if not np.isnan(a)]  # round 1 has no live model to score with
         assert len(scored) >= 5, per_round
-        # measured (seed 0): first two scored rounds 0.526, 0.519; last two 0.618, 0.606
-        assert min(scored[-2:]) > max(scored[:2]) + 0.04, per_round
+        # measured (seed 0): scored rounds 0.513, 0.564, 0.596, 0.624, 0.605, 0.703 (the last is a remainder)
+        assert np.mean(scored[-2:]) > np.mean(scored[:2]) + 0.06, per_round
+        assert np.mean(scored[len(scored) // 2:]) > np.mean(scored[:len(scored) // 2]) + 0.03, per_round
         assert streamed_auc > 0.58, streamed_auc
-        # measured (seed 0): stream 0.632, offline MAMDR at the same budget 0.669
+        # measured (seed 0): stream 0.633, offline MAMDR at the same budget 0.669
         assert streamed_auc > offline_auc - 0.05, (streamed_auc, offline_auc)
     finally:
         torch.set_num_threads(threads)
