@@ -48,6 +48,7 @@ from trainer.stream.validate import check_records
 
 log = logging.getLogger("mamdr.trainer")
 VERSION_RE = re.compile(r"^v(\d{6})$")
+METRIC_DOMAINS = 100
 
 
 @dataclass
@@ -257,7 +258,10 @@ class ContinualTrainer:
         sync_embeddings(state.model, state.users.ids, state.items.ids, self.store, version, publish=True)
         failpoint("mid_publish")
         round_figs = {d: v for d, v in self.prequential.cumulative().items()}
-        metrics = {"prequential": round_figs, "prequential_mean_auc": self.prequential.mean_auc(),
+        # the registry caps a version's metrics at 16 KiB of JSON: per-domain figures only up to
+        # METRIC_DOMAINS domains (≈120 bytes each); Prometheus always has them all
+        metrics = {"prequential": round_figs if len(round_figs) <= METRIC_DOMAINS else {},
+                   "prequential_domains": len(round_figs), "prequential_mean_auc": self.prequential.mean_auc(),
                    "round": self.round_no, "valid": self._round_valid, "rejected": self._round_rejected}
         state.save(self.root, version, {"round": self.round_no, "offsets": offsets})
         failpoint("after_checkpoint")
