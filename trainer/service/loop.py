@@ -257,7 +257,7 @@ class ContinualTrainer:
         # embeddings first, under the new version (serving reads the version its manifest names)
         sync_embeddings(state.model, state.users.ids, state.items.ids, self.store, version, publish=True)
         failpoint("mid_publish")
-        round_figs = {d: v for d, v in self.prequential.cumulative().items()}
+        round_figs = self.prequential.cumulative()
         # the registry caps a version's metrics at 16 KiB of JSON: per-domain figures only up to
         # METRIC_DOMAINS domains (≈120 bytes each); Prometheus always has them all
         metrics = {"prequential": round_figs if len(round_figs) <= METRIC_DOMAINS else {},
@@ -272,6 +272,9 @@ class ContinualTrainer:
         failpoint("after_export")
         self.consumer.commit(offsets)
         failpoint("after_commit")
+        # a restart (or a rollback then restart) resumes from one of the newest registered versions
+        recent = {v.id for v in self.registry.list_models(limit=self.settings.feature_store.keep_versions)}
+        ModelState.prune(self.root, recent | {version})
         with contextlib.suppress(NotFound):
             self.store.gc(self.settings.feature_store.keep_versions)
         now = time.time()

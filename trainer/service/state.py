@@ -114,8 +114,8 @@ class ModelState:
         i_mean = i_table[: max(len(self.items), 1)].mean(0)
         u = torch.where(torch.from_numpy(urows >= 0)[:, None], u_table[np.maximum(urows, 0)], u_mean)
         i = torch.where(torch.from_numpy(irows >= 0)[:, None], i_table[np.maximum(irows, 0)], i_mean)
-        if slot is None:  # a domain the model has never seen: θS with the mean domain row
-            slot = 0
+        if slot is None:
+            raise DataError(f"domain {domain!r} has no slot yet: it is scored once its first clicks are buffered")
         d = torch.full((len(users),), slot, dtype=torch.long)
         if self.params.has_delta(slot):
             logits = _call_score(self.model, self.params.composed(slot), u, i, d)
@@ -143,6 +143,15 @@ class ModelState:
             shutil.rmtree(final)
         os.rename(tmp, final)
         return final
+
+    @staticmethod
+    def prune(root: Path, keep: set[str]) -> list[str]:
+        """Delete checkpoints of versions not in ``keep`` (and half-written temp folders)."""
+        base = Path(root) / CHECKPOINT_DIR
+        removed = [p.name for p in base.iterdir() if p.is_dir() and p.name not in keep] if base.exists() else []
+        for name in removed:
+            shutil.rmtree(base / name, ignore_errors=True)
+        return removed
 
     @classmethod
     def load(cls, root: Path, version: str) -> tuple[ModelState, dict[str, Any]]:
