@@ -130,7 +130,7 @@ def main() -> None:
             per_round = {k: v // args.rounds for k, v in c.items()}
             print(f"world {world}: round {sec:6.2f} s (median of {args.rounds}), {rate:8.0f} events/s, "
                   f"speed-up x{base / sec:4.2f}; per round: fetched {per_round['fetched_bytes'] / 1e6:.2f} MB, "
-                  f"all-reduced {per_round['allreduce_bytes'] / 1e6:.2f} MB, "
+                  f"exchanged {per_round['exchange_bytes'] / 1e6:.2f} MB, "
                   f"plan to workers {per_round['plan_bytes'] / 1e6:.2f} MB, "
                   f"cache-less pull+push {per_round['uncached_bytes'] / 1e6:.2f} MB")
             last = res["phases"][-1]

@@ -6,6 +6,11 @@ Scoring with Θi uses ``torch.func.functional_call``: the module is never copied
 
 Which parameters are specific is configurable with glob patterns over parameter names; the default
 is every trainable parameter except the user and item embedding tables (the feature store's).
+
+A tensor whose dim 0 is the domain axis (``CTRModel.domain_indexed``: the domain embedding, STAR's
+partitioned weights, ...) gets a *row* delta ``[1, ...]``: domain i's samples only ever read row i,
+so a full-size delta per domain would cost O(n_domains²) memory for nothing (69,102 domains × a
+69,102-row table). Row deltas also survive onboarding: growing the domain axis leaves them valid.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ class DomainParameters:
         self.model = model
         self.specific_names: list[str] = resolve_specific(model, specific)
         self._params = dict(model.named_parameters())
+        indexed = set(getattr(model, "domain_indexed", ()))
+        self.row_names: frozenset[str] = frozenset(n for n in self.specific_names if n in indexed)
         self.deltas: dict[int, Params] = {}
 
     # -- θS -------------------------------------------------------------------------------------
@@ -74,27 +81,59 @@ class DomainParameters:
         return {n: self._params[n] for n in self.specific_names}
 
     # -- θi -------------------------------------------------------------------------------------
+    def delta_shape(self, name: str) -> torch.Size:
+        """Shape of θi[name]: the parameter's, or one row of it for a domain-indexed tensor."""
+        shape = self._params[name].shape
+        return torch.Size((1, *shape[1:])) if name in self.row_names else shape
+
     def delta(self, domain: int) -> Params:
         """θi, created as zeros the first time a domain is seen."""
         if domain not in self.deltas:
             self.deltas[domain] = {
-                n: torch.zeros_like(self._params[n], requires_grad=False) for n in self.specific_names
+                n: self._params[n].new_zeros(self.delta_shape(n)) for n in self.specific_names
             }
         return self.deltas[domain]
+
+    def cut(self, domain: int, full: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Views of full-size tensors (in ``specific_names`` order) shaped like θ_domain."""
+        return [t[domain:domain + 1] if n in self.row_names else t
+                for n, t in zip(self.specific_names, full, strict=True)]
+
+    def add_delta_(self, domain: int, live: Sequence[torch.Tensor],
+                   delta: Mapping[str, torch.Tensor] | None = None) -> None:
+        """In place: ``live`` (full-size, ``specific_names`` order) += θ_domain (or ``delta``)."""
+        d = self.delta(domain) if delta is None else delta
+        torch._foreach_add_(self.cut(domain, live), [d[n] for n in self.specific_names])
 
     def has_delta(self, domain: int) -> bool:
         return domain in self.deltas
 
     def set_delta(self, domain: int, values: Mapping[str, torch.Tensor]) -> None:
+        """Copy values in; a full-size value of a domain-indexed tensor (older checkpoints) gives its row."""
         delta = self.delta(domain)
         with torch.no_grad():
             for n, v in values.items():
+                if n in self.row_names and v.dim() > 0 and v.shape[0] != 1 and v.shape[1:] == delta[n].shape[1:]:
+                    if v.shape[0] <= domain:
+                        raise ConfigError(f"delta {n!r} of domain {domain} has only {v.shape[0]} rows")
+                    v = v[domain:domain + 1]
                 delta[n].copy_(v)
 
-    def composed(self, domain: int, delta: Mapping[str, torch.Tensor] | None = None) -> Params:
-        """Θi = θS + θi for the specific names (pass ``delta`` to compose a candidate θ̃i)."""
+    def composed(self, domain: int, delta: Mapping[str, torch.Tensor] | None = None, *,
+                 detach_shared: bool = False) -> Params:
+        """Θi = θS + θi for the specific names (pass ``delta`` to compose a candidate θ̃i).
+
+        Differentiable in the delta and (unless ``detach_shared``) in θS; a row delta is added to
+        row ``domain`` only."""
         d = self.delta(domain) if delta is None else delta
-        return {n: self._params[n] + d[n] for n in self.specific_names}
+        out: Params = {}
+        for n in self.specific_names:
+            p = self._params[n].detach() if detach_shared else self._params[n]
+            if n in self.row_names:
+                out[n] = p.index_add(0, torch.tensor([domain], device=p.device), d[n])
+            else:
+                out[n] = p + d[n]
+        return out
 
     # -- scoring --------------------------------------------------------------------------------
     def call(self, params: Mapping[str, torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:

@@ -96,9 +96,10 @@ def test_two_ranks_match_the_single_process_schedule_and_count_cache_bytes(tmp_p
     assert counters["from_plan_rows"] == 2 * new_rows
     theta_s = sum(v.numel() for k, v in state.model.named_parameters()
                   if k not in ("user_embedding.weight", "item_embedding.weight"))
-    specific = sum(p.numel() for p in state.params.shared_specific().values())
+    theta_i = sum(state.params.delta_shape(n).numel() for n in state.params.specific_names)  # one row
     tables = (len(users) + len(items)) * DIM
-    assert counters["allreduce_bytes"] == 2 * 4 * (theta_s + tables + 2 * specific)
+    # DN: both ranks all-reduce θS + touched rows; DR: each rank gathers its one target's θi to rank 0
+    assert counters["exchange_bytes"] == 4 * (2 * (theta_s + tables) + 2 * theta_i)
     assert counters["uncached_bytes"] > counters["fetched_bytes"]
 
 

@@ -103,7 +103,9 @@ def test_one_dr_step_matches_eqs_5_to_8() -> None:
 
     def grad(tilde: dict[str, torch.Tensor], batch) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
         leaves = {n: t.clone().requires_grad_(True) for n, t in tilde.items()}
-        params = {n: theta_s[n] + leaves[n] for n in names}
+        # a domain-indexed tensor's θi is row `target` only (T_j's samples read θS's row j)
+        params = {n: theta_s[n].index_add(0, torch.tensor([target]), leaves[n]) if n in fw.params.row_names
+                  else theta_s[n] + leaves[n] for n in names}
         u, i, d, y = batch
         loss = F.binary_cross_entropy_with_logits(functional_call(model, params, (u, i, d), strict=False), y)
         return dict(zip(names, torch.autograd.grad(loss, [leaves[n] for n in names]), strict=True))

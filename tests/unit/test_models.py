@@ -329,3 +329,42 @@ def test_onnx_export_for_a_fixed_domain(name: str, tmp_path: Path) -> None:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = session.run(None, {"user": u_run.numpy(), "item": i_run.numpy()})[0]
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=kind)
+
+
+@pytest.mark.parametrize("name", ["mlp", "star", "ple"])
+def test_row_deltas_score_like_full_size_deltas_and_do_not_grow_with_domains(name: str) -> None:
+    """θi of a domain-indexed tensor is one row: same scores as the full-size delta (domain d only reads
+    row d), a size independent of the number of domains, still valid after onboarding, and an older
+    checkpoint's full-size delta loads as its row."""
+    model = make(name)
+    perturb(model)
+    model.eval()
+    params = DomainParameters(model)
+    assert params.row_names and params.row_names <= set(model.domain_indexed)
+    gen = torch.Generator().manual_seed(3)
+    full = {n: 0.1 * torch.randn(p.shape, generator=gen) for n, p in params.shared_specific().items()}
+    params.set_delta(1, full)  # the old representation: the row is taken
+    for n in params.row_names:
+        assert params.delta(1)[n].shape == (1, *full[n].shape[1:])
+        torch.testing.assert_close(params.delta(1)[n], full[n][1:2])
+    user, item, _ = batch(24)
+    dom = torch.full_like(user, 1)
+    reference = {n: p.detach() + full[n] for n, p in params.shared_specific().items()}
+    with torch.no_grad():
+        expected = functional_call(model, reference, (user, item, dom), strict=False)
+        torch.testing.assert_close(params.forward_domain(1, user, item, dom), expected, **TOL)
+    size = sum(t.numel() for t in params.delta(1).values())
+    model.grow_domains(5)
+    with torch.no_grad():
+        torch.testing.assert_close(params.forward_domain(1, user, item, dom), expected, **TOL)
+    assert sum(t.numel() for t in params.delta(7).values()) == size  # a new domain's θi: same size
+
+
+def test_composed_row_delta_is_differentiable_in_both_parts() -> None:
+    model = make("mlp")
+    params = DomainParameters(model)
+    delta = {n: t.clone().requires_grad_(True) for n, t in params.delta(2).items()}
+    composed = params.composed(2, delta)
+    composed["domain_embedding.weight"].sum().backward()
+    assert torch.equal(delta["domain_embedding.weight"].grad, torch.ones_like(delta["domain_embedding.weight"]))
+    assert torch.equal(model.domain_embedding.weight.grad, torch.ones_like(model.domain_embedding.weight))

@@ -40,7 +40,7 @@ class CacheCounters:
     plan_bytes: int = 0
     written_rows: int = 0
     written_bytes: int = 0
-    allreduce_bytes: int = 0
+    exchange_bytes: int = 0
     uncached_bytes: int = 0
 
     def as_tensor(self) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """torch.distributed plumbing: who am I (torchrun env or ``--world-size``), the gloo/nccl group, one
-flat all-reduce, a pickle-free broadcast of named tensors, and control words over the c10d store.
+flat all-reduce, a gather to rank 0, a pickle-free broadcast of named tensors, and control words over the c10d store.
 
 Control words (``round`` / ``stop`` / ``abort``) go through the rendezvous store, not a collective:
 a worker waiting for the next round polls a key, so an idle stream never trips the collective
@@ -93,6 +93,16 @@ def all_reduce_sum(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     flat = _flatten_dense_tensors(tensors)
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     return list(_unflatten_dense_tensors(flat, tensors))
+
+
+def gather_to_root(tensor: torch.Tensor) -> list[torch.Tensor] | None:
+    """Every rank's ``tensor`` (same shape and dtype on all ranks) on rank 0; None on the others."""
+    if dist.get_rank() == 0:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.gather(tensor.contiguous(), parts, dst=0)
+        return parts
+    dist.gather(tensor.contiguous(), None, dst=0)
+    return None
 
 
 def broadcast_tensors(named: dict[str, torch.Tensor] | None, meta: dict | None) -> tuple[dict[str, torch.Tensor], dict]:

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         from feature_store import open_store
 
         store = open_store(args.fs)
-    from trainer.distributed.comm import all_reduce_sum
+    from trainer.distributed.comm import all_reduce_sum, gather_to_root
 
     plans = load_plans(args.plan)
     totals, times, phases, worker = CacheCounters(), [], [], None
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         dist.barrier()
         t0 = time.perf_counter()
         counters = CacheCounters(plan_bytes=plan.nbytes() if args.rank else 0)
-        worker = run(plan, args.rank, args.world, store, all_reduce_sum, counters)
+        worker = run(plan, args.rank, args.world, store, all_reduce_sum, gather_to_root, counters)
         times.append(time.perf_counter() - t0)
         phases.append(worker.seconds)
         totals = totals.add(CacheCounters.from_tensor(all_reduce_sum([counters.as_tensor()])[0]))

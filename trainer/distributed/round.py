@@ -10,7 +10,8 @@ PS workers pushing deltas once per outer step).
 DR (partitioned by domain): target i (the k-th of the sorted targets) is owned by rank k mod W,
 which runs Algorithm 2 for it on the whole round's data with a fresh inner optimizer and a
 generator seeded by (seed, round, i), so θi does not depend on which rank owns it or on W. The θi
-are exchanged with a second all-reduce (each rank fills its own targets' slots, zeros elsewhere).
+go to rank 0 only (a gather: each θi crosses the wire once; the other replicas are discarded after
+the round, so they need none), ⌈T/W⌉ slots per rank since gloo's gather wants equal sizes.
 
 ``simulate`` runs the same schedule for W ranks in one process (the test's reference).
 """
@@ -39,6 +40,7 @@ from trainer.params import DomainParameters
 from trainer.service.failpoints import failpoint
 
 Reduce = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+Gather = Callable[[torch.Tensor], "list[torch.Tensor] | None"]  # every rank's tensor on rank 0, else None
 
 
 def _seed(*parts: int) -> int:
@@ -129,7 +131,7 @@ class RoundWorker:
             self.fw.update(optimizer, self._count_uncached(batches))
         failpoint("dist_mid_round")
         deltas = [p.detach() - s for p, s in zip(self.shared, self.start, strict=True)]
-        self.counters.allreduce_bytes += sum(t.numel() for t in deltas) * FLOAT_BYTES
+        self.counters.exchange_bytes += sum(t.numel() for t in deltas) * FLOAT_BYTES
         return deltas
 
     def _count_uncached(self, batches: Iterator[Batch]) -> Iterator[Batch]:
@@ -149,32 +151,36 @@ class RoundWorker:
         torch._foreach_add_(live, summed, alpha=self.plan.meta["beta"] / self.world)
 
     # -- DR -------------------------------------------------------------------------------------------
-    def owned(self) -> list[int]:
-        return [t for i, t in enumerate(self.plan.targets) if i % self.world == self.rank]
+    def owned(self, rank: int | None = None) -> list[int]:
+        r = self.rank if rank is None else rank
+        return [t for i, t in enumerate(self.plan.targets) if i % self.world == r]
 
-    def dr_local(self) -> list[torch.Tensor]:
-        """θi of this rank's targets in their slots of a zero buffer (one tensor per target)."""
+    def _delta_numel(self) -> int:
+        return sum(self.params.delta_shape(n).numel() for n in self.params.specific_names)
+
+    def dr_local(self) -> torch.Tensor:
+        """Run DR for this rank's targets; their θi flattened into ⌈T/W⌉ equal slots (zeros pad)."""
         meta = self.plan.meta
         names = self.params.specific_names
-        out = []
-        mine = set(self.owned())
-        for target in self.plan.targets:
-            if target in mine:
-                self.fw._dr_opt = None  # a fresh inner optimizer per target: θi independent of ownership
-                torch.manual_seed(_seed(meta["seed"], meta["round"], target, 13))
-                self.fw.dr_round(target, torch.Generator().manual_seed(_seed(meta["seed"], meta["round"], target, 7)))
-                delta = self.params.delta(target)
-                out.append(_flatten_dense_tensors([delta[n] for n in names]))
-            else:
-                out.append(torch.zeros(sum(self.params.shared()[n].numel() for n in names)))
-        self.counters.allreduce_bytes += sum(t.numel() for t in out) * FLOAT_BYTES
+        slots = -(-len(self.plan.targets) // self.world)
+        out = torch.zeros(slots, self._delta_numel())
+        for k, target in enumerate(self.owned()):
+            self.fw._dr_opt = None  # a fresh inner optimizer per target: θi independent of ownership
+            torch.manual_seed(_seed(meta["seed"], meta["round"], target, 13))
+            self.fw.dr_round(target, torch.Generator().manual_seed(_seed(meta["seed"], meta["round"], target, 7)))
+            delta = self.params.delta(target)
+            out[k] = _flatten_dense_tensors([delta[n].reshape(-1) for n in names])
+        self.counters.exchange_bytes += out.numel() * FLOAT_BYTES  # sent to rank 0 (its own: local)
         return out
 
-    def dr_apply(self, summed: list[torch.Tensor]) -> None:
+    def dr_apply(self, gathered: list[torch.Tensor]) -> None:
+        """Rank 0: every rank's θi into this replica (rank r's k-th slot is its k-th owned target)."""
         names = self.params.specific_names
-        like = [self.params.shared()[n].detach() for n in names]
-        for target, flat in zip(self.plan.targets, summed, strict=True):
-            self.params.set_delta(target, dict(zip(names, _unflatten_dense_tensors(flat, like), strict=True)))
+        like = [torch.empty(self.params.delta_shape(n)) for n in names]
+        for rank, flat in enumerate(gathered):
+            for k, target in enumerate(self.owned(rank)):
+                values = _unflatten_dense_tensors(flat[k], like)
+                self.params.set_delta(target, dict(zip(names, values, strict=True)))
 
     # -- results --------------------------------------------------------------------------------------
     def embedding_deltas(self) -> dict[str, tuple[np.ndarray, torch.Tensor]]:
@@ -187,9 +193,10 @@ class RoundWorker:
         return out
 
 
-def run(plan: RoundPlan, rank: int, world: int, store: EmbeddingStore | None, reduce: Reduce,
+def run(plan: RoundPlan, rank: int, world: int, store: EmbeddingStore | None, reduce: Reduce, gather: Gather,
         counters: CacheCounters | None = None) -> RoundWorker:
-    """The whole round on one rank; ``reduce`` sums a tensor list over ranks (one collective)."""
+    """The whole round on one rank; ``reduce`` sums a tensor list over ranks (one collective),
+    ``gather`` brings one tensor per rank to rank 0. Only rank 0's worker holds every θi afterwards."""
     t0 = time.perf_counter()
     worker = RoundWorker(plan, rank, world, store, counters)
     t1 = time.perf_counter()
@@ -198,9 +205,10 @@ def run(plan: RoundPlan, rank: int, world: int, store: EmbeddingStore | None, re
     worker.dn_apply(reduce(local))
     t3 = time.perf_counter()
     if plan.targets:
-        local = worker.dr_local()
+        gathered = gather(worker.dr_local())
         t4 = time.perf_counter()
-        worker.dr_apply(reduce(local))
+        if gathered is not None:
+            worker.dr_apply(gathered)
     else:
         t4 = t3
     worker.seconds = {"setup": t1 - t0, "dn": t2 - t1, "dn_reduce": t3 - t2, "dr": t4 - t3,
@@ -219,7 +227,5 @@ def simulate(plan: RoundPlan, world: int, store: EmbeddingStore | None) -> Round
     for w in workers:
         w.dn_apply(summed)
     if plan.targets:
-        summed = total([w.dr_local() for w in workers])
-        for w in workers:
-            w.dr_apply(summed)
+        workers[0].dr_apply([w.dr_local() for w in workers])
     return workers[0]

@@ -22,14 +22,13 @@ GB = 1e9
 
 
 def mlp_counts(emb: int = 128, hidden: tuple[int, ...] = (256, 128, 64)) -> dict[str, int]:
-    """θS dense size, θi size as exported (one domain row), θi as held in memory today (all rows)."""
+    """θS dense size and the size of one θi as ``DomainParameters`` holds it (one domain row)."""
     model = build_model("mlp", ModelConfig(n_users=1, n_items=1, n_domains=2, emb_dim=emb, hidden=hidden))
     params = DomainParameters(model)
     tables = set(model.SHARED_TABLES)
     dense = sum(p.numel() for n, p in model.named_parameters() if n not in tables) - emb  # one domain row
-    per_domain_row = sum(p.numel() // 2 if n in model.domain_indexed else p.numel()
-                         for n, p in params.shared_specific().items())
-    return {"dense": dense, "delta_row": per_domain_row, "domain_table_width": emb}
+    held = sum(t.numel() for t in params.delta(1).values())  # what the trainer really allocates
+    return {"dense": dense, "delta_row": held, "domain_table_width": emb}
 
 
 def unique_rows(draws: int, population: int, zipf_a: float, seed: int = 0) -> int:
@@ -55,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {d:,} deltas, {name}: {d * c['delta_row'] * nbytes / GB:6.1f} GB "
               f"({d * c['delta_row'] * nbytes / GB / PAPER['ps']:.2f} GB per PS over {PAPER['ps']})")
     full = d * (c["delta_row"] - emb + d * emb) * 4
-    print(f"  held as today's in-memory deltas (every domain row in every delta): {full / GB:,.0f} GB float32")
+    print(f"  (a full-size domain table in every delta, as a naive copy of θ per domain would hold it: "
+          f"{full / GB:,.0f} GB float32)")
     tables = (PAPER["users"] + PAPER["items"]) * emb * 4
     print(f"user+item tables: {tables / GB:.1f} GB float32 ({tables / GB / PAPER['ps']:.2f} GB per PS)")
 

@@ -74,7 +74,8 @@ class Coordinator:
         self.messages += 1
         tensors, meta = comm.broadcast_tensors(plan.tensors, plan.meta)
         counters = CacheCounters(plan_bytes=plan.nbytes() * (self.world - 1))
-        worker = run(RoundPlan(meta, tensors), 0, self.world, self.store, comm.all_reduce_sum, counters)
+        worker = run(RoundPlan(meta, tensors), 0, self.world, self.store, comm.all_reduce_sum, comm.gather_to_root,
+                     counters)
         self._write_back(trainer, worker, counters)
         totals = CacheCounters.from_tensor(comm.all_reduce_sum([counters.as_tensor()])[0])
         self.last = totals
@@ -130,7 +131,7 @@ def worker_loop(store: EmbeddingStore, rank: int, world: int, max_idle_s: float 
             return 1
         tensors, meta = comm.broadcast_tensors(None, None)
         counters = CacheCounters()
-        run(RoundPlan(meta, tensors), rank, world, store, comm.all_reduce_sum, counters)
+        run(RoundPlan(meta, tensors), rank, world, store, comm.all_reduce_sum, comm.gather_to_root, counters)
         comm.all_reduce_sum([counters.as_tensor()])
         n += 1
 

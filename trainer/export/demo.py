@@ -74,7 +74,7 @@ def train_tiny(
         dopt = torch.optim.Adam(list(delta.values()), lr=1e-2)
         for _ in range(delta_steps):
             u, i, d, y = clicks(slot)
-            composed = {n: p.detach() + delta[n] for n, p in params.shared_specific().items()}
+            composed = params.composed(slot, delta, detach_shared=True)
             loss = F.binary_cross_entropy_with_logits(params.call(composed, u, i, d), y)
             dopt.zero_grad()
             loss.backward()

@@ -62,13 +62,14 @@ class DomainRegularization(Framework):
             try:
                 for batches_j, batches_i in pairs:
                     torch._foreach_copy_(live, self._theta_s)
-                    torch._foreach_add_(live, delta_list)  # Θ̃ = θS + θi  (eq. 5)
+                    self.params.add_delta_(target, live)  # Θ̃ = θS + θi  (eq. 5)
                     with torch.enable_grad():
                         self.update(optimizer, batches_j)  # eq. 6
                         self.update(optimizer, batches_i)  # eq. 7
                     torch._foreach_copy_(self._diff, live)
                     torch._foreach_sub_(self._diff, self._theta_s)  # θ̃i
-                    torch._foreach_lerp_(delta_list, self._diff, self.config.gamma)  # eq. 8
+                    # eq. 8 (a domain-indexed tensor's θi is its row `target`: the only one T_i reads)
+                    torch._foreach_lerp_(delta_list, self.params.cut(target, self._diff), self.config.gamma)
             finally:
                 torch._foreach_copy_(live, self._theta_s)
 

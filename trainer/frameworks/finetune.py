@@ -1,13 +1,15 @@
-"""The final per-domain finetune the published MAMDR numbers include: from Θi = θS + θi, plain SGD
-on domain i's training data, early stopping on its validation AUC. Only the specific parameters
-move (θS stays shared, so the result is again a delta θi)."""
+"""The final per-domain finetune the published MAMDR numbers include: from Θi = θS + θi, a fresh
+inner optimizer (the framework's own kind, ``finetune_lr``) on domain i's training data, early
+stopping on its validation AUC. Only the specific parameters move (θS stays shared, so the result is
+again a delta θi). Plain SGD at an Adam-sized learning rate (1e-3) barely moved a model trained with
+Adam: the finetuned AUCs equalled the untuned ones to four decimals on ml-latest-small."""
 
 from __future__ import annotations
 
 import torch
 
 from trainer.evaluation import EarlyStopping, domain_auc
-from trainer.frameworks.base import Framework, only_trainable
+from trainer.frameworks.base import Framework, make_optimizer, only_trainable
 
 
 def finetune_deltas(fw: Framework, rng: torch.Generator) -> dict[int, dict[str, torch.Tensor]]:
@@ -22,10 +24,9 @@ def finetune_deltas(fw: Framework, rng: torch.Generator) -> dict[int, dict[str, 
         theta_s = [t.clone() for t in live]
         try:
             for d in fw.domains:
-                delta = [original[d][n] for n in names]
                 torch._foreach_copy_(live, theta_s)
-                torch._foreach_add_(live, delta)
-                optimizer = torch.optim.SGD(spec, lr=cfg.finetune_lr)
+                params.add_delta_(d, live, original[d])
+                optimizer = make_optimizer(cfg.inner, spec, cfg.finetune_lr)
                 stopper = EarlyStopping(cfg.finetune_patience)
                 params.deltas.pop(d, None)  # score domain d with the live (finetuned) Θ
 
@@ -41,7 +42,8 @@ def finetune_deltas(fw: Framework, rng: torch.Generator) -> dict[int, dict[str, 
                         break
                     if stopper.best_epoch == epoch:
                         best = [t.clone() for t in live]
-                result[d] = {n: b - s for n, b, s in zip(names, best, theta_s, strict=True)}
+                diff = [b - s for b, s in zip(best, theta_s, strict=True)]
+                result[d] = {n: t.clone() for n, t in zip(names, params.cut(d, diff), strict=True)}
                 params.deltas[d] = {n: t.clone() for n, t in original[d].items()}
         finally:
             torch._foreach_copy_(live, theta_s)

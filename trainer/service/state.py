@@ -84,19 +84,9 @@ class ModelState:
             self.params = DomainParameters(self.model, self.specific)
             return True
         if new_domains > 0:
-            self.model.grow_domains(new_domains)
-            self._pad_deltas()
+            self.model.grow_domains(new_domains)  # θi of domain-indexed tensors are rows: still valid
             grew = True
         return grew
-
-    def _pad_deltas(self) -> None:
-        """Deltas of domain-indexed tensors get zero rows for the new domains."""
-        shapes = {n: p.shape for n, p in self.params.shared().items()}
-        for delta in self.params.deltas.values():
-            for name, t in delta.items():
-                if t.shape != shapes[name]:
-                    pad = torch.zeros((shapes[name][0] - t.shape[0], *t.shape[1:]), dtype=t.dtype)
-                    delta[name] = torch.cat([t, pad], dim=0)
 
     def slots(self) -> dict[str, int]:
         return {d: i for i, d in enumerate(self.domains.ids)}
