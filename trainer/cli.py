@@ -29,6 +29,8 @@ def _add_framework_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dr-budget", default="pass",
                    help="DR update size without --dr-steps: pass (paper) | half (MAMDR ≈ (k+2)× Alternate)")
     p.add_argument("--schedule", default="interleaved", help="DR/MAMDR: interleaved (Alg. 3) | staged")
+    p.add_argument("--dr-epochs", type=int, default=None, help="staged: DR-phase epoch budget (default --epochs)")
+    p.add_argument("--dr-patience", type=int, default=None, help="staged: DR-phase patience (default --patience)")
     p.add_argument("--delta-init", default="zeros", help="θi start: zeros | random")
     p.add_argument("--l2", type=float, default=1e-5, help="L2 on embeddings (default 1e-5)")
     p.add_argument("--specific", default=None, help="glob patterns of domain-specific parameters")
@@ -63,7 +65,7 @@ def _framework_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         inner_lr=args.lr, outer=args.outer, outer_lr=args.outer_lr, beta=args.beta,
         beta_schedule=args.beta_schedule, gamma=args.gamma, k=args.k, inner_steps=args.inner_steps,
         dr_steps=args.dr_steps, dr_budget=args.dr_budget, schedule=args.schedule,
-        delta_init=args.delta_init, l2=args.l2,
+        dr_epochs=args.dr_epochs, dr_patience=args.dr_patience, delta_init=args.delta_init, l2=args.l2,
         specific=args.specific, device=args.device,
     )
 

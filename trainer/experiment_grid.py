@@ -3,6 +3,8 @@
 Every (model, framework, seed) cell is trained once and written atomically to
 ``OUT/cells/<model>__<framework>__s<seed>.json`` the moment it finishes, so an interrupted grid resumes
 where it stopped. ``NAME+finetune`` methods are read from NAME's cell (one run reports both ways).
+With ``schedule=staged``, DR and MAMDR continue from the Alternate and DN runs of the same cell row
+trained in this process (their first stage is that run, step for step), instead of repeating it.
 RANK is computed across the methods of each table, per domain and seed, then averaged (as in the paper).
 """
 
@@ -25,6 +27,7 @@ from mamdr.errors import ConfigError
 from trainer.evaluation import average_rank, mean_auc
 from trainer.experiment import FINETUNE_SUFFIX, ExperimentConfig, build, load, parse_methods
 from trainer.frameworks import FrameworkConfig, build_framework, fit
+from trainer.frameworks.fit import FitState
 from trainer.models import MODELS
 
 log = logging.getLogger(__name__)
@@ -105,12 +108,21 @@ def _read_cell(path: Path, cfg: GridConfig, finetune: bool) -> dict[str, Any] | 
     return cell
 
 
-def _run_cell(cfg: GridConfig, ds: Any, model: str, base: str, seed: int, finetune: bool) -> dict[str, Any]:
+# staged DR/MAMDR first repeat exactly an Alternate/DN run (same seed, model, config): resume from it
+STAGE_ONE = {"dr": "alternate", "mamdr": "dn"}
+
+
+def _job_order(base: str) -> int:
+    return 0 if base in STAGE_ONE.values() else 1
+
+
+def _run_cell(cfg: GridConfig, ds: Any, model: str, base: str, seed: int, finetune: bool,
+              stage_one: FitState | None = None) -> tuple[dict[str, Any], FitState | None]:
     ecfg = ExperimentConfig(dataset=cfg.dataset, model=model, methods=(base,), seeds=(seed,), out=cfg.out,
                             framework=cfg.framework, data_dir=cfg.data_dir, model_extra=cfg.model_extra,
                             emb_dim=cfg.emb_dim, dataset_options=cfg.dataset_options)
     fcfg = cfg.framework.with_(seed=seed, finetune=finetune)
-    result = fit(build_framework(base, build(ds, ecfg, seed), ds, fcfg))
+    result = fit(build_framework(base, build(ds, ecfg, seed), ds, fcfg), resume_shared=stage_one)
     n = len(ds.domains)
     ft = result.test_finetuned if finetune else None
     return {
@@ -119,8 +131,9 @@ def _run_cell(cfg: GridConfig, ds: Any, model: str, base: str, seed: int, finetu
         "per_domain_finetuned": [ft[d] for d in range(n)] if ft is not None else None,
         "epochs": result.epochs, "best_epoch": result.best_epoch + 1, "best_val_auc": result.best_val_auc,
         "epoch_time_s": result.mean_epoch_time, "train_time_s": sum(result.epoch_times),
-        "val_history": result.val_history,
-    }
+        "val_history": result.val_history, "phases": result.phases,
+        "stage_one_reused": stage_one is not None,
+    }, result.state
 
 
 def validate(cfg: GridConfig) -> None:
@@ -137,7 +150,10 @@ def run_grid(cfg: GridConfig, show_progress: bool = False) -> dict[str, Any]:
     """
     validate(cfg)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    jobs = [(s, m, b) for s in cfg.seeds for m in cfg.models for b in cfg.bases]
+    bases = sorted(cfg.bases, key=_job_order)  # stable: the stage-one runs first
+    jobs = [(s, m, b) for s in cfg.seeds for m in cfg.models for b in bases]
+    staged = cfg.framework.schedule == "staged"
+    stage_one: dict[tuple[str, str, int], FitState] = {}  # finished Alternate/DN runs of this process
     cells: dict[tuple[str, str, int], dict[str, Any]] = {}
     computed: list[str] = []
     skipped: list[str] = []
@@ -151,7 +167,10 @@ def run_grid(cfg: GridConfig, show_progress: bool = False) -> dict[str, Any]:
         if cell is None:
             if seed not in datasets:
                 datasets = {seed: load(cfg.dataset, seed, cfg.data_dir, cfg.dataset_options)}
-            cell = _run_cell(cfg, datasets[seed], model, base, seed, finetune)
+            first = stage_one.pop((model, STAGE_ONE[base], seed), None) if staged and base in STAGE_ONE else None
+            cell, state = _run_cell(cfg, datasets[seed], model, base, seed, finetune, first)
+            if staged and base in STAGE_ONE.values() and state is not None:
+                stage_one[(model, base, seed)] = state
             _write_atomic(path, json.dumps(cell, indent=1, sort_keys=True))
             computed.append(path.name)
         else:

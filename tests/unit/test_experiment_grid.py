@@ -107,3 +107,27 @@ def test_bad_grid_names_are_one_error_line(argv: list[str], needle: str, tmp_pat
     assert len(lines) == 1 and needle in lines[0], err
     assert "Traceback" not in err
     assert not (tmp_path / "cells").exists()
+
+
+def test_staged_grid_continues_dr_and_mamdr_from_the_alternate_and_dn_cells(tmp_path: Path) -> None:
+    """With schedule=staged, DR resumes from the Alternate run and MAMDR from the DN run of the same
+    (model, seed): the first stage is not trained twice, and the result equals a from-scratch staged run."""
+    fcfg = FrameworkConfig(epochs=2, patience=1, batch_size=64, k=1, schedule="staged", dr_epochs=1, seed=0)
+    cfg = GridConfig(dataset="synthetic", models=("mlp",), methods=("dr", "alternate", "mamdr", "dn"), seeds=(0,),
+                     out=tmp_path / "a", emb_dim=8, framework=fcfg, dataset_options=OPTIONS)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tables = run_grid(cfg)
+        assert tables["computed"][:2] == ["mlp__alternate__s0.json", "mlp__dn__s0.json"]  # stage one first
+        run_grid(GridConfig(**{**cfg.__dict__, "methods": ("dr", "mamdr"), "out": tmp_path / "b"}))
+    finally:
+        torch.set_num_threads(threads)
+    for base, first in (("dr", "alternate"), ("mamdr", "dn")):
+        cell = json.loads(cell_path(tmp_path / "a", "mlp", base, 0).read_text())
+        stage = json.loads(cell_path(tmp_path / "a", "mlp", first, 0).read_text())
+        scratch = json.loads(cell_path(tmp_path / "b", "mlp", base, 0).read_text())
+        assert cell["stage_one_reused"] and not scratch["stage_one_reused"]
+        assert cell["val_history"][: stage["epochs"]] == stage["val_history"]
+        assert cell["phases"][stage["epochs"]:] == ["dr"] and cell["epochs"] == stage["epochs"] + 1  # dr_epochs
+        assert cell["per_domain"] == pytest.approx(scratch["per_domain"], abs=1e-6)

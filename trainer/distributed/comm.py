@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -144,24 +145,29 @@ def broadcast_tensors(named: dict[str, torch.Tensor] | None, meta: dict | None) 
 
 
 # -- control words over the store ---------------------------------------------------------------------
-def _store() -> dist.Store:
+def store() -> dist.Store:
+    """The rendezvous key-value store (hosted by rank 0 or the torchrun agent)."""
     return dist.distributed_c10d._get_default_store()
 
 
 def post(n: int, word: str) -> None:
     """Rank 0: message number ``n`` to every worker (``round``, ``stop`` or ``abort``)."""
-    _store().set(MSG_KEY.format(n), word)
+    store().set(MSG_KEY.format(n), word)
 
 
-def wait_message(n: int, stop_after_s: float | None = None) -> str:
-    """Workers: block until message ``n`` exists (polling, so no collective timeout while idle).
+def wait_message(n: int, stop_after_s: float | None = None, idle: Callable[[], object] | None = None) -> str:
+    """Workers: block until message ``n`` exists (polling, so no collective timeout while idle),
+    calling ``idle`` (the record forwarder; it returns within ~0.1 s) between checks.
 
     Raises when the store (hosted by rank 0 or the torchrun agent) is gone."""
-    store = _store()
+    kv = store()
     key = MSG_KEY.format(n)
     start = time.monotonic()
-    while not store.check([key]):
+    while not kv.check([key]):
         if stop_after_s is not None and time.monotonic() - start > stop_after_s:
             return "timeout"
-        time.sleep(POLL_S)
-    return store.get(key).decode()
+        if idle is not None:
+            idle()
+        else:
+            time.sleep(POLL_S)
+    return kv.get(key).decode()

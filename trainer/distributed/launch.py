@@ -102,10 +102,11 @@ def prepare(args: Any, settings: Any) -> Session | None:
         return Session(env.world_size, children=children)
     from feature_store import open_store
     from trainer.distributed.service import worker_loop
+    from trainer.stream import open_stream
 
     store = open_store(settings.feature_store.url, settings.feature_store)
     try:
-        code = worker_loop(store, env.rank, env.world_size)
+        code = worker_loop(store, env.rank, env.world_size, stream=open_stream(settings.stream.url, settings.stream))
     except RuntimeError as exc:
         log.error("rank %d: distributed round failed: %s", env.rank, " ".join(str(exc).split())[:300])
         code = 1

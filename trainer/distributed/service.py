@@ -1,13 +1,12 @@
 """The distributed trainer service: rank 0 coordinates, ranks 1..W-1 follow.
 
-Rank 0 is the ordinary ``ContinualTrainer``: it alone consumes the stream (every partition), keeps
-the id vocabularies, scores prequentially, dead-letters, publishes and commits offsets. At each
-round it posts ``round`` on the store, broadcasts the round plan and takes part as rank 0; the
-other ranks only train. Why not one consumer per rank (partitions spread by the group)? Row
+Rank 0 is the ordinary ``ContinualTrainer``: it keeps the id vocabularies, scores prequentially,
+dead-letters, publishes and commits offsets. The stream is spread: rank r consumes the partitions
+p % W == r and ranks > 0 forward their records to rank 0 between rounds (``ingest``), because row
 numbers of new users/items/domains must be assigned once for all replicas, the prequential score
-needs the live model before training, and a round needs one consistent set of offsets to publish;
-gathering all of that to rank 0 costs the same bytes as the plan broadcast, while ingest
-(JSON + validation) runs at far more events/s than training (docs/distributed.md).
+needs the live model before training, and a round needs one consistent set of offsets to publish.
+At each round rank 0 posts ``round`` on the store, broadcasts the round plan and takes part as
+rank 0; the other ranks train their share and go back to consuming.
 
 Failure: any rank dying breaks the round's collectives; rank 0 then raises before publishing, so
 nothing of that round is published nor committed, and the process exits non-zero. A restart
@@ -24,10 +23,12 @@ import torch
 
 from feature_store.base import EmbeddingStore
 from trainer.data.base import Split
-from trainer.distributed import comm
+from trainer.distributed import comm, ingest
 from trainer.distributed.cache import FLOAT_BYTES, CacheCounters
+from trainer.distributed.ingest import MergedConsumer
 from trainer.distributed.plan import TABLES, RoundPlan, build_plan
 from trainer.distributed.round import run
+from trainer.stream.base import Stream
 
 if TYPE_CHECKING:
     from trainer.service.loop import ContinualTrainer
@@ -45,11 +46,17 @@ class Coordinator:
         self.last: CacheCounters | None = None
         self.n_published: dict[str, int] | None = None
         self.gauges = None
+        self.consumer: MergedConsumer | None = None
         if registry is not None:
             from prometheus_client import Gauge
 
             self.gauges = Gauge("mamdr_trainer_dist_round_bytes", "Bytes moved in the last distributed round, "
                                 "summed over ranks", ["kind"], registry=registry)
+
+    def open_consumer(self, stream: Stream, group: str | None, offsets: dict[str, int]) -> MergedConsumer:
+        """Rank 0's partitions plus the workers' forwarded ones; tells the workers where to start."""
+        self.consumer = MergedConsumer(stream, group, comm.store(), self.world, offsets)
+        return self.consumer
 
     def _published_counts(self, trainer: ContinualTrainer) -> dict[str, int]:
         if self.n_published is None:  # (re)start: the live version holds the checkpoint's vocabularies
@@ -117,21 +124,28 @@ class Coordinator:
             log.warning("could not tell the workers to stop: %s", exc)
 
 
-def worker_loop(store: EmbeddingStore, rank: int, world: int, max_idle_s: float | None = None) -> int:
-    """Ranks 1..W-1: wait for a round, train its shard and domains, repeat until ``stop``."""
+def worker_loop(store: EmbeddingStore, rank: int, world: int, max_idle_s: float | None = None,
+                stream: Stream | None = None) -> int:
+    """Ranks 1..W-1: consume this rank's partitions and forward them to rank 0; when a round is posted,
+    train its shard and domains; repeat until ``stop``."""
+    forwarder = ingest.RecordForwarder(stream, comm.store(), rank, world) if stream is not None else None
     n = 0
-    while True:
-        word = comm.wait_message(n, max_idle_s)
-        if word == "stop":
-            log.info("rank %d: coordinator stopped after %d rounds", rank, n)
-            torch.distributed.barrier()
-            return 0
-        if word != "round":
-            log.error("rank %d: coordinator sent %r; exiting", rank, word)
-            return 1
-        tensors, meta = comm.broadcast_tensors(None, None)
-        counters = CacheCounters()
-        run(RoundPlan(meta, tensors), rank, world, store, comm.all_reduce_sum, comm.gather_to_root, counters)
-        comm.all_reduce_sum([counters.as_tensor()])
-        n += 1
-
+    try:
+        while True:
+            word = comm.wait_message(n, max_idle_s, idle=forwarder.pump if forwarder is not None else None)
+            if word == "stop":
+                log.info("rank %d: coordinator stopped after %d rounds (%d records forwarded)", rank, n,
+                         forwarder.records if forwarder is not None else 0)
+                torch.distributed.barrier()
+                return 0
+            if word != "round":
+                log.error("rank %d: coordinator sent %r; exiting", rank, word)
+                return 1
+            tensors, meta = comm.broadcast_tensors(None, None)
+            counters = CacheCounters()
+            run(RoundPlan(meta, tensors), rank, world, store, comm.all_reduce_sum, comm.gather_to_root, counters)
+            comm.all_reduce_sum([counters.as_tensor()])
+            n += 1
+    finally:
+        if forwarder is not None:
+            forwarder.close()

@@ -27,7 +27,8 @@ class FrameworkConfig:
     epoch of MAMDR costs ≈ (2k + 3)× Alternate); ``half`` = each of the two updates takes half as many
     mini-batches as a pass over the target T_i, so DR costs (k + 1) target passes and MAMDR ≈ (k + 2)×.
     ``schedule`` (DR, MAMDR): ``interleaved`` runs DR on every domain after each shared epoch
-    (Algorithm 3); ``staged`` trains θS to convergence first, then only DR rounds on the fixed θS.
+    (Algorithm 3); ``staged`` trains θS to convergence first, then only DR rounds on the fixed θS,
+    with their own budget ``dr_epochs`` and ``dr_patience`` (a DR epoch costs ≈ k + 1 shared ones).
     """
 
     epochs: int = 30
@@ -46,6 +47,8 @@ class FrameworkConfig:
     dr_steps: int | None = None
     dr_budget: str = "pass"
     schedule: str = "interleaved"
+    dr_epochs: int | None = None  # staged: epoch budget of the DR phase (None: ``epochs``)
+    dr_patience: int | None = None  # staged: patience of the DR phase (None: ``patience``)
     l2: float = 1e-5
     specific: str | None = None
     delta_init: str = "zeros"  # or "random" (the authors' independent initialisation)
@@ -69,6 +72,7 @@ class FrameworkConfig:
             (0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}"),
             (self.k >= 0, f"k must be >= 0, got {self.k}"),
             (self.epochs >= 1 and self.patience >= 1, "epochs and patience must be >= 1"),
+            ((self.dr_epochs or 1) >= 1 and (self.dr_patience or 1) >= 1, "dr_epochs and dr_patience must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.inner_steps is None or self.inner_steps >= 1, "inner_steps must be >= 1 (None: full pass)"),
             (self.dr_steps is None or self.dr_steps >= 1, "dr_steps must be >= 1 (or None: full pass)"),

@@ -16,6 +16,7 @@ import torch
 
 from trainer.evaluation import EarlyStopping, domain_auc, mean_auc
 from trainer.frameworks.base import Framework
+from trainer.frameworks.config import FrameworkConfig
 from trainer.frameworks.finetune import finetune_deltas
 
 
@@ -52,6 +53,12 @@ class FitResult:
         return sum(self.epoch_times) / max(1, len(self.epoch_times))
 
 
+def _enter_next_phase(stopper: EarlyStopping, cfg: FrameworkConfig) -> None:
+    stopper.bad = 0
+    if cfg.dr_patience is not None:
+        stopper.patience = cfg.dr_patience
+
+
 def fit(fw: Framework, progress: Callable[[int, float], None] | None = None,
         resume_shared: FitState | None = None) -> FitResult:
     """Train ``fw`` until early stopping (patience on mean validation AUC) or ``epochs``.
@@ -74,12 +81,13 @@ def fit(fw: Framework, progress: Callable[[int, float], None] | None = None,
         next_phase = getattr(fw, "next_phase", None)
         if next_phase is None or not next_phase():
             raise ValueError(f"{fw.name} has no phase after the shared one")
-        state.stopper.bad = 0
+        _enter_next_phase(state.stopper, cfg)
     stopper = state.stopper
     epoch = len(state.times)
     phase_start = epoch  # ``epochs`` is a budget per phase
     while True:
-        stop = epoch - phase_start >= cfg.epochs
+        budget = cfg.epochs if phase_start == 0 or cfg.dr_epochs is None else cfg.dr_epochs
+        stop = epoch - phase_start >= budget
         if not stop:
             start = time.perf_counter()
             fw.train_epoch(epoch, rng)
@@ -97,7 +105,7 @@ def fit(fw: Framework, progress: Callable[[int, float], None] | None = None,
             next_phase = getattr(fw, "next_phase", None)
             if next_phase is not None and next_phase():
                 fw.restore(state.best_state)  # the next phase starts from the best θS
-                stopper.bad = 0
+                _enter_next_phase(stopper, cfg)
                 phase_start = epoch
                 continue
             break

@@ -112,9 +112,12 @@ class ContinualTrainer:
             config = ModelConfig(**{"n_users": 1024, "n_items": 1024, "n_domains": 0, **base, "extra": extra})
             self.state = ModelState(self.model_name, config)
             log.info("no live version with a checkpoint: starting a new model lineage (%s)", self.model_name)
-        self.consumer = self.stream.consumer(self.settings.stream.group)
-        if offsets:
-            self.consumer.seek(offsets)
+        if self.distributed is not None:  # this rank's partitions plus those the workers forward
+            self.consumer = self.distributed.open_consumer(self.stream, self.settings.stream.group, offsets)
+        else:
+            self.consumer = self.stream.consumer(self.settings.stream.group)
+            if offsets:
+                self.consumer.seek(offsets)
         self._offsets = dict(offsets)
         self._rebuild_framework()
         self._refresh_domains(force=True)
@@ -310,7 +313,9 @@ class ContinualTrainer:
         last_event = time.monotonic()
         last_log = 0.0
         while not self.stop_event.is_set():
-            records = self.consumer.poll(max_records=min(5000, self.cfg.round_events), timeout_s=0.5)
+            # never past round_events: a busy stream gives rounds of exactly round_events events
+            room = max(1, self.cfg.round_events - len(self._pending))
+            records = self.consumer.poll(max_records=min(5000, room), timeout_s=0.5)
             if records:
                 last_event = time.monotonic()
                 self.ingest(records)

@@ -25,6 +25,16 @@ def tp_key(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
+def check_shard(shard: tuple[int, int] | None) -> tuple[int, int] | None:
+    if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+        raise ConfigError(f"shard {shard!r}: want (index, count) with 0 <= index < count")
+    return shard
+
+
+def in_shard(partition: int, shard: tuple[int, int] | None) -> bool:
+    return shard is None or partition % shard[1] == shard[0]
+
+
 def split_tp_key(key: str) -> tuple[str, int]:
     """``"clicks:3"`` -> ``("clicks", 3)``; topics may contain ':' only before the last one."""
     topic, sep, part = key.rpartition(":")
@@ -153,8 +163,13 @@ class Stream(ABC):
     def producer(self) -> StreamProducer: ...
 
     @abstractmethod
-    def consumer(self, group: str | None, reset: str = "earliest") -> StreamConsumer:
-        """A consumer in ``group``; without committed offsets it starts at ``reset`` (earliest/latest)."""
+    def consumer(self, group: str | None, reset: str = "earliest",
+                 shard: tuple[int, int] | None = None) -> StreamConsumer:
+        """A consumer in ``group``; without committed offsets it starts at ``reset`` (earliest/latest).
+
+        ``shard=(i, n)`` reads only the partitions p with p % n == i (assigned, not balanced by the
+        group): the distributed trainer spreads a topic over its ranks this way. It may still commit
+        offsets of any partition (rank 0 commits for every rank)."""
 
     @abstractmethod
     def dead_letter_stream(self) -> Stream:

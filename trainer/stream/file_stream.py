@@ -38,7 +38,9 @@ from trainer.stream.base import (
     StreamConsumer,
     StreamProducer,
     check_reset,
+    check_shard,
     event_bytes,
+    in_shard,
     split_tp_key,
     tp_key,
 )
@@ -198,9 +200,11 @@ class FileProducer(StreamProducer):
 
 class FileConsumer(StreamConsumer):
     def __init__(
-        self, log: FileLog, group: str | None, reset: str, settings: StreamSettings, before_commit: object
+        self, log: FileLog, group: str | None, reset: str, settings: StreamSettings, before_commit: object,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self._log = log
+        self._mine = [p for p in range(log.partitions) if in_shard(p, check_shard(shard))]
         self.group = group
         self._settings = settings
         self._before_commit = before_commit
@@ -222,7 +226,7 @@ class FileConsumer(StreamConsumer):
         committed = self.committed()
         self._pos = {
             p: committed.get(tp_key(log.topic, p), 0 if start == "earliest" else log.count(p))
-            for p in range(log.partitions)
+            for p in self._mine
         }
         self._next_partition = 0
 
@@ -232,18 +236,18 @@ class FileConsumer(StreamConsumer):
     def poll(self, max_records: int | None = None, timeout_s: float = 1.0) -> list[Record]:
         budget = max_records or self._settings.max_poll_records
         deadline = time.monotonic() + timeout_s
-        n = self._log.partitions
+        n = len(self._mine)
         while True:
             out: list[Record] = []
             for i in range(n):  # rotate the starting partition so none starves
-                p = (self._next_partition + i) % n
+                p = self._mine[(self._next_partition + i) % n]
                 got = self._log.read(p, self._pos[p], budget - len(out))
                 if got:
                     self._pos[p] = got[-1].offset + 1
                     out.extend(got)
                 if len(out) >= budget:
                     break
-            self._next_partition = (self._next_partition + 1) % n
+            self._next_partition = (self._next_partition + 1) % max(1, n)
             if out or time.monotonic() >= deadline:
                 return out
             time.sleep(min(_IDLE_SLEEP_S, max(0.0, deadline - time.monotonic())))
@@ -263,7 +267,8 @@ class FileConsumer(StreamConsumer):
         return out
 
     def seek(self, offsets: dict[str, int]) -> None:
-        self._pos.update(self._check(offsets))
+        """Move to the given offsets; partitions outside this consumer's shard are ignored."""
+        self._pos.update({p: o for p, o in self._check(offsets).items() if p in self._pos})
 
     def commit(self, offsets: dict[str, int] | None = None) -> None:
         if self.group is None:
@@ -314,8 +319,9 @@ class FileStream(Stream):
     def producer(self) -> FileProducer:
         return FileProducer(self._open_log(), self.settings)
 
-    def consumer(self, group: str | None, reset: str = "earliest") -> FileConsumer:
-        return FileConsumer(self._open_log(), group, reset, self.settings, self.flush_dead_letters)
+    def consumer(self, group: str | None, reset: str = "earliest",
+                 shard: tuple[int, int] | None = None) -> FileConsumer:
+        return FileConsumer(self._open_log(), group, reset, self.settings, self.flush_dead_letters, shard)
 
     def dead_letter_stream(self) -> FileStream:
         if self._dlq_stream is None:

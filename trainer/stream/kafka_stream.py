@@ -34,7 +34,9 @@ from trainer.stream.base import (
     StreamConsumer,
     StreamProducer,
     check_reset,
+    check_shard,
     event_bytes,
+    in_shard,
     split_tp_key,
     tp_key,
 )
@@ -132,6 +134,7 @@ class KafkaStreamConsumer(StreamConsumer):
         reset: str,
         settings: StreamSettings,
         before_commit: Any,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.group = group
         self._topic = topic
@@ -139,6 +142,7 @@ class KafkaStreamConsumer(StreamConsumer):
         self._settings = settings
         self._before_commit = before_commit
         self._pending: dict[int, int] = {}
+        self._shard = shard
         try:
             self._consumer = KafkaConsumer(
                 bootstrap_servers=bootstrap,
@@ -157,7 +161,12 @@ class KafkaStreamConsumer(StreamConsumer):
             )
         except (KafkaError, OSError) as exc:
             raise _unreachable(bootstrap, exc) from None
-        if group is None:
+        if shard is not None:  # assigned, not balanced: with a group, committed offsets still apply
+            mine = [TopicPartition(topic, p) for p in self._partitions() if in_shard(p, check_shard(shard))]
+            self._consumer.assign(mine)
+            if group is None and mine:
+                self._consumer.seek_to_end(*mine) if reset == "latest" else self._consumer.seek_to_beginning(*mine)
+        elif group is None:
             partitions = self._partitions()
             self._consumer.assign([TopicPartition(topic, p) for p in partitions])
             if reset == "latest":
@@ -231,6 +240,8 @@ class KafkaStreamConsumer(StreamConsumer):
         for tp, offset in self._to_tps(offsets).items():
             if tp in assigned:
                 self._consumer.seek(tp, offset)
+            elif self._shard is not None:
+                continue  # another shard's partition: its consumer seeks it
             else:
                 self._pending[tp.partition] = offset
 
@@ -308,8 +319,10 @@ class KafkaStream(Stream):
     def producer(self) -> KafkaStreamProducer:
         return KafkaStreamProducer(self.bootstrap, self.topic, self.settings)
 
-    def consumer(self, group: str | None, reset: str = "earliest") -> KafkaStreamConsumer:
-        return KafkaStreamConsumer(self.bootstrap, self.topic, group, reset, self.settings, self.flush_dead_letters)
+    def consumer(self, group: str | None, reset: str = "earliest",
+                 shard: tuple[int, int] | None = None) -> KafkaStreamConsumer:
+        return KafkaStreamConsumer(self.bootstrap, self.topic, group, reset, self.settings, self.flush_dead_letters,
+                                   shard)
 
     def dead_letter_stream(self) -> KafkaStream:
         host, port = self.bootstrap.rsplit(":", 1)
