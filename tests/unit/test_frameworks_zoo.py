@@ -6,7 +6,7 @@ import torch
 
 from tests.unit.frameworks_toy import toy_dataset, toy_model
 from trainer.frameworks import MAML, FrameworkConfig, Reptile, WeightedLoss
-from trainer.frameworks.multitask import pcgrad_project
+from trainer.frameworks.multitask import pcgrad_project, pcgrad_sum
 
 
 def test_pcgrad_removes_conflicts_and_leaves_agreeing_gradients() -> None:
@@ -17,6 +17,16 @@ def test_pcgrad_removes_conflicts_and_leaves_agreeing_gradients() -> None:
     assert float(out[0] @ g2) >= -1e-6 and float(out[1] @ g1) >= -1e-6  # conflict removed
     assert torch.allclose(out[0], torch.tensor([0.5, 0.5, 0.0]))  # divided by |g_j|², not |g_j|
     assert torch.equal(out[2], g3)  # no conflict, no projection
+
+
+def test_pcgrad_in_coefficient_space_equals_the_sequential_projection() -> None:
+    """The trainer's Gram-matrix PCGrad gives the same summed update as the textbook loop."""
+    gen = torch.Generator().manual_seed(4)
+    grads = torch.randn(7, 50, generator=gen)
+    grads[3] = -grads[1] + 0.1 * grads[3]  # force strong conflicts
+    expected = torch.stack(pcgrad_project(list(grads), torch.Generator().manual_seed(9))).sum(0)
+    got = pcgrad_sum(grads, torch.Generator().manual_seed(9))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_reptile_with_one_domain_is_sgd_interpolation() -> None:

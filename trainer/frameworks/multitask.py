@@ -1,7 +1,11 @@
 """Multi-task baselines over one shared model, one mini-batch per domain per step:
 Weighted Loss (uncertainty weighting, log-variance form) and PCGrad (gradient surgery).
 
-An epoch is ceil(total training batches / n_domains) steps, so it sees about one pass of data.
+A step draws ``batch_size`` rows split evenly over the domains (⌈batch_size / n⌉ from each, so small
+domains are oversampled: the tasks are balanced) and makes one optimizer step; an epoch has as many
+steps as Alternate's (⌈rows / batch_size⌉). The earlier rule, a full ``batch_size`` from every domain
+per step, gave these baselines n times fewer optimizer steps per epoch than Alternate (21 against
+400 on ml-latest-small) and left them on the popularity plateau (test AUC 0.84 against 0.864).
 """
 
 from __future__ import annotations
@@ -19,15 +23,22 @@ class StepFramework(Framework):
     """Shared plumbing: endless per-domain batch streams and the steps-per-epoch rule."""
 
     def steps_per_epoch(self) -> int:
-        bs = self.config.batch_size
-        total = sum(math.ceil(len(self.dataset.train[d]) / bs) for d in self.domains)
-        return max(1, math.ceil(total / len(self.domains))) if self.config.inner_steps is None \
-            else self.config.inner_steps
+        if self.config.inner_steps is not None:
+            return self.config.inner_steps
+        total = sum(len(self.dataset.train[d]) for d in self.domains)
+        return max(1, math.ceil(total / self.config.batch_size))
+
+    def domain_batch_size(self) -> int:
+        return max(2, math.ceil(self.config.batch_size / max(1, len(self.domains))))  # MAML splits it in two
 
     def streams(self, rng: torch.Generator) -> dict[int, Iterator[Batch]]:
+        size = self.domain_batch_size()
+
         def endless(d: int) -> Iterator[Batch]:
+            split = self.dataset.train[d]
             while True:
-                yield from self.domain_batches(d, rng)
+                for batch in split.batches(d, size, rng):
+                    yield tuple(t.to(self.device) for t in batch)  # type: ignore[misc]
         return {d: endless(d) for d in self.domains}
 
 
@@ -44,10 +55,19 @@ class WeightedLoss(StepFramework):
         self.optimizer = make_optimizer(self.config.inner, params, self.config.inner_lr)
 
     def weighted_loss(self, batches: dict[int, Batch]) -> torch.Tensor:
-        total = torch.zeros((), device=self.device)
-        for d, batch in batches.items():
-            s = self.log_var[d]
-            total = total + 0.5 * torch.exp(-s) * self.loss(batch) + 0.5 * s
+        """One forward over the concatenated domain batches; each domain's mean loss weighted."""
+        user, item, domain, label = (torch.cat(parts) for parts in zip(*batches.values(), strict=True))
+        logits = self.model(user, item, domain)
+        per_row = torch.nn.functional.binary_cross_entropy_with_logits(logits, label, reduction="none")
+        n = self.log_var.shape[0]
+        sums = torch.zeros(n, device=self.device).index_add(0, domain, per_row)
+        counts = torch.zeros(n, device=self.device).index_add(0, domain, torch.ones_like(per_row))
+        present = counts > 0
+        losses = sums[present] / counts[present]
+        s = self.log_var[present]
+        total = (0.5 * torch.exp(-s) * losses + 0.5 * s).sum()
+        if self.config.l2:
+            total = total + self.config.l2 * self.model.l2_embeddings(user, item, domain)
         return total
 
     def train_epoch(self, epoch: int, rng: torch.Generator) -> None:
@@ -77,6 +97,26 @@ def pcgrad_project(grads: list[torch.Tensor], rng: torch.Generator) -> list[torc
     return out
 
 
+def pcgrad_sum(grads: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Σ_i of :func:`pcgrad_project`'s output for stacked gradients ``grads`` [n, P], computed in
+    coefficient space: every projected g_i stays a combination Σ_k a_ik g_k of the originals, so all
+    inner products come from the n × n Gram matrix (one matmul) instead of n² dot products over P.
+    Same random orders, same result up to float rounding."""
+    n = grads.shape[0]
+    gram = (grads @ grads.T).double()
+    coef = torch.eye(n, dtype=torch.float64)
+    for i in range(n):
+        a = coef[i].clone()
+        others = [j for j in torch.randperm(n, generator=rng).tolist() if j != i]
+        for j in others:
+            dot = a @ gram[:, j]  # g_i' · g_j
+            norm = gram[j, j]
+            if dot < 0 and norm > 0:
+                a[j] -= dot / norm
+        coef[i] = a
+    return coef.sum(0).to(grads.dtype) @ grads
+
+
 class PCGrad(StepFramework):
     name = "pcgrad"
 
@@ -91,7 +131,7 @@ class PCGrad(StepFramework):
                 grads = torch.autograd.grad(self.loss(next(streams[d])), params, allow_unused=True)
                 flat.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
                                        for p, g in zip(params, grads, strict=True)]))
-            total = torch.stack(pcgrad_project(flat, rng)).sum(0)
+            total = pcgrad_sum(torch.stack(flat), rng)
             at = 0
             for p in params:
                 p.grad = total[at:at + p.numel()].view_as(p).clone()
