@@ -1,7 +1,7 @@
 """Distributed MAMDR benchmark: round time and events/s with 1, 2 and 4 worker processes on this
 machine (gloo on loopback, one thread per process), as speed-ups over 1 process in the same run;
 the bytes moved per round with and without the embedding caches; and rank 0's ingest rate (poll,
-validate, prequential score, buffer), which bounds the design where rank 0 alone reads the stream.
+validate, prequential score, buffer), which bounds the design: rank 0 validates every event.
 
     ~/.cache/mamdr/venv/bin/python bench/bench_distributed.py [--events 16000 --domains 8 --rounds 2 --worlds 1,2,4]
 
