@@ -52,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--grid", action="store_true",
                    help="models × frameworks × seeds, resumable; writes Tables V, VI, X to --out")
+    p.add_argument("--report-only", action="store_true",
+                   help="grid: train nothing; tables from the finished cells (missing ones left out)")
     p.add_argument("--models", default=None, help="grid: comma list of models (default: --model)")
     _add_framework_flags(p)
     p.set_defaults(func=cmd_experiment)
@@ -124,8 +126,9 @@ def _run_grid(args: argparse.Namespace) -> int:
     )
     if args.threads:
         torch.set_num_threads(args.threads)
-    tables = run_grid(cfg, show_progress=True)
-    print(f"{len(tables['computed'])} cells trained, {len(tables['skipped'])} resumed from {args.out / 'cells'}")
+    tables = run_grid(cfg, show_progress=not args.report_only, report_only=args.report_only)
+    print(f"{len(tables['computed'])} cells trained, {len(tables['skipped'])} resumed from {args.out / 'cells'}"
+          + (f", {len(tables['missing'])} not finished (left out)" if tables["missing"] else ""))
     print((args.out / "tables.md").read_text())
     print(f"wrote tables.md, table_v.json, table_vi.json, table_x.json and table_x.png to {args.out}")
     return 0

@@ -143,10 +143,11 @@ def validate(cfg: GridConfig) -> None:
         raise ConfigError("--seeds must be >= 1")
 
 
-def run_grid(cfg: GridConfig, show_progress: bool = False) -> dict[str, Any]:
+def run_grid(cfg: GridConfig, show_progress: bool = False, report_only: bool = False) -> dict[str, Any]:
     """Train every unfinished cell, then write the tables (Markdown + JSON) and the plot; return the tables.
 
-    The result's ``computed`` and ``skipped`` list the cell files trained now and those resumed from disk.
+    The result's ``computed`` and ``skipped`` list the cell files trained now and those resumed from disk;
+    ``missing`` the cells ``report_only`` left out (tables of what is finished, e.g. while a grid runs).
     """
     validate(cfg)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -157,6 +158,7 @@ def run_grid(cfg: GridConfig, show_progress: bool = False) -> dict[str, Any]:
     cells: dict[tuple[str, str, int], dict[str, Any]] = {}
     computed: list[str] = []
     skipped: list[str] = []
+    missing: list[str] = []
     datasets: dict[int, Any] = {}
     bar = tqdm(jobs, desc="grid", unit="cell", disable=not show_progress, dynamic_ncols=True)
     for seed, model, base in bar:
@@ -164,6 +166,9 @@ def run_grid(cfg: GridConfig, show_progress: bool = False) -> dict[str, Any]:
         path = cell_path(cfg.out, model, base, seed)
         bar.set_postfix_str(path.stem)
         cell = _read_cell(path, cfg, finetune)
+        if cell is None and report_only:
+            missing.append(path.name)
+            continue
         if cell is None:
             if seed not in datasets:
                 datasets = {seed: load(cfg.dataset, seed, cfg.data_dir, cfg.dataset_options)}
@@ -177,9 +182,11 @@ def run_grid(cfg: GridConfig, show_progress: bool = False) -> dict[str, Any]:
             skipped.append(path.name)
         cells[(model, base, seed)] = cell
     bar.close()
+    if not cells:
+        raise ConfigError(f"no finished cells in {cfg.out / 'cells'} for this grid")
     tables = build_tables(cfg, cells)
     write_tables(cfg.out, tables)
-    return {**tables, "computed": computed, "skipped": skipped}
+    return {**tables, "computed": computed, "skipped": skipped, "missing": missing}
 
 
 def _per_domain(cells: dict[tuple[str, str, int], dict[str, Any]], model: str, method: str,

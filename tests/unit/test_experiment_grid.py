@@ -131,3 +131,16 @@ def test_staged_grid_continues_dr_and_mamdr_from_the_alternate_and_dn_cells(tmp_
         assert cell["val_history"][: stage["epochs"]] == stage["val_history"]
         assert cell["phases"][stage["epochs"]:] == ["dr"] and cell["epochs"] == stage["epochs"] + 1  # dr_epochs
         assert cell["per_domain"] == pytest.approx(scratch["per_domain"], abs=1e-6)
+
+
+def test_report_only_tables_the_finished_cells_and_trains_nothing(grid: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = grid
+    cfg = _cfg(out)
+    wider = GridConfig(**{**cfg.__dict__, "models": (*MODELS, "deepfm"), "seeds": (0, 1, 2)})
+    tables = run_grid(wider, report_only=True)
+    assert not tables["computed"] and len(tables["missing"]) == 3 * 3 + 2 * 3  # deepfm everywhere, seed 2
+    assert not list((out / "cells").glob("deepfm__*"))
+    assert tables["table_x"]["models"]["deepfm"]["rows"] == {}
+    assert all(r["n_seeds"] == 2 for r in tables["table_x"]["models"]["mlp"]["rows"].values())
+    with pytest.raises(ConfigError, match="no finished cells"):
+        run_grid(GridConfig(**{**cfg.__dict__, "out": tmp_path}), report_only=True)
