@@ -4,6 +4,10 @@ For target domain i, each j in (k sampled other domains + i itself, as the autho
 θ̃i ← θi (eq. 5); an update on T_j (eq. 6) then on T_i (eq. 7), all at Θ = θS + θ̃i with θS fixed;
 θi ← θi + γ(θ̃i − θi) (eq. 8). The live specific parameters are used as Θ̃ (θS is parked in a buffer
 and put back), so any model runs at full speed with its ordinary optimizer.
+
+A domain-indexed tensor's θi is its row i (``DomainParameters.row_names``): on T_j's batches the model
+reads row j of θS, and what eq. 6 does to row j is dropped, since no score of domain i reads it. The
+dense parameters carry what T_j teaches domain i, as in the paper.
 """
 
 from __future__ import annotations
