@@ -71,6 +71,36 @@ def claims(ours: dict[str, float]) -> list[str]:
     return out
 
 
+def paired_deltas(folder: Path, model: str, methods: list[str], seeds: list[int]) -> dict[str, list[float]]:
+    """Per seed, mean test AUC of each method minus Alternate's on the same split (from the cells)."""
+    def mean_auc(method: str, seed: int) -> float | None:
+        base, _, ft = method.partition("+")
+        path = folder / "cells" / f"{model}__{base}__s{seed}.json"
+        if not path.exists():
+            return None
+        cell = json.loads(path.read_text())
+        values = cell["per_domain_finetuned"] if ft else cell["per_domain"]
+        return None if values is None else sum(values) / len(values)
+
+    out: dict[str, list[float]] = {}
+    for meth in methods:
+        deltas = []
+        for seed in seeds:
+            a, b = mean_auc(meth, seed), mean_auc("alternate", seed)
+            if a is not None and b is not None:
+                deltas.append(a - b)
+        out[meth] = deltas
+    return out
+
+
+def _fmt_deltas(deltas: list[float]) -> str:
+    if not deltas:
+        return "-"
+    mean = sum(deltas) / len(deltas)
+    wins = sum(d > 0 for d in deltas)
+    return f"{mean:+.4f} ({wins}/{len(deltas)})"
+
+
 def table_x(folder: Path) -> list[str]:
     tx = json.loads((folder / "table_x.json").read_text())
     meta = tx["meta"]
@@ -85,6 +115,12 @@ def table_x(folder: Path) -> list[str]:
             paper = PAPER_X.get(m, {}).get(meth)
             cells.append(f"{paper:.4f}" if paper is not None else "-")
         lines.append(f"| {meth} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired Δ test AUC vs Alternate on the same split, mean over seeds (seeds where it is > 0):", "",
+              "| framework | " + " | ".join(meta["models"]) + " |", "|---|" + "---:|" * len(meta["models"])]
+    deltas = {m: paired_deltas(folder, m, meta["methods"], meta["seeds"]) for m in meta["models"]}
+    for meth in meta["methods"]:
+        if meth != "alternate":
+            lines.append(f"| {meth} | " + " | ".join(_fmt_deltas(deltas[m][meth]) for m in meta["models"]) + " |")
     lines.append("")
     for m in meta["models"]:
         ours = {k: r["avg_auc"] for k, r in tx["models"][m]["rows"].items()}
