@@ -103,7 +103,8 @@ def _fmt_deltas(deltas: list[float]) -> str:
 
 def table_x(folder: Path) -> list[str]:
     tx = json.loads((folder / "table_x.json").read_text())
-    meta = tx["meta"]
+    meta = dict(tx["meta"])  # Table X only for models trained with several frameworks (not Table V's extras)
+    meta["models"] = [m for m in meta["models"] if len(tx["models"][m]["rows"]) > 1]
     lines = [f"### Table X on {meta['dataset']} ({len(meta['seeds'])} seeds; paper: Taobao-10)", "",
              "| framework | " + " | ".join(f"{m} (ours) | {m} (paper)" for m in meta["models"]) + " |",
              "|---|" + "---:|---:|" * len(meta["models"])]

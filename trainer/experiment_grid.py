@@ -165,7 +165,8 @@ def run_grid(cfg: GridConfig, show_progress: bool = False, report_only: bool = F
         finetune = f"{base}{FINETUNE_SUFFIX}" in cfg.methods
         path = cell_path(cfg.out, model, base, seed)
         bar.set_postfix_str(path.stem)
-        cell = _read_cell(path, cfg, finetune)
+        # report-only: a cell trained without the finetune still gives its plain row
+        cell = _read_cell(path, cfg, finetune and not report_only)
         if cell is None and report_only:
             missing.append(path.name)
             continue
