@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from feature_store import open_store
+from tests.support.distributed_harness import save_plan
 from trainer.data.base import Split
-from trainer.distributed.harness import save_plan
 from trainer.distributed.launch import free_port
 from trainer.distributed.plan import build_plan
 from trainer.models import ModelConfig
@@ -60,7 +60,7 @@ def make_plans(folder: Path, fs_url: str, events: int, domains: int, rounds: int
 def run_world(plans: Path, fs_url: str, world: int, out: Path) -> dict:
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "trainer.distributed.harness", "--plan", str(plans),
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.support.distributed_harness", "--plan", str(plans),
                                "--rank", str(r), "--world", str(world), "--port", str(port), "--fs", fs_url,
                                "--out", str(out), "--timeout", "300"], env=env) for r in range(world)]
     for p in procs:
@@ -71,11 +71,11 @@ def run_world(plans: Path, fs_url: str, world: int, out: Path) -> dict:
 
 def ingest_rate(tmp: Path, n: int) -> float:
     """Events/s of rank 0's poll + ingest (validation, prequential scoring, vocab, buffers), no training."""
+    from contracts.events import ClickEvent
+    from contracts.settings import load_settings
     from domain_registry import open_registry
-    from mamdr.contracts import ClickEvent
-    from mamdr.settings import load_settings
+    from stream import open_stream
     from trainer.service.loop import ContinualTrainer
-    from trainer.stream import open_stream
 
     settings = load_settings(**{"stream.url": f"file://{tmp}/stream/clicks", "trainer.round_events": 10**9})
     registry = open_registry(f"sqlite://{tmp}/registry.db")

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import numpy as np
 import redis
 
+from contracts.settings import FeatureStoreSettings
 from feature_store import open_store
 from feature_store.redis_store import RedisStore
-from mamdr.settings import FeatureStoreSettings
 from tests.fixtures.redis_server import RedisServer, _spawn, free_port
 
 DIM = 128

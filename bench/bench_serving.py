@@ -78,9 +78,9 @@ def build_world(tmp: Path, redis_url: str, n_users: int, n_items: int) -> dict[s
     """Paper-size MLP exported with 4 real domains; embeddings in Redis; a sqlite registry."""
     import torch
 
+    from contracts.settings import load_settings
     from domain_registry import open_registry
     from feature_store import open_store
-    from mamdr.settings import load_settings
     from trainer.export import export_version
     from trainer.feature_sync import sync_embeddings
     from trainer.models import ModelConfig, build_model
@@ -108,9 +108,9 @@ def build_world(tmp: Path, redis_url: str, n_users: int, n_items: int) -> dict[s
 
 def publish_synthetic(tmp: Path, n_domains: int) -> tuple[Path, str]:
     """A registry + version with ``n_domains`` random deltas over SYNTH_TENSORS (fsync off: bulk)."""
+    from contracts.artifacts import load_version
     from domain_registry import open_registry
     from domain_registry.base import ModelVersion
-    from serving.artifacts import load_version
     from trainer.export.exporter import registry_checksums
     from trainer.export.onnx_graph import delta_model
     from trainer.export.publish import publish_version
@@ -138,9 +138,9 @@ def publish_synthetic(tmp: Path, n_domains: int) -> tuple[Path, str]:
 # --------------------------------------------------------------------------------------------- floor
 def floor(tmp: Path, redis_url: str, world: dict, iters: int) -> dict[str, float]:
     """Feature-store lookup + one onnxruntime run of the shared graph, in this process."""
+    from contracts.artifacts import load_version
+    from contracts.settings import load_settings
     from feature_store import open_store
-    from mamdr.settings import load_settings
-    from serving.artifacts import load_version
     from serving.composition import FeedComposer
 
     loaded = load_version(tmp / "art" / "v1")
@@ -254,7 +254,7 @@ def throughput(port: int, reqs: list[tuple[str, bytes]], clients: int, seconds: 
 # --------------------------------------------------------------------------------------------- strategies
 def strategies(tmp: Path, n_domains: int, iters: int) -> list[str]:
     """Per-strategy miss cost, run latency at N=100 and RSS per domain held (full-network deltas)."""
-    from serving.artifacts import load_version
+    from contracts.artifacts import load_version
     from serving.composition import build_composer
     from trainer.export.onnx_graph import delta_model
     from trainer.export.publish import publish_version
@@ -296,7 +296,7 @@ def strategies(tmp: Path, n_domains: int, iters: int) -> list[str]:
 
 def composer_sweep(tmp: Path, n: int, iters: int) -> str:
     """p50/p99 of one feed-composer run over uniformly random domains, every domain held."""
-    from serving.artifacts import load_version
+    from contracts.artifacts import load_version
     from serving.composition import FeedComposer
 
     composer = FeedComposer(load_version(tmp / f"art-{n}" / "v1"), cache_size=n, threads=1)

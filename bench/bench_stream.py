@@ -26,11 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: reuse tests.fixtures
 
-from mamdr.contracts import ClickEvent
-from mamdr.settings import StreamSettings
+from contracts.events import ClickEvent
+from contracts.settings import StreamSettings
+from stream import check_records, open_stream
 from tests.fixtures.kafka_broker import KafkaBroker
 from tests.fixtures.redis_server import free_port
-from trainer.stream import check_records, open_stream
 
 DOMAINS = [f"d{i}" for i in range(8)]
 

@@ -36,13 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import numpy as np
 import torch
 
+from contracts.events import ClickEvent
+from contracts.settings import Settings, load_settings
 from domain_registry import open_registry
 from feature_store import open_store
 from mamdr import devstack
-from mamdr.contracts import ClickEvent
-from mamdr.settings import Settings, load_settings
+from stream import open_stream
 from trainer.service.loop import ContinualTrainer
-from trainer.stream import open_stream
 
 MODEL = {"emb_dim": 16, "hidden": (32, 16)}
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from trainer.experiment import ExperimentConfig, build, load
 from trainer.frameworks import FrameworkConfig, build_framework, fit
+from trainer.research.experiment import ExperimentConfig, build, load
 
 
 def main() -> None:

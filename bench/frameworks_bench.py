@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from trainer.experiment import ExperimentConfig, aggregate, run_experiment
 from trainer.frameworks import FrameworkConfig
+from trainer.research.experiment import ExperimentConfig, aggregate, run_experiment
 
 
 def main() -> None:

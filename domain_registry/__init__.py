@@ -16,9 +16,9 @@ subscriber can wake at once; polling stays the source of truth (pub/sub messages
 
 from __future__ import annotations
 
+from contracts.settings import RegistrySettings
+from contracts.urls import parse_url
 from domain_registry.base import AuditEntry, Domain, DomainStatus, ModelStatus, ModelVersion, Registry
-from mamdr.settings import RegistrySettings
-from mamdr.urls import parse_url
 
 SCHEMES = ("sqlite", "redis", "rediss")
 

@@ -18,9 +18,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 
+from contracts.errors import ConfigError, Forbidden, MamdrError, Unauthorized
+from contracts.http import error_response, install_error_handlers, validation_response
 from domain_registry.base import AuditEntry, Domain, DomainStatus, ModelVersion, Registry
-from mamdr.errors import ConfigError, Forbidden, MamdrError, Unauthorized
-from mamdr.http_errors import error_response, install_error_handlers, validation_response
 
 __all__ = ["build_router", "install_error_handlers"]
 

@@ -11,12 +11,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from contracts.errors import BackendUnavailable
+from contracts.http import install_error_handlers
+from contracts.settings import RegistrySettings, Settings, get_settings
 from domain_registry import open_registry
 from domain_registry.api import build_router
 from domain_registry.base import Registry
-from mamdr.errors import BackendUnavailable
-from mamdr.http_errors import install_error_handlers
-from mamdr.settings import RegistrySettings, Settings, get_settings
 
 
 def create_admin_app(settings: Settings | RegistrySettings | None = None) -> FastAPI:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from mamdr.contracts import DomainId
+from contracts.events import DomainId
 
 DomainStatus = Literal["active", "paused", "retired"]
 ModelStatus = Literal["candidate", "live", "superseded", "rolled_back"]

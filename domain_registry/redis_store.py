@@ -28,9 +28,9 @@ from typing import Any, TypeVar
 import redis
 from redis.client import Pipeline
 
+from contracts.errors import BackendUnavailable, ConfigError, Conflict, NotFound
 from domain_registry import rules
 from domain_registry.base import AuditEntry, Domain, DomainStatus, ModelVersion, Registry
-from mamdr.errors import BackendUnavailable, ConfigError, Conflict, NotFound
 
 T = TypeVar("T")
 DEFAULT_PREFIX = "mamdr:registry:"

@@ -11,9 +11,9 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from contracts.errors import Conflict, DataError, Gone
+from contracts.events import is_domain_id
 from domain_registry.base import DOMAIN_STATUSES, Domain, ModelVersion, is_version_id
-from mamdr.contracts import is_domain_id
-from mamdr.errors import Conflict, DataError, Gone
 
 MAX_DISPLAY_NAME = 200
 MAX_SETTINGS_BYTES = 16_384

@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from contracts.errors import BackendUnavailable, ConfigError, Conflict, NotFound
 from domain_registry import rules
 from domain_registry.base import AuditEntry, Domain, DomainStatus, ModelVersion, Registry
-from mamdr.errors import BackendUnavailable, ConfigError, Conflict, NotFound
 
 T = TypeVar("T")
 

@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
+from contracts.settings import FeatureStoreSettings
+from contracts.urls import parse_url
 from feature_store.base import KINDS, EmbeddingStore, Kind, Lookup, VersionInfo
-from mamdr.settings import FeatureStoreSettings
-from mamdr.urls import parse_url
 
 SCHEMES = ("redis", "rediss", "memory", "file")
 

@@ -53,7 +53,7 @@ class VersionInfo:
 
 
 class EmbeddingStore(ABC):
-    """Abstract store. Every method may raise ``mamdr.errors.BackendUnavailable``."""
+    """Abstract store. Every method may raise ``contracts.errors.BackendUnavailable``."""
 
     @abstractmethod
     def write(self, version: str, kind: Kind, ids: Sequence[str], vectors: np.ndarray) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mamdr.errors import ConfigError, DataError
+from contracts.errors import ConfigError, DataError
 
 DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contracts.errors import ConfigError, DataError
 from feature_store.base import Kind
-from mamdr.errors import ConfigError, DataError
 
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 KIND_TAG: dict[str, str] = {"user": "u", "item": "i"}

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from contracts.errors import DataError
 from feature_store.base import EmbeddingStore, Kind
-from mamdr.errors import DataError
 
 
 def read_pretrained_json(path: Path, progress: bool = False) -> tuple[list[str], np.ndarray]:

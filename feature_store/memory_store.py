@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from contracts.errors import Conflict, DataError, NotFound
 from feature_store.base import KINDS, EmbeddingStore, Kind, Lookup, VersionInfo
 from feature_store.codec import check_vectors, decode, decode_into, encode_rows, wire_dtype
 from feature_store.keys import check_dims, check_kind, check_name, check_namespace
-from mamdr.errors import Conflict, DataError, NotFound
 
 
 @dataclass

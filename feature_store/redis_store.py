@@ -28,11 +28,11 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from contracts.errors import BackendUnavailable, ConfigError, Conflict, DataError, NotFound
+from contracts.settings import FeatureStoreSettings
 from feature_store.base import KINDS, EmbeddingStore, Kind, Lookup, VersionInfo
 from feature_store.codec import check_vectors, decode, decode_into, encode_rows, wire_dtype
 from feature_store.keys import KeyLayout, check_dims, check_kind, check_name
-from mamdr.errors import BackendUnavailable, ConfigError, Conflict, DataError, NotFound
-from mamdr.settings import FeatureStoreSettings
 
 _PIPELINE_CHUNKS = 8  # MSET chunks per pipeline flush: bounds client memory, keeps the socket busy
 _UNLINK_BATCH = 1000

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from contracts.errors import BackendUnavailable, ConfigError, Conflict, DataError, NotFound
+from contracts.settings import FeatureStoreSettings
 from feature_store.base import KINDS, EmbeddingStore, Kind, Lookup, VersionInfo
 from feature_store.codec import check_vectors, decode, decode_into, encode_rows, wire_dtype
 from feature_store.keys import KIND_TAG, check_dims, check_kind, check_name, check_namespace
-from mamdr.errors import BackendUnavailable, ConfigError, Conflict, DataError, NotFound
-from mamdr.settings import FeatureStoreSettings
 
 DB_NAME = "embeddings.sqlite3"
 _SQL_VARS = 900  # ids per IN (...) clause, under SQLite's host-parameter limit

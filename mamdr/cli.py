@@ -1,6 +1,6 @@
-"""The ``mamdr`` command. Each package contributes its subcommands from its own ``cli.py``.
+"""The ``mamdr`` command. Its subcommands live in :mod:`mamdr.commands`, one module per package they drive.
 
-A package's ``cli.py`` exposes ``register(subparsers)`` and must stay cheap to import (no torch at
+A command module exposes ``register(subparsers)`` and must stay cheap to import (no torch at
 import time: heavy imports go inside the command functions), so ``mamdr serve --help`` is fast.
 Every command is ``func(args) -> int``. Errors the platform raises on purpose print one line.
 """
@@ -13,18 +13,18 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from contracts.errors import MamdrError
 from mamdr import __version__
-from mamdr.errors import MamdrError
 
 # Order is the order of the help listing.
 COMMAND_MODULES = (
-    "trainer.cli",
-    "trainer.stream.cli",
-    "trainer.service.cli",
-    "serving.cli",
-    "feature_store.cli",
-    "domain_registry.cli",
-    "mamdr.stack_cli",
+    "mamdr.commands.experiment",
+    "mamdr.commands.stream",
+    "mamdr.commands.trainer",
+    "mamdr.commands.serve",
+    "mamdr.commands.features",
+    "mamdr.commands.registry",
+    "mamdr.commands.stack",
 )
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mamdr.errors import BackendUnavailable, ConfigError
+from contracts.errors import BackendUnavailable, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_BROKER = REPO / "scripts" / "kafka" / "run-broker.sh"

@@ -1,4 +1,4 @@
-"""The README's configuration reference, generated from :class:`mamdr.settings.Settings` so it cannot drift.
+"""The README's configuration reference, generated from :class:`contracts.settings.Settings` so it cannot drift.
 
 ``python -m mamdr.settings_doc --write README.md`` rewrites the table between the markers;
 ``tests/unit/test_readme_commands.py`` fails when the README's table differs from this output.
@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
-from mamdr.settings import DEFAULT_HOME, Settings
+from contracts.settings import DEFAULT_HOME, Settings
 
-# Meanings of the settings that carry no ``description`` in mamdr/settings.py (a description there wins).
+# Meanings of the settings that carry no ``description`` in contracts/settings.py (a description there wins).
 NOTES = {
     "home": "base folder of the default file:// and sqlite:// locations",
     "artifacts_url": "file://DIR where model versions (ONNX + deltas + manifest) are published",

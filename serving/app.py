@@ -3,7 +3,7 @@
 ``create_app(settings, feature_store=..., registry=...)`` wires; stores not passed in are opened from
 ``settings`` in ``lifespan`` (and closed there). The live version is loaded in ``lifespan`` and kept
 current by :class:`serving.reload.Reloader`. Every platform error goes through one handler
-(``mamdr.http_errors``): 404 unknown domain, 410 retired, 422 bad body, 503 + Retry-After when the
+(``contracts.http``): 404 unknown domain, 410 retired, 422 bad body, 503 + Retry-After when the
 feature store or a model is unavailable; paused domains keep being served (pausing stops training).
 
 The scoring route is ``async`` and calls the (sync, sub-millisecond) feature store and onnxruntime
@@ -24,11 +24,11 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from contracts.errors import MamdrError
+from contracts.http import error_response, install_error_handlers, validation_response
+from contracts.settings import Settings, get_settings
 from domain_registry.base import Registry
 from feature_store.base import EmbeddingStore
-from mamdr.errors import MamdrError
-from mamdr.http_errors import error_response, install_error_handlers, validation_response
-from mamdr.settings import Settings, get_settings
 from serving.reload import Reloader, ServingState
 from serving.schemas import CTRRequest, CTRResponse, Readiness
 from serving.scoring import score

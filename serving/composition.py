@@ -24,8 +24,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from mamdr.errors import ConfigError
-from serving.artifacts import LoadedVersion
+from contracts.artifacts import LoadedVersion
+from contracts.errors import ConfigError
 
 USER_INPUT, ITEM_INPUT = "user_emb", "item_emb"
 

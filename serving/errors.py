@@ -1,8 +1,8 @@
-"""Serving's own errors; all are ``MamdrError`` subclasses mapped by ``mamdr.http_errors`` (one handler)."""
+"""Serving's own errors; all are ``MamdrError`` subclasses mapped by ``contracts.http`` (one handler)."""
 
 from __future__ import annotations
 
-from mamdr.errors import BackendUnavailable, DataError
+from contracts.errors import BackendUnavailable, DataError
 
 
 class ModelNotReady(BackendUnavailable):

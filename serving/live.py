@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from contracts.artifacts import LoadedVersion, load_version
+from contracts.errors import ConfigError, Gone, NotFound
+from contracts.settings import ServingSettings
 from domain_registry.base import Registry
-from mamdr.errors import ConfigError, Gone, NotFound
-from mamdr.settings import ServingSettings
-from serving.artifacts import LoadedVersion, load_version
 from serving.composition import Composer, build_composer
 from serving.metrics import UNKNOWN
 

@@ -15,11 +15,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contracts.errors import MamdrError
+from contracts.settings import Settings
+from contracts.urls import parse_url
 from domain_registry.base import ModelVersion, Registry
 from feature_store.base import EmbeddingStore
-from mamdr.errors import MamdrError
-from mamdr.settings import Settings
-from mamdr.urls import parse_url
 from serving.live import DomainTable, LiveModel, build_live
 from serving.metrics import ServingMetrics
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mamdr.contracts import EntityId
+from contracts.events import EntityId
 
 
 class CTRRequest(BaseModel):

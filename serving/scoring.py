@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
+from contracts.errors import BackendUnavailable, IntegrityError, MamdrError, NotFound
 from feature_store.base import Lookup
-from mamdr.errors import BackendUnavailable, IntegrityError, MamdrError, NotFound
 from serving.errors import FeatureStoreUnavailable, ModelNotReady, ScoringUnavailable, TooManyItems
 from serving.reload import ServingState
 from serving.schemas import CTRRequest, CTRResponse

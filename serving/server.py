@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import socket
 
-from mamdr.errors import ConfigError
-from mamdr.settings import Settings
+from contracts.errors import ConfigError
+from contracts.settings import Settings
 
 
 def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:

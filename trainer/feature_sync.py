@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from contracts.errors import DataError
 from feature_store.base import EmbeddingStore, Kind, VersionInfo
 from feature_store.loaders import bulk_write
-from mamdr.errors import DataError
 from trainer.data.base import MultiDomainDataset
 from trainer.models.base import CTRModel
 

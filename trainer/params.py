@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from mamdr.errors import ConfigError
+from contracts.errors import ConfigError
 
 Params = dict[str, torch.Tensor]
 

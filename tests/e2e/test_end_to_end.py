@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from contracts.artifacts import read_manifest
 from domain_registry import open_registry
 from mamdr import devstack
-from serving.artifacts import read_manifest
-from trainer.stream import open_stream
+from stream import open_stream
 
 pytestmark = pytest.mark.timeout(300)
 

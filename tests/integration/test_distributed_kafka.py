@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from contracts.events import ClickEvent
+from contracts.settings import StreamSettings
 from domain_registry import open_registry
-from mamdr.contracts import ClickEvent
-from mamdr.settings import StreamSettings
+from stream import drain, open_stream
 from tests.fixtures.kafka_broker import KafkaTopic
 from trainer.distributed.launch import free_port
-from trainer.stream import drain, open_stream
 
 DOMAINS = ["comedy", "drama", "horror", "kids", "noir", "western"]
 

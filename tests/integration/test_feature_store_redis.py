@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import redis
 
+from contracts.errors import BackendUnavailable, NotFound
+from contracts.settings import FeatureStoreSettings
 from feature_store import EmbeddingStore, open_store
 from feature_store.redis_store import RedisStore
-from mamdr.errors import BackendUnavailable, NotFound
-from mamdr.settings import FeatureStoreSettings
 from tests.fixtures.redis_server import RedisServer, free_port
 from tests.unit.test_feature_store_contract import MakeStore, StoreContract, fill
 

@@ -11,12 +11,12 @@ import time
 
 import pytest
 
+from contracts.errors import BackendUnavailable, ConfigError
+from contracts.events import ClickEvent, DeadLetter
+from contracts.settings import StreamSettings
 from mamdr.cli import main
-from mamdr.contracts import ClickEvent, DeadLetter
-from mamdr.errors import BackendUnavailable, ConfigError
-from mamdr.settings import StreamSettings
+from stream import check_records, drain, offsets_after, open_stream
 from tests.fixtures.kafka_broker import KafkaBroker, KafkaTopic
-from trainer.stream import check_records, drain, offsets_after, open_stream
 
 
 def run_mamdr(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

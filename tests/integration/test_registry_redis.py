@@ -8,9 +8,9 @@ import time
 import pytest
 import redis
 
+from contracts.errors import BackendUnavailable
 from domain_registry import open_registry
 from domain_registry.redis_store import RedisRegistry
-from mamdr.errors import BackendUnavailable
 from tests.fixtures.redis_server import RedisServer
 from tests.unit.test_registry_suite import RegistrySuite
 

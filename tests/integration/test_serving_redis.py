@@ -13,12 +13,12 @@ import numpy as np
 import torch
 import uvicorn
 
+from contracts.settings import Settings, load_settings
 from domain_registry import open_registry
 from feature_store import open_store
-from mamdr.settings import Settings, load_settings
 from serving.app import create_app
 from serving.server import listening_socket
-from trainer.export.demo import cached_tiny, publish_demo
+from tests.support.tiny_model import cached_tiny, publish_demo
 from trainer.feature_sync import sync_embeddings
 
 

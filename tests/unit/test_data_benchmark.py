@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from mamdr.contracts import is_domain_id
+from contracts.events import is_domain_id
 from trainer.data import MultiDomainDataset, build_benchmark_table, ctr_benchmark, load_dataset, read_interactions
 from trainer.data.ctr_benchmark import BenchmarkTable, build_ctr_benchmark
 from trainer.data.interactions import Interactions

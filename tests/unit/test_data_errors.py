@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mamdr.errors import ConfigError, DataError, MamdrError
+from contracts.errors import ConfigError, DataError, MamdrError
 from trainer.data import load_dataset
 from trainer.data.movielens import shipped_dir
 

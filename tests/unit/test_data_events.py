@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mamdr.contracts import ClickEvent
-from mamdr.errors import ConfigError
+from contracts.errors import ConfigError
+from contracts.events import ClickEvent
 from trainer.data import benchmark_events, load_dataset
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mamdr.errors import DataError
+from contracts.errors import DataError
 from trainer.data import load_dataset
 
 N_USERS, N_ITEMS, DIM = 6, 8, 128

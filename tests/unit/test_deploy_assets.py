@@ -319,7 +319,7 @@ def test_indexed_job_ranks_rendezvous_at_rank_zero() -> None:
 
 
 def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    from mamdr.settings import Settings
+    from contracts.settings import Settings
 
     for name in [n for n in os.environ if n.startswith("MAMDR_")]:
         monkeypatch.delenv(name)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from contracts.settings import StreamSettings
 from domain_registry import open_registry
-from mamdr.settings import StreamSettings
+from stream import open_stream
 from trainer.distributed.launch import free_port
-from trainer.stream import open_stream
 
 from .test_trainer_crash_safety import DOMAINS, lineage_events, produce
 

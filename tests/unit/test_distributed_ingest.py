@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from mamdr.errors import ConfigError, DataError
-from mamdr.settings import StreamSettings
+from contracts.errors import ConfigError, DataError
+from contracts.settings import StreamSettings
+from stream import drain, open_stream
+from stream.base import Record
 from trainer.distributed.ingest import decode_records, encode_records
-from trainer.stream import drain, open_stream
-from trainer.stream.base import Record
 
 
 def test_records_survive_the_wire_format_byte_for_byte() -> None:

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from feature_store import open_store
+from tests.support.distributed_harness import replica_state, save_plan
 from trainer.data.base import Split
 from trainer.distributed.cache import CacheCounters
-from trainer.distributed.harness import replica_state, save_plan
 from trainer.distributed.launch import free_port
 from trainer.distributed.plan import build_plan
 from trainer.distributed.round import simulate
@@ -66,7 +66,8 @@ def test_two_ranks_match_the_single_process_schedule_and_count_cache_bytes(tmp_p
     save_plan(plan, tmp_path / "plans", "r0")
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "trainer.distributed.harness", "--plan", str(tmp_path / "plans"),
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.support.distributed_harness",
+                               "--plan", str(tmp_path / "plans"),
                                "--rank", str(r), "--world", "2", "--port", str(port), "--fs", f"file://{tmp_path}/fs",
                                "--out", str(tmp_path / "out"), "--timeout", "30"], env=env, stderr=subprocess.PIPE)
              for r in range(2)]

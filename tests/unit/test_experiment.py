@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from mamdr.cli import main
-from trainer.experiment import ExperimentConfig, run_experiment
 from trainer.frameworks import FrameworkConfig
+from trainer.research.experiment import ExperimentConfig, run_experiment
 
 
 def _run(out: Path) -> dict:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from contracts.errors import ConfigError
 from mamdr.cli import main
-from mamdr.errors import ConfigError
-from trainer.experiment_grid import GridConfig, cell_path, run_grid
 from trainer.frameworks import FrameworkConfig
+from trainer.research.grid import GridConfig, cell_path, run_grid
 
 MODELS = ("mlp", "star")
 METHODS = ("alternate", "dn", "mamdr", "mamdr+finetune")

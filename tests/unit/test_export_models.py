@@ -9,10 +9,10 @@ import onnx
 import pytest
 import torch
 
-from serving.artifacts import load_version
+from contracts.artifacts import load_version
 from serving.composition import build_composer
+from tests.support.tiny_model import cached_tiny
 from trainer.export import export_version
-from trainer.export.demo import cached_tiny
 from trainer.export.view import graph_tensor_names
 from trainer.models import MODELS
 

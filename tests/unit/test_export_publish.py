@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from contracts.artifacts import load_version, sha256_file
+from contracts.errors import ConfigError, Conflict, IntegrityError
+from contracts.manifest import MANIFEST_FILE, Manifest
 from domain_registry import open_registry
-from mamdr.contracts import MANIFEST_FILE, Manifest
-from mamdr.errors import ConfigError, Conflict, IntegrityError
-from serving.artifacts import load_version, sha256_file
+from tests.support.tiny_model import train_tiny
 from trainer.export import export_version, set_live_pointer
-from trainer.export.demo import train_tiny
 from trainer.export.publish import publish_version
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from contracts.errors import ConfigError, DataError
+from contracts.settings import FeatureStoreSettings
 from feature_store import open_store
 from feature_store.codec import check_vectors, decode, decode_into, encode, encode_rows
 from feature_store.keys import KeyLayout, check_name
-from mamdr.errors import ConfigError, DataError
-from mamdr.settings import FeatureStoreSettings
 
 
 def test_key_layout() -> None:
@@ -105,7 +105,7 @@ def test_feature_store_never_imports_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, feature_store, feature_store.cli, feature_store.loaders, feature_store.memory_store, "
+    code = ("import sys, feature_store, mamdr.commands.features, feature_store.loaders, feature_store.memory_store, "
             "feature_store.sqlite_store, feature_store.redis_store; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "False"

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contracts.errors import Conflict, DataError, NotFound
+from contracts.settings import FeatureStoreSettings
 from feature_store import EmbeddingStore, open_store
-from mamdr.errors import Conflict, DataError, NotFound
-from mamdr.settings import FeatureStoreSettings
 
 MakeStore = Callable[..., EmbeddingStore]
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contracts.errors import DataError
 from feature_store import open_store
 from feature_store.loaders import bulk_write, read_embeddings, read_pretrained_json
 from mamdr.cli import main
-from mamdr.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 

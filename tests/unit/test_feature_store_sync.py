@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from contracts.errors import DataError
 from feature_store import open_store
-from mamdr.errors import DataError
 from trainer.feature_sync import sync_embeddings
 from trainer.models import build_model
 from trainer.models.base import ModelConfig

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from mamdr.errors import ConfigError
+from contracts.errors import ConfigError
 from trainer.models import MODELS, CTRModel, ModelConfig, build_model
 from trainer.models.partitioned_norm import PartitionedNorm
 from trainer.params import DomainParameters

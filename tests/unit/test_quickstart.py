@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from contracts.errors import ConfigError
 from mamdr import devstack
-from mamdr.errors import ConfigError
-from trainer import quickstart_report as report
-from trainer.quickstart import MARKER, QuickstartConfig, prepare_workdir, settings_for
+from mamdr import quickstart_report as report
+from mamdr.quickstart import MARKER, QuickstartConfig, prepare_workdir, settings_for
 
 
 def _event(domain: str, user: str, item: str, clicked: int) -> dict[str, object]:
@@ -120,7 +120,7 @@ def test_wait_until_reports_a_dead_process_with_its_log(tmp_path: Path) -> None:
 
 
 def test_stack_commands_import_no_torch() -> None:
-    code = ("import sys, mamdr.cli, mamdr.stack_cli, mamdr.devstack; mamdr.cli.build_parser(); "
+    code = ("import sys, mamdr.cli, mamdr.commands.stack, mamdr.devstack; mamdr.cli.build_parser(); "
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr

@@ -1,5 +1,5 @@
 """The README's commands exist, their ``--help`` works, the flags it shows are real, and its configuration
-reference is the one generated from ``mamdr/settings.py``."""
+reference is the one generated from ``contracts/settings.py``."""
 
 from __future__ import annotations
 
@@ -94,4 +94,4 @@ def test_every_setting_has_an_env_var_and_a_meaning() -> None:
     assert len(rows) >= 40
     for setting, env, _default, meaning in rows:
         assert env == "MAMDR_" + setting.upper().replace(".", "__")
-        assert meaning, f"{setting} has no description: add one in mamdr/settings.py or settings_doc.NOTES"
+        assert meaning, f"{setting} has no description: add one in contracts/settings.py or settings_doc.NOTES"

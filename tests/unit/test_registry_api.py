@@ -15,14 +15,14 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
+from contracts.errors import ConfigError
+from contracts.settings import RegistrySettings
 from domain_registry import open_registry
 from domain_registry.api import build_router, install_error_handlers
 from domain_registry.app import create_admin_app
 from domain_registry.base import ModelVersion, Registry
 from domain_registry.redis_store import RedisRegistry
 from domain_registry.sqlite_store import SqliteRegistry
-from mamdr.errors import ConfigError
-from mamdr.settings import RegistrySettings
 from tests.fixtures.redis_server import free_port
 
 TOKEN = "s3cret-token"

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from contracts.errors import BackendUnavailable, ConfigError, DataError
+from contracts.settings import RegistrySettings
 from domain_registry import open_registry
 from domain_registry.redis_store import RedisRegistry
 from domain_registry.sqlite_store import SqliteRegistry
-from mamdr.errors import BackendUnavailable, ConfigError, DataError
-from mamdr.settings import RegistrySettings
 
 
 @pytest.mark.parametrize(("url", "needle"), [

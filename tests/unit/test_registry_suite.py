@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from contracts.errors import Conflict, DataError, Gone, NotFound
 from domain_registry import Registry, open_registry
 from domain_registry.base import ModelVersion
-from mamdr.errors import Conflict, DataError, Gone, NotFound
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,7 +44,7 @@ def statuses(reg: Registry) -> dict[str, str]:
 RACE_WORKER = """
 import json, sys, time
 from domain_registry import open_registry
-from mamdr.errors import Conflict
+from contracts.errors import Conflict
 url, start_at, ids = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(",")
 reg = open_registry(url)
 time.sleep(max(0.0, start_at - time.time()))

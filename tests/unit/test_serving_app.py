@@ -11,11 +11,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from contracts.settings import Settings, load_settings
 from domain_registry import open_registry
 from feature_store import open_store
-from mamdr.settings import Settings, load_settings
 from serving.app import create_app
-from trainer.export.demo import TinyModel, cached_tiny, publish_demo
+from tests.support.tiny_model import TinyModel, cached_tiny, publish_demo
 from trainer.export.view import build_view_module, domain_view_arrays
 
 N_REQUESTS = 1_050  # parity: at least 1,000 requests in total

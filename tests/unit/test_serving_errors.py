@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from contracts.settings import load_settings
 from domain_registry import open_registry
 from feature_store import open_store
-from mamdr.settings import load_settings
 from serving.app import create_app
 from tests.fixtures.redis_server import free_port
-from trainer.export.demo import cached_tiny, publish_demo
+from tests.support.tiny_model import cached_tiny, publish_demo
 
 
 @pytest.fixture(scope="module")

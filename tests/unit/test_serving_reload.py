@@ -8,12 +8,12 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
+from contracts.manifest import SHARED_MODEL_FILE
+from contracts.settings import load_settings
 from domain_registry import open_registry
 from feature_store import open_store
-from mamdr.contracts import SHARED_MODEL_FILE
-from mamdr.settings import load_settings
 from serving.app import create_app
-from trainer.export.demo import cached_tiny, publish_demo
+from tests.support.tiny_model import cached_tiny, publish_demo
 
 MAX_REQUESTS = 3_000
 MAX_SECONDS = 30.0

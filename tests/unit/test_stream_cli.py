@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from contracts.events import ClickEvent, DeadLetter
+from contracts.settings import StreamSettings
 from mamdr.cli import main
-from mamdr.contracts import ClickEvent, DeadLetter
-from mamdr.settings import StreamSettings
-from trainer.stream import drain, open_stream
+from stream import drain, open_stream
 
 REPO = Path(__file__).resolve().parents[2]
 

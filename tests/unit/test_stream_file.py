@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from mamdr.contracts import ClickEvent, DeadLetter
-from mamdr.errors import ConfigError, Conflict
-from mamdr.settings import StreamSettings
-from trainer.stream import check_records, drain, offsets_after, open_stream
+from contracts.errors import ConfigError, Conflict
+from contracts.events import ClickEvent, DeadLetter
+from contracts.settings import StreamSettings
+from stream import check_records, drain, offsets_after, open_stream
 
 
 def _event(i: int, domain: str = "comedy") -> ClickEvent:
@@ -258,8 +258,8 @@ def test_urls_are_checked() -> None:
 
 def test_the_stream_layer_never_imports_torch() -> None:
     code = (
-        "import sys, trainer.stream, trainer.stream.cli, trainer.stream.file_stream,"
-        " trainer.stream.kafka_stream;"
+        "import sys, stream, mamdr.commands.stream, stream.file_stream,"
+        " stream.kafka_stream;"
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], env={**os.environ}, timeout=60).returncode == 0

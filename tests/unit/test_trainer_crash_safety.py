@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from contracts.events import ClickEvent
+from contracts.settings import StreamSettings
 from domain_registry import open_registry
-from mamdr.contracts import ClickEvent
-from mamdr.settings import StreamSettings
-from trainer.stream import open_stream
+from stream import open_stream
 
 DOMAINS = ("alpha", "beta", "gamma")
 

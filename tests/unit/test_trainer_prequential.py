@@ -24,9 +24,10 @@ import numpy as np
 import pytest
 import torch
 
+from contracts.settings import load_settings
 from domain_registry import open_registry
 from feature_store import open_store
-from mamdr.settings import load_settings
+from stream import open_stream
 from trainer.data import benchmark_events
 from trainer.data.base import MultiDomainDataset, Split
 from trainer.evaluation import auc
@@ -35,7 +36,6 @@ from trainer.frameworks.config import FrameworkConfig
 from trainer.frameworks.fit import fit
 from trainer.models import ModelConfig, build_model
 from trainer.service.loop import ContinualTrainer
-from trainer.stream import open_stream
 
 SHARE = 10  # keep users whose crc32 % SHARE == 0: ~16.5k streamed events (6 rounds + a remainder)
 DOMAINS = ("comedy", "sci-fi", "romance", "crime", "horror")  # the largest genres of the slice

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mamdr.contracts import slugify
-from mamdr.errors import ConfigError, DataError
+from contracts.errors import ConfigError, DataError
+from contracts.events import slugify
 from trainer.data.interactions import Interactions, encode
 
 SUFFIX = "_5.json.gz"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mamdr.errors import ConfigError, DataError
+from contracts.errors import ConfigError, DataError
 from trainer.data.base import MultiDomainDataset, Split
 from trainer.data.interactions import Interactions
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mamdr.errors import ConfigError, DataError
+from contracts.errors import ConfigError, DataError
 from trainer.data.amazon import SUBDIR as AMAZON_SUBDIR
 from trainer.data.amazon import SUFFIX, read_amazon
 from trainer.data.base import MultiDomainDataset

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mamdr.contracts import slugify
-from mamdr.errors import DataError
+from contracts.errors import DataError
+from contracts.events import slugify
 from trainer.data.interactions import Interactions
 
 NO_GENRE = "(no genres listed)"

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from mamdr.contracts import is_domain_id, slugify
-from mamdr.errors import DataError
+from contracts.errors import DataError
+from contracts.events import is_domain_id, slugify
 from trainer.data.base import MultiDomainDataset, Split
 
 HEADER = ["uid", "pid", "domain", "label"]

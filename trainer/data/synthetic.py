@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mamdr.errors import ConfigError
+from contracts.errors import ConfigError
 from trainer.data.base import MultiDomainDataset, Split
 from trainer.data.ctr_benchmark import split_groups
 

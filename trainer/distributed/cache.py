@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
+from contracts.errors import DataError
 from feature_store.base import EmbeddingStore, Kind
-from mamdr.errors import DataError
 
 FLOAT_BYTES = 4
 

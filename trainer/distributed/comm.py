@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from mamdr.errors import ConfigError
+from contracts.errors import ConfigError
 
 MSG_KEY = "mamdr/msg/{}"
 POLL_S = 0.05

@@ -21,8 +21,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from mamdr.errors import DataError
-from trainer.stream.base import Record, Stream, StreamConsumer, split_tp_key
+from contracts.errors import DataError
+from stream.base import Record, Stream, StreamConsumer, split_tp_key
 
 log = logging.getLogger("mamdr.trainer.distributed")
 BATCH_KEY = "mamdr/ingest/{}/{}"  # rank, sequence number

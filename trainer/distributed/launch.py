@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from mamdr.errors import BackendUnavailable, MamdrError
+from contracts.errors import BackendUnavailable, MamdrError
 
 log = logging.getLogger("mamdr.trainer.distributed")
 
@@ -101,8 +101,8 @@ def prepare(args: Any, settings: Any) -> Session | None:
     if env.is_coordinator:
         return Session(env.world_size, children=children)
     from feature_store import open_store
+    from stream import open_stream
     from trainer.distributed.service import worker_loop
-    from trainer.stream import open_stream
 
     store = open_store(settings.feature_store.url, settings.feature_store)
     try:

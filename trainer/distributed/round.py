@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from contracts.errors import ConfigError
 from feature_store.base import EmbeddingStore
-from mamdr.errors import ConfigError
 from trainer.data.base import MultiDomainDataset, Split
 from trainer.distributed.cache import FLOAT_BYTES, CacheCounters, StaticCache
 from trainer.distributed.plan import TABLES, RoundPlan

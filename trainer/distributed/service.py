@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from feature_store.base import EmbeddingStore
+from stream.base import Stream
 from trainer.data.base import Split
 from trainer.distributed import comm, ingest
 from trainer.distributed.cache import FLOAT_BYTES, CacheCounters
 from trainer.distributed.ingest import MergedConsumer
 from trainer.distributed.plan import TABLES, RoundPlan, build_plan
 from trainer.distributed.round import run
-from trainer.stream.base import Stream
 
 if TYPE_CHECKING:
     from trainer.service.loop import ContinualTrainer

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from mamdr.contracts import MANIFEST_FILE, InputContract, Manifest
-from mamdr.errors import ConfigError
-from serving.artifacts import sha256_bytes
+from contracts.artifacts import sha256_bytes
+from contracts.errors import ConfigError
+from contracts.manifest import MANIFEST_FILE, InputContract, Manifest
 from trainer.export.onnx_graph import (
     OUTPUT,
     delta_model,

@@ -18,7 +18,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from mamdr.errors import IntegrityError
+from contracts.errors import IntegrityError
 from trainer.export.view import Arrays, ServingView
 
 OPSET = 18

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from domain_registry.base import is_version_id
-from mamdr.contracts import (
+from contracts.artifacts import load_version, read_manifest, sha256_bytes
+from contracts.errors import ConfigError, Conflict
+from contracts.events import is_domain_id
+from contracts.manifest import (
     DELTAS_DIR,
     LIVE_POINTER_FILE,
     MANIFEST_FILE,
@@ -27,10 +29,8 @@ from mamdr.contracts import (
     Manifest,
     TensorSpec,
     delta_file,
-    is_domain_id,
 )
-from mamdr.errors import ConfigError, Conflict
-from serving.artifacts import load_version, read_manifest, sha256_bytes
+from domain_registry.base import is_version_id
 
 
 def _write(path: Path, data: bytes, fsync: bool = True) -> None:
@@ -93,7 +93,7 @@ def publish_version(
         entries: dict[str, DeltaEntry] = {}
         for domain in sorted(deltas):
             if not is_domain_id(domain):
-                raise ConfigError(f"domain id {domain!r} is not a slug; see mamdr.contracts.slugify")
+                raise ConfigError(f"domain id {domain!r} is not a slug; see contracts.events.slugify")
             data, arrays = deltas[domain]
             if not arrays:
                 continue  # served by θS alone: no file

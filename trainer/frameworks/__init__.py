@@ -6,7 +6,7 @@ time (``DomainNegotiation.negotiate``, ``DomainRegularization.regularize``) from
 
 from __future__ import annotations
 
-from mamdr.errors import ConfigError
+from contracts.errors import ConfigError
 from trainer.data.base import MultiDomainDataset
 from trainer.frameworks.alternate import Alternate, Joint
 from trainer.frameworks.base import Batch, Framework

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from mamdr.errors import ConfigError
+from contracts.errors import ConfigError
 
 INNER_OPTIMIZERS = ("adam", "sgd")
 OUTER_OPTIMIZERS = ("interp", "sgd", "adagrad", "adam")

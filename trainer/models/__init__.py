@@ -28,7 +28,7 @@ for _cls in (MLP, WideDeep, DeepFM, SharedBottom, MMoE, STAR, PLE, NeurFM, AutoI
 
 
 def build_model(name: str, config: ModelConfig) -> CTRModel:
-    from mamdr.errors import ConfigError
+    from contracts.errors import ConfigError
 
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")

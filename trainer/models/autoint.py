@@ -43,7 +43,7 @@ class InteractingLayer(nn.Module):
 class AutoInt(CTRModel):
     name = "autoint"
     def __init__(self, config: ModelConfig) -> None:
-        from mamdr.errors import ConfigError
+        from contracts.errors import ConfigError
 
         super().__init__(config)
         knobs = resolve_knobs(config, {"attn_layers": 2, "attn_heads": 4, "attn_dim": None})

@@ -65,7 +65,7 @@ def resolve_knobs(config: ModelConfig, defaults: Mapping[str, Any]) -> dict[str,
 
     Lists become tuples, since JSON manifests turn tuples into lists.
     """
-    from mamdr.errors import ConfigError
+    from contracts.errors import ConfigError
 
     unknown = sorted(set(config.extra) - set(defaults))
     if unknown:
@@ -148,7 +148,7 @@ class CTRModel(nn.Module):
         ``functional_call(model, model.domain_slice(d), (user, item, zeros))`` scores domain ``d``:
         the form export uses to build a one-domain graph.
         """
-        from mamdr.errors import ConfigError
+        from contracts.errors import ConfigError
 
         if not 0 <= domain < self.config.n_domains:
             raise ConfigError(
@@ -163,7 +163,7 @@ class CTRModel(nn.Module):
         valid, but their shapes change: drop their ``.grad`` (done here) and any optimizer state or
         per-domain deltas shaped like the old tensors. Existing domains score exactly as before.
         """
-        from mamdr.errors import ConfigError
+        from contracts.errors import ConfigError
 
         if n_new < 0:
             raise ConfigError(f"cannot grow by {n_new} domains; pass a positive count")

@@ -17,7 +17,7 @@ class MMoE(CTRModel):
     name = "mmoe"
 
     def __init__(self, config: ModelConfig) -> None:
-        from mamdr.errors import ConfigError
+        from contracts.errors import ConfigError
 
         super().__init__(config)
         bottom, tower = split_hidden(config.hidden)

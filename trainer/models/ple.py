@@ -52,7 +52,7 @@ class PLE(CTRModel):
     name = "ple"
 
     def __init__(self, config: ModelConfig) -> None:
-        from mamdr.errors import ConfigError
+        from contracts.errors import ConfigError
 
         super().__init__(config)
         bottom, tower = split_hidden(config.hidden)

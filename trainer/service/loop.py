@@ -27,11 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from contracts.errors import ConfigError, Conflict, NotFound
+from contracts.events import ClickEvent
+from contracts.settings import Settings
 from domain_registry.base import Registry
 from feature_store.base import EmbeddingStore
-from mamdr.contracts import ClickEvent
-from mamdr.errors import ConfigError, Conflict, NotFound
-from mamdr.settings import Settings
+from stream.base import Record, Stream, StreamConsumer
+from stream.validate import check_records
 from trainer.data.base import MultiDomainDataset, Split
 from trainer.export.publish import read_manifest
 from trainer.feature_sync import sync_embeddings
@@ -43,8 +45,6 @@ from trainer.service.failpoints import failpoint
 from trainer.service.metrics import TrainerMetrics
 from trainer.service.prequential import Prequential
 from trainer.service.state import CHECKPOINT_DIR, ModelState
-from trainer.stream.base import Record, Stream, StreamConsumer
-from trainer.stream.validate import check_records
 
 log = logging.getLogger("mamdr.trainer")
 VERSION_RE = re.compile(r"^v(\d{6})$")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mamdr.errors import DataError
+from contracts.errors import DataError
 from trainer.models import ModelConfig, build_model
 from trainer.models.base import CTRModel
 from trainer.params import DomainParameters

@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from mamdr.errors import ConfigError
+from contracts.errors import ConfigError
 
 
 def _registry(args: argparse.Namespace) -> Any:
+    from contracts.settings import load_settings
     from domain_registry import open_registry
-    from mamdr.settings import load_settings
 
     settings = load_settings(**{"registry.url": args.registry}).registry
     return open_registry(settings.url, settings)

@@ -1,6 +1,6 @@
 """``mamdr quickstart`` and ``mamdr dev up|down|status``: the whole platform on one machine.
 
-Cheap to import (no torch): the quickstart's torch side lives in ``trainer.quickstart``, the process
+Cheap to import (no torch): the quickstart's torch side lives in ``mamdr.quickstart``, the process
 management of the dev stack in ``mamdr.devstack``.
 """
 
@@ -54,7 +54,7 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from trainer.quickstart import QuickstartConfig, run_quickstart
+    from mamdr.quickstart import QuickstartConfig, run_quickstart
 
     run_quickstart(QuickstartConfig(
         workdir=args.workdir, short=args.short, kafka=args.kafka, redis=args.redis, new_domain=args.new_domain,

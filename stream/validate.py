@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from mamdr.contracts import ClickEvent, InvalidEvent, parse_event
-from trainer.stream.base import Record
+from contracts.events import ClickEvent, InvalidEvent, parse_event
+from stream.base import Record
 
 
 @dataclass

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mamdr.errors import ConfigError
+from contracts.errors import ConfigError
 from trainer.evaluation import average_rank, mean_auc
-from trainer.experiment import FINETUNE_SUFFIX, ExperimentConfig, build, load, parse_methods
 from trainer.frameworks import FrameworkConfig, build_framework, fit
 from trainer.frameworks.fit import FitState
 from trainer.models import MODELS
+from trainer.research.experiment import FINETUNE_SUFFIX, ExperimentConfig, build, load, parse_methods
 
 log = logging.getLogger(__name__)
 PLAIN = "alternate"  # how Table V trains each base model on its own

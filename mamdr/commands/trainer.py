@@ -47,7 +47,7 @@ def register(subparsers: Any) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from mamdr.settings import load_settings
+    from contracts.settings import load_settings
 
     return load_settings(**{
         "stream.url": args.stream, "feature_store.url": args.feature_store, "registry.url": args.registry,
@@ -63,9 +63,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from domain_registry import open_registry
     from feature_store import open_store
+    from stream import open_stream
     from trainer.service.loop import ContinualTrainer, check_artifacts_url
     from trainer.service.metrics import TrainerMetrics
-    from trainer.stream import open_stream
 
     settings = settings_from_args(args)
     from trainer.distributed.launch import prepare

@@ -1,7 +1,7 @@
 """The paper's production scale on paper (docs/distributed.md): memory of 69,102 domain deltas,
 bytes moved per outer step with and without the embedding caches, workers needed for an event rate.
 
-    python -m trainer.distributed.scale [--worker-events-s 900 --rate 50000 --domains-per-step 100 --k 8]
+    python bench/distributed_scale.py [--worker-events-s 900 --rate 50000 --domains-per-step 100 --k 8]
 
 Parameter counts come from the real model code (the zoo's MLP at the paper's sizes), not constants.
 """

@@ -27,11 +27,11 @@ import time
 import zlib
 from pathlib import Path
 
-from mamdr.contracts import ClickEvent
-from mamdr.errors import BackendUnavailable, ConfigError, Conflict
-from mamdr.settings import StreamSettings
-from mamdr.urls import parse_url
-from trainer.stream.base import (
+from contracts.errors import BackendUnavailable, ConfigError, Conflict
+from contracts.events import ClickEvent
+from contracts.settings import StreamSettings
+from contracts.urls import parse_url
+from stream.base import (
     DLQ_SUFFIX,
     Record,
     Stream,

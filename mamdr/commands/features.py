@@ -12,16 +12,16 @@ from pathlib import Path
 
 
 def _store(args: argparse.Namespace):
+    from contracts.settings import load_settings
     from feature_store import open_store
-    from mamdr.settings import load_settings
 
     settings = load_settings(**{"feature_store.url": args.url, "feature_store.namespace": args.namespace})
     return open_store(settings.feature_store.url, settings.feature_store), settings.feature_store
 
 
 def _load(args: argparse.Namespace) -> int:
+    from contracts.errors import ConfigError
     from feature_store.loaders import bulk_write, read_embeddings
-    from mamdr.errors import ConfigError
 
     if not args.user and not args.item:
         raise ConfigError("nothing to load: pass --user FILE and/or --item FILE")

@@ -20,9 +20,9 @@ from trainer.models import ModelConfig, build_model
 from trainer.params import DomainParameters
 
 if TYPE_CHECKING:
+    from contracts.manifest import Manifest
     from domain_registry.base import Registry
     from feature_store.base import EmbeddingStore
-    from mamdr.contracts import Manifest
 
 
 @dataclass
@@ -105,7 +105,7 @@ def publish_demo(
     promote: bool = True,
 ) -> Manifest:
     """Sync the tables to ``store``, register the domains, export and (by default) promote ``version``."""
-    from mamdr.errors import Conflict
+    from contracts.errors import Conflict
     from trainer.export.exporter import export_version
     from trainer.feature_sync import sync_embeddings
 

@@ -1,8 +1,8 @@
-"""Contracts that trainer, serving, stream and stores share. Torch-free, pydantic only.
+"""The click event on the wire and the ids it carries: what producers, the stream, the trainer and the
+registry agree on. Torch-free, pydantic only.
 
-- ``ClickEvent``: one click/no-click impression on the wire (JSON, one object per message).
-- ``Manifest``: what one published model version holds and which stream offsets it includes.
-- Artifact layout: file names are constants here, nowhere else.
+- ``ClickEvent``: one click/no-click impression (JSON, one object per message).
+- ``DeadLetter``: an event the trainer could not use, with the reason and its source offset.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from mamdr.errors import DataError
+from contracts.errors import DataError
 
 # ---------------------------------------------------------------------------------------------
 # Domain ids
@@ -89,66 +89,3 @@ class DeadLetter(BaseModel):
     source_offset: int
     payload: str
     ts: float = Field(default_factory=lambda: datetime.now(UTC).timestamp())
-
-
-# ---------------------------------------------------------------------------------------------
-# Artifacts of one model version: <artifacts>/<version>/...
-SHARED_MODEL_FILE = "shared.onnx"
-DELTAS_DIR = "deltas"
-DELTA_SUFFIX = ".onnx"
-MANIFEST_FILE = "manifest.json"
-LIVE_POINTER_FILE = "LIVE"  # optional pointer for registry-less setups
-
-
-def delta_file(domain: str) -> str:
-    return f"{DELTAS_DIR}/{domain}{DELTA_SUFFIX}"
-
-
-class TensorSpec(BaseModel):
-    name: str
-    shape: list[int]
-    dtype: str = "float32"
-
-
-class DeltaEntry(BaseModel):
-    """Where a domain's delta lives (possibly in the parent's folder) and its checksum."""
-
-    path: str  # relative to the artifacts root, e.g. "v0003/deltas/comedy.onnx"
-    sha256: str
-    version: str  # the version that wrote it
-    tensors: list[TensorSpec] = Field(default_factory=list)
-
-
-class InputContract(BaseModel):
-    """What the shared graph expects from the feature store and the request."""
-
-    user_dim: int
-    item_dim: int
-    inputs: list[str] = Field(default_factory=lambda: ["user_emb", "item_emb"])
-    output: str = "logit"
-    model: str  # e.g. "mlp"
-    model_config_json: dict[str, Any] = Field(default_factory=dict)
-
-
-class Manifest(BaseModel):
-    """A published model version. Offsets stored here make a crash lose nothing and apply nothing twice."""
-
-    model_config = ConfigDict(protected_namespaces=())
-
-    version: str
-    parent: str | None = None
-    created_at: float = Field(default_factory=lambda: datetime.now(UTC).timestamp())
-    shared_path: str
-    shared_sha256: str
-    contract: InputContract
-    deltas: dict[str, DeltaEntry] = Field(default_factory=dict)
-    domains: list[str] = Field(default_factory=list)
-    feature_store_version: str | None = None
-    offsets: dict[str, int] = Field(default_factory=dict)  # "topic:partition" -> next offset to read
-    events_included: int = 0
-    metrics: dict[str, Any] = Field(default_factory=dict)
-    # Cold-start fallback vectors ("user", "item" -> the mean vector) for ids the feature store lacks.
-    cold_start: dict[str, list[float]] = Field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return self.model_dump_json(indent=2)

@@ -1,5 +1,5 @@
 """Trainer subcommands: ``experiment`` (frameworks × seeds → Tables V/VI-style summary). ``mamdr quickstart``
-lives in ``mamdr.stack_cli``. Torch is imported inside the commands only, so ``mamdr --help`` stays fast."""
+lives in ``mamdr.commands.stack``. Torch is imported inside the commands only, so ``mamdr --help`` stays fast."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mamdr.errors import ConfigError
+from contracts.errors import ConfigError
 
 
 def _add_framework_flags(p: argparse.ArgumentParser) -> None:
@@ -76,7 +76,7 @@ def _run(cfg, threads: int | None) -> int:  # type: ignore[no-untyped-def]
     import torch
     from tqdm import tqdm
 
-    from trainer.experiment import run_experiment
+    from trainer.research.experiment import run_experiment
 
     if threads:
         torch.set_num_threads(threads)
@@ -97,7 +97,7 @@ def _run(cfg, threads: int | None) -> int:  # type: ignore[no-untyped-def]
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from trainer.experiment import ExperimentConfig, parse_methods
+    from trainer.research.experiment import ExperimentConfig, parse_methods
 
     if args.seeds < 1:
         raise ConfigError("--seeds must be >= 1")
@@ -115,8 +115,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 def _run_grid(args: argparse.Namespace) -> int:
     import torch
 
-    from trainer.experiment import parse_methods
-    from trainer.experiment_grid import GridConfig, parse_models, run_grid
+    from trainer.research.experiment import parse_methods
+    from trainer.research.grid import GridConfig, parse_models, run_grid
 
     cfg = GridConfig(
         dataset=args.dataset, models=parse_models(args.models or args.model),

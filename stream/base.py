@@ -14,9 +14,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from mamdr.contracts import ClickEvent, DeadLetter
-from mamdr.errors import ConfigError
-from mamdr.settings import StreamSettings
+from contracts.errors import ConfigError
+from contracts.events import ClickEvent, DeadLetter
+from contracts.settings import StreamSettings
 
 DLQ_SUFFIX = ".dlq"
 
@@ -146,7 +146,7 @@ class StreamConsumer(ABC):
 
 
 class Stream(ABC):
-    """A topic (and its dead-letter topic) behind a URL. Open with :func:`trainer.stream.open_stream`."""
+    """A topic (and its dead-letter topic) behind a URL. Open with :func:`stream.open_stream`."""
 
     def __init__(self, url: str, topic: str, settings: StreamSettings) -> None:
         self.url = url

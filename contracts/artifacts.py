@@ -1,6 +1,6 @@
 """Reading and verifying a published model version (torch-free; the trainer verifies with it too).
 
-Layout (names from ``mamdr.contracts``): ``<root>/<version>/manifest.json``, ``shared.onnx`` and
+Layout (names from ``contracts.manifest``): ``<root>/<version>/manifest.json``, ``shared.onnx`` and
 ``deltas/<domain>.onnx``. Paths in the manifest are relative to ``<root>``, so a version may point at
 its parent's unchanged delta files. Loading checks every sha256 and every delta tensor's name and
 shape against the shared graph before anything is served; a delta's bytes are checked again when it
@@ -18,8 +18,8 @@ import onnx
 from onnx import numpy_helper
 from pydantic import ValidationError
 
-from mamdr.contracts import MANIFEST_FILE, Manifest
-from mamdr.errors import IntegrityError, NotFound
+from contracts.errors import IntegrityError, NotFound
+from contracts.manifest import MANIFEST_FILE, Manifest
 
 _CHUNK = 1 << 20
 

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from mamdr.errors import BackendUnavailable, MamdrError, Unauthorized
+from contracts.errors import BackendUnavailable, MamdrError, Unauthorized
 
 
 def error_code(exc: BaseException) -> str:

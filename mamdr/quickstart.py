@@ -25,10 +25,10 @@ from typing import Any
 
 import httpx
 
+from contracts.errors import BackendUnavailable, ConfigError, Conflict
+from contracts.settings import Settings, load_settings
 from mamdr import devstack
-from mamdr.errors import BackendUnavailable, ConfigError, Conflict
-from mamdr.settings import Settings, load_settings
-from trainer import quickstart_report as report
+from mamdr import quickstart_report as report
 
 log = logging.getLogger("mamdr.quickstart")
 MARKER = ".mamdr-quickstart"
@@ -228,11 +228,11 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     t_start = time.monotonic()
     import torch
 
+    from contracts.artifacts import read_manifest
     from domain_registry import open_registry
     from feature_store import open_store
-    from serving.artifacts import read_manifest
+    from stream import open_stream
     from trainer.service.loop import ContinualTrainer, check_artifacts_url
-    from trainer.stream import open_stream
 
     # One torch thread: serving and the HTTP client need the other core, and an oversubscribed
     # machine made a round 8x slower with two threads than with one (measured: 128 s vs 15 s).

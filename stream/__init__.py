@@ -1,4 +1,4 @@
-"""Click streams: one interface (:mod:`trainer.stream.base`), one file per backend, chosen by URL scheme.
+"""Click streams: one interface (:mod:`stream.base`), one file per backend, chosen by URL scheme.
 
 ``open_stream("kafka://127.0.0.1:9092/clicks", settings)`` or ``open_stream("file:///var/lib/mamdr/clicks")``.
 Torch-free: the producers and ``mamdr stream`` commands run without the trainer's dependencies.
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import importlib
 
-from mamdr.settings import StreamSettings
-from mamdr.urls import parse_url
-from trainer.stream.base import (
+from contracts.settings import StreamSettings
+from contracts.urls import parse_url
+from stream.base import (
     DLQ_SUFFIX,
     Record,
     Stream,
@@ -21,12 +21,12 @@ from trainer.stream.base import (
     split_tp_key,
     tp_key,
 )
-from trainer.stream.validate import Checked, check_records
+from stream.validate import Checked, check_records
 
 # scheme -> "module:class"; imported only when used, so file:// never needs kafka-python loaded.
 BACKENDS: dict[str, str] = {
-    "kafka": "trainer.stream.kafka_stream:KafkaStream",
-    "file": "trainer.stream.file_stream:FileStream",
+    "kafka": "stream.kafka_stream:KafkaStream",
+    "file": "stream.file_stream:FileStream",
 }
 
 

@@ -23,11 +23,11 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
-from mamdr.contracts import ClickEvent
-from mamdr.errors import BackendUnavailable, ConfigError, DataError
-from mamdr.settings import StreamSettings
-from mamdr.urls import parse_url
-from trainer.stream.base import (
+from contracts.errors import BackendUnavailable, ConfigError, DataError
+from contracts.events import ClickEvent
+from contracts.settings import StreamSettings
+from contracts.urls import parse_url
+from stream.base import (
     DLQ_SUFFIX,
     Record,
     Stream,

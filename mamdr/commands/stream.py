@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mamdr.errors import ConfigError
+from contracts.errors import ConfigError
 
 
 def register(subparsers: Any) -> None:
@@ -58,7 +58,7 @@ def register(subparsers: Any) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from mamdr.settings import load_settings
+    from contracts.settings import load_settings
 
     return load_settings(
         **{
@@ -70,8 +70,8 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from mamdr.contracts import InvalidEvent, parse_event
-    from trainer.stream import Record, open_stream
+    from contracts.events import InvalidEvent, parse_event
+    from stream import Record, open_stream
 
     settings = _settings(args)
     sent = rejected = 0
@@ -105,9 +105,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from mamdr.contracts import ClickEvent
-    from mamdr.settings import load_settings
-    from trainer.stream import open_stream
+    from contracts.events import ClickEvent
+    from contracts.settings import load_settings
+    from stream import open_stream
 
     if args.rate < 0:
         raise ConfigError("--rate must be >= 0 (0 means as fast as possible)")
@@ -159,7 +159,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from trainer.stream import open_stream
+    from stream import open_stream
 
     if args.commit and not args.group:
         raise ConfigError("--commit needs --group")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from mamdr.errors import ConfigError
+from contracts.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import argparse
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from mamdr.settings import load_settings
+    from contracts.settings import load_settings
     from serving.server import serve
 
     artifacts = args.artifacts

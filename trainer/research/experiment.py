@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from mamdr.errors import ConfigError
+from contracts.errors import ConfigError
 from trainer.data.base import MultiDomainDataset
 from trainer.evaluation import average_rank, mean_auc
-from trainer.experiment_report import format_table, plot_per_domain
 from trainer.frameworks import FRAMEWORKS, FrameworkConfig, build_framework, fit
 from trainer.models import MODELS, ModelConfig, build_model
+from trainer.research.report import format_table, plot_per_domain
 
 log = logging.getLogger(__name__)
 FINETUNE_SUFFIX = "+finetune"

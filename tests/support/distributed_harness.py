@@ -1,6 +1,6 @@
 """Run saved round plans on N local ranks (loopback gloo): the tests' and the benchmark's driver.
 
-``python -m trainer.distributed.harness --plan DIR --rank R --world W --port P [--fs URL] --out DIR``
+``python -m tests.support.distributed_harness --plan DIR --rank R --world W --port P [--fs URL] --out DIR``
 runs every plan in DIR (``<name>.pt`` tensors + ``<name>.json`` meta) as consecutive rounds; rank 0
 writes the replica after the last round (``result.pt``) and the byte counters and round times
 (``result.json``). Plans are plain tensors loaded with ``weights_only=True``.
