@@ -165,7 +165,7 @@ def main() -> int:
         root = Path(tmp)
         url = f"file://{root}/clicks"
         for fsync in (True, False):
-            s = StreamSettings(url=url + str(fsync), partitions=4, fsync=fsync)
+            s = StreamSettings(url=url + str(fsync), partitions=4, fsync=fsync, create_topics=True)
             layer = bench_layer(s.url, s, evs)
             report(
                 f"file:// fsync={fsync!s:5}", layer, bench_consume_only(s.url, s, args.n), file_floor(root, payloads)
@@ -182,7 +182,7 @@ def main() -> int:
             stop_s = time.perf_counter() - t0
             broker.start()
             print(f"kafka broker: clean stop {stop_s:.1f} s, restart {broker.start_seconds:.1f} s")
-            s = StreamSettings(url=f"kafka://{broker.bootstrap}/clicks", partitions=4)
+            s = StreamSettings(url=f"kafka://{broker.bootstrap}/clicks", partitions=4, create_topics=True)
             layer = bench_layer(s.url, s, evs)
             consume_only = bench_consume_only(s.url, s, args.n)
             floor_s = s.model_copy(update={"url": f"kafka://{broker.bootstrap}/floor"})

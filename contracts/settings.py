@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path.home() / ".mamdr"
@@ -69,12 +69,35 @@ class StreamSettings(_Section):
     group: str = "mamdr-trainer"
     max_event_bytes: int = 16_384
     partitions: int = Field(4, ge=1, description="partitions of a topic the stream creates (kafka:// and file://)")
-    create_topics: bool = Field(True, description="create the topic and its .dlq when missing")
+    create_topics: bool = Field(
+        False, description="opening a stream creates the topic and its .dlq when missing (quickstart, dev stack)"
+    )
+    replication_factor: int = Field(1, ge=1, le=32, description="kafka:// replication factor of topics it creates")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="kafka:// transport: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="kafka:// SASL login: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (needs a SASL_* protocol)"
+    )
+    sasl_username: str | None = Field(None, description="kafka:// SASL user")
+    sasl_password: SecretStr | None = Field(None, description="kafka:// SASL password")
+    ssl_cafile: str | None = Field(None, description="kafka:// CA bundle that signed the brokers' certificates")
+    ssl_certfile: str | None = Field(None, description="kafka:// client certificate (mutual TLS)")
+    ssl_keyfile: str | None = Field(None, description="kafka:// client key (mutual TLS)")
     max_poll_records: int = Field(2000, ge=1)
     linger_ms: int = Field(5, ge=0, description="producer batching delay")
     batch_bytes: int = Field(262_144, ge=1024, description="producer batch size per partition")
     timeout_s: float = Field(10.0, gt=0, description="broker requests, connecting and flushing")
     fsync: bool = Field(True, description="file:// only: fsync the log on every producer flush")
+
+    @model_validator(mode="after")
+    def _check_security(self) -> StreamSettings:
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl != (self.sasl_mechanism is not None):
+            raise ValueError("stream.sasl_mechanism and a SASL_* stream.security_protocol go together")
+        if sasl and not (self.sasl_username and self.sasl_password):
+            raise ValueError("SASL needs stream.sasl_username and stream.sasl_password")
+        return self
 
 
 class TrainerSettings(_Section):

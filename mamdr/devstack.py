@@ -269,6 +269,14 @@ def admin_token(workdir: Path) -> str:
     return path.read_text().strip()
 
 
+def _create_topic(url: str) -> None:
+    from contracts.settings import StreamSettings
+    from stream import open_stream
+
+    with open_stream(url, StreamSettings(url=url, create_topics=True)) as stream:
+        stream.ensure_topics()
+
+
 def _argv(name: str, st: StackState, round_seconds: float) -> list[str]:
     wd = Path(st.workdir)
     if name == "redis":
@@ -302,7 +310,9 @@ def up(workdir: Path, *, redis_port: int = 0, kafka_port: int = 0, serving_port:
                         serving_port or free_port(), metrics_port or free_port())
         (workdir / STATE_FILE).write_text(json.dumps(asdict(st), indent=2) + "\n")
     # one torch thread for the trainer: serving shares the machine (see README, Operations: Scaling)
-    env = {"MAMDR_REGISTRY__ADMIN_TOKEN": admin_token(workdir), "MAMDR_HOME": str(workdir), "OMP_NUM_THREADS": "1"}
+    # the dev stack is where topics may appear by themselves: producers pointed at it create them too
+    env = {"MAMDR_REGISTRY__ADMIN_TOKEN": admin_token(workdir), "MAMDR_HOME": str(workdir), "OMP_NUM_THREADS": "1",
+           "MAMDR_STREAM__CREATE_TOPICS": "true"}
     limits = {"redis": 15.0, "kafka": timeout_s, "trainer": timeout_s, "serving": timeout_s}
     try:
         for name in COMPONENTS:
@@ -312,6 +322,8 @@ def up(workdir: Path, *, redis_port: int = 0, kafka_port: int = 0, serving_port:
             proc = start_process(name, _argv(name, st, round_seconds), workdir, env)
             took = wait_until(lambda n=name: st.health(n), limits[name], name, workdir, name, proc)
             say(f"{name}: up in {took:.1f} s (pid {proc.pid}, log {log_file(workdir, name)})")
+            if name == "kafka":  # the trainer only reads: the topic and its .dlq exist before it starts
+                _create_topic(st.stream_url)
     except BaseException:
         down(workdir, say=say)
         raise

@@ -95,7 +95,7 @@ def settings_for(cfg: QuickstartConfig, workdir: Path, token: str) -> Settings:
         raise ConfigError(f"--redis {cfg.redis!r}: write redis://HOST:PORT/DB")
     return load_settings(**{
         "home": str(workdir), "artifacts_url": f"file://{workdir / 'artifacts'}",
-        "stream.url": stream, "stream.group": "mamdr-quickstart",
+        "stream.url": stream, "stream.group": "mamdr-quickstart", "stream.create_topics": True,
         "feature_store.url": cfg.redis or f"file://{workdir / 'feature_store'}",
         "registry.url": cfg.redis or f"sqlite://{workdir / 'registry.db'}",
         "registry.admin_token": token,

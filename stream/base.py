@@ -160,6 +160,11 @@ class Stream(ABC):
         return self.topic + DLQ_SUFFIX
 
     @abstractmethod
+    def ensure_topics(self) -> None:
+        """Create the topic and ``<topic>.dlq`` when missing (idempotent). Opening a stream calls it only
+        with ``stream.create_topics`` (off by default); ``mamdr stream create`` is the operator's way."""
+
+    @abstractmethod
     def producer(self) -> StreamProducer: ...
 
     @abstractmethod

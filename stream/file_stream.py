@@ -73,7 +73,8 @@ class FileLog:
         meta_path = root / "meta.json"
         if not meta_path.exists():
             if not create:
-                raise ConfigError(f"no stream at {root}: produce to it first or enable stream.create_topics")
+                raise ConfigError(f"no stream at {root}: create it with `mamdr stream create --stream file://{root}` "
+                                  "(or produce to it with stream.create_topics on)")
             root.mkdir(parents=True, exist_ok=True)
             (root / "groups").mkdir(exist_ok=True)
             with self.locked():
@@ -308,13 +309,20 @@ class FileStream(Stream):
             raise ConfigError(f"stream URL {url!r} names no folder; write e.g. file:///var/lib/mamdr/stream/clicks")
         super().__init__(url, root.name, settings)
         self.root = root
-        self._create = settings.create_topics
-        FileLog(root, self.topic, settings.partitions, create=self._create).close()
+        if settings.create_topics:
+            self.ensure_topics()
+        elif (root / "meta.json").exists():  # a damaged folder fails here, not at the first poll
+            FileLog(root, self.topic, settings.partitions, create=False).close()
         self._dlq: FileProducer | None = None
         self._dlq_stream: FileStream | None = None
 
-    def _open_log(self) -> FileLog:
-        return FileLog(self.root, self.topic, self.settings.partitions, create=self._create)
+    def _open_log(self, create: bool = False) -> FileLog:
+        return FileLog(self.root, self.topic, self.settings.partitions, create=create)
+
+    def ensure_topics(self) -> None:
+        """Create the topic folder and its dead-letter folder when missing (idempotent)."""
+        self._open_log(create=True).close()
+        FileLog(Path(f"{self.root}{DLQ_SUFFIX}"), self.dlq_topic, 1, create=True).close()
 
     def producer(self) -> FileProducer:
         return FileProducer(self._open_log(), self.settings)

@@ -6,8 +6,11 @@
   offsets are committed only when the trainer says so (after a version is published).
   ``isolation_level=read_committed`` so a transactional producer's aborted writes are never trained on.
   Seeks asked for before the group assigns partitions are applied on assignment.
-- Topics are created (with ``stream.partitions``, and ``<topic>.dlq`` with one) when missing and
-  ``stream.create_topics`` is on; the test broker does not auto-create topics.
+- Topics are created (with ``stream.partitions`` and ``stream.replication_factor``, and ``<topic>.dlq``
+  with one partition) only when ``stream.create_topics`` is on (off by default; the quickstart and the dev
+  stack turn it on) or by ``mamdr stream create``; ``mamdr stream tail`` never creates one.
+- ``kafka://HOST1:PORT1,HOST2:PORT2/TOPIC`` lists several bootstrap brokers; ``stream.security_protocol``,
+  ``stream.sasl_*`` (PLAIN, SCRAM-SHA-256/512) and ``stream.ssl_*`` are passed to every client.
 """
 
 from __future__ import annotations
@@ -46,20 +49,51 @@ if _kafka_log.level == logging.NOTSET:  # kafka-python logs every connection at 
     _kafka_log.setLevel(logging.WARNING)
 
 
-def _unreachable(bootstrap: str, exc: Exception) -> BackendUnavailable:
+def _unreachable(bootstrap: str | list[str], exc: Exception) -> BackendUnavailable:
+    where = bootstrap if isinstance(bootstrap, str) else ",".join(bootstrap)
     return BackendUnavailable(
-        f"Kafka at {bootstrap} is not reachable ({type(exc).__name__}: {exc}); start the broker "
-        "(scripts/kafka/run-broker.sh PORT DIR) or fix --stream"
+        f"Kafka at {where} is not reachable ({type(exc).__name__}: {exc}); start the broker "
+        "(scripts/kafka/run-broker.sh PORT DIR), fix --stream, or check stream.security_protocol / "
+        "stream.sasl_* (a refused login looks like an unreachable broker to the client)"
     )
 
 
-def _connect_options(settings: StreamSettings) -> dict[str, int]:
-    """Fail fast when the broker is down (kafka-python waits 30 s by default), retry at most every second."""
-    return {"bootstrap_timeout_ms": int(settings.timeout_s * 1000), "reconnect_backoff_max_ms": 1000}
+def parse_bootstrap(url: str) -> tuple[list[str], str]:
+    """``kafka://h1:p1,h2:p2/topic`` → (["h1:p1", "h2:p2"], "topic"); one-line ConfigError otherwise."""
+    parse_url(url, ("kafka",), "stream")
+    hosts, _, topic = url.split("://", 1)[1].partition("/")
+    if not topic or "/" in topic:
+        raise ConfigError(f"stream URL {url!r} must name one topic: kafka://HOST:PORT[,HOST:PORT...]/TOPIC")
+    servers = []
+    for part in hosts.split(","):
+        host, _, port = part.strip().partition(":")
+        port = port or "9092"
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"stream URL {url!r}: {part!r} is not HOST:PORT (port 1-65535)")
+        servers.append(f"{host}:{port}")
+    return servers, topic
+
+
+def _connect_options(settings: StreamSettings) -> dict[str, Any]:
+    """Every client's connection options: fail fast when the broker is down (kafka-python waits 30 s by
+    default), retry at most every second, and the transport/login the operator configured."""
+    options: dict[str, Any] = {
+        "bootstrap_timeout_ms": int(settings.timeout_s * 1000),
+        "reconnect_backoff_max_ms": 1000,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.sasl_mechanism is not None:
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        options["sasl_plain_username"] = settings.sasl_username
+        options["sasl_plain_password"] = settings.sasl_password.get_secret_value() if settings.sasl_password else None
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        if getattr(settings, name):
+            options[name] = getattr(settings, name)
+    return options
 
 
 class KafkaStreamProducer(StreamProducer):
-    def __init__(self, bootstrap: str, topic: str, settings: StreamSettings) -> None:
+    def __init__(self, bootstrap: list[str], topic: str, settings: StreamSettings) -> None:
         self._topic = topic
         self._timeout_s = settings.timeout_s
         self._errors: list[BaseException] = []
@@ -128,7 +162,7 @@ class _SeekOnAssign(ConsumerRebalanceListener):
 class KafkaStreamConsumer(StreamConsumer):
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: list[str],
         topic: str,
         group: str | None,
         reset: str,
@@ -184,8 +218,8 @@ class KafkaStreamConsumer(StreamConsumer):
                 return sorted(parts)
             if time.monotonic() >= deadline:
                 raise ConfigError(
-                    f"topic {self._topic!r} does not exist on {self._bootstrap}: produce to it with "
-                    "stream.create_topics on, or create it"
+                    f"topic {self._topic!r} does not exist on {','.join(self._bootstrap)}: create it with "
+                    "`mamdr stream create --stream URL` (or produce to it with stream.create_topics on)"
                 )
             time.sleep(0.1)
 
@@ -282,12 +316,10 @@ class KafkaStreamConsumer(StreamConsumer):
 
 class KafkaStream(Stream):
     def __init__(self, url: str, settings: StreamSettings) -> None:
-        parsed = parse_url(url, ("kafka",), "stream")
-        topic = parsed.url_path
-        if not topic or "/" in topic:
-            raise ConfigError(f"stream URL {url!r} must name one topic: kafka://HOST:PORT/TOPIC")
+        servers, topic = parse_bootstrap(url)
         super().__init__(url, topic, settings)
-        self.bootstrap = f"{parsed.host}:{parsed.port or 9092}"
+        self.servers = servers
+        self.bootstrap = ",".join(servers)
         self._dlq: KafkaStreamProducer | None = None
         if settings.create_topics:
             self.ensure_topics()
@@ -296,7 +328,7 @@ class KafkaStream(Stream):
         """Create the topic and its dead-letter topic when missing (idempotent)."""
         try:
             admin = KafkaAdminClient(
-                bootstrap_servers=self.bootstrap,
+                bootstrap_servers=self.servers,
                 client_id="mamdr-admin",
                 **_connect_options(self.settings),
                 request_timeout_ms=int(self.settings.timeout_s * 1000),
@@ -306,8 +338,8 @@ class KafkaStream(Stream):
         try:
             existing = set(admin.list_topics())
             wanted = [
-                NewTopic(self.topic, self.settings.partitions, 1),
-                NewTopic(self.dlq_topic, 1, 1),
+                NewTopic(self.topic, self.settings.partitions, self.settings.replication_factor),
+                NewTopic(self.dlq_topic, 1, self.settings.replication_factor),
             ]
             missing = [t for t in wanted if t.name not in existing]
             if missing:
@@ -317,19 +349,18 @@ class KafkaStream(Stream):
             admin.close()
 
     def producer(self) -> KafkaStreamProducer:
-        return KafkaStreamProducer(self.bootstrap, self.topic, self.settings)
+        return KafkaStreamProducer(self.servers, self.topic, self.settings)
 
     def consumer(self, group: str | None, reset: str = "earliest",
                  shard: tuple[int, int] | None = None) -> KafkaStreamConsumer:
-        return KafkaStreamConsumer(self.bootstrap, self.topic, group, reset, self.settings, self.flush_dead_letters,
+        return KafkaStreamConsumer(self.servers, self.topic, group, reset, self.settings, self.flush_dead_letters,
                                    shard)
 
     def dead_letter_stream(self) -> KafkaStream:
-        host, port = self.bootstrap.rsplit(":", 1)
         dlq_settings = self.settings.model_copy(update={"partitions": 1, "create_topics": False})
-        return KafkaStream(f"kafka://{host}:{port}/{self.topic}{DLQ_SUFFIX}", dlq_settings)
+        return KafkaStream(f"kafka://{self.bootstrap}/{self.topic}{DLQ_SUFFIX}", dlq_settings)
 
     def _dlq_producer(self) -> KafkaStreamProducer:
         if self._dlq is None:
-            self._dlq = KafkaStreamProducer(self.bootstrap, self.dlq_topic, self.settings)
+            self._dlq = KafkaStreamProducer(self.servers, self.dlq_topic, self.settings)
         return self._dlq

@@ -1,4 +1,4 @@
-"""``mamdr stream produce | replay | tail``: put click events on a stream and look at them.
+"""``mamdr stream create | produce | replay | tail``: make a topic, put click events on it and look at them.
 
 Cheap to import (no torch, no kafka-python until a kafka:// URL is opened).
 """
@@ -18,10 +18,25 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("stream", help="produce, replay and tail click streams (kafka:// or file://)")
     sub = parser.add_subparsers(dest="stream_command", metavar="STREAM_COMMAND", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--stream", default=None, help="kafka://HOST:PORT/TOPIC or file://DIR (default: settings)")
-        p.add_argument("--partitions", type=int, default=None, help="partitions when the topic is created")
+    def common(p: argparse.ArgumentParser, creates: bool = False) -> None:
+        p.add_argument("--stream", default=None,
+                       help="kafka://HOST:PORT[,HOST:PORT]/TOPIC or file://DIR (default: settings)")
         p.add_argument("--max-event-bytes", type=int, default=None, help="larger events are rejected")
+        if creates:
+            p.add_argument("--partitions", type=int, default=None, help="partitions when the topic is created")
+            p.add_argument("--replication-factor", type=int, default=None,
+                           help="kafka:// replication factor when the topic is created")
+            p.add_argument("--create-topics", action="store_true", default=None,
+                           help="create the topic and its .dlq when missing (default: stream.create_topics)")
+
+    create = sub.add_parser(
+        "create",
+        help="create the topic and its .dlq (idempotent)",
+        description="What an operator runs once per topic; producers create topics only with --create-topics "
+        "(or stream.create_topics), and reading never does.",
+    )
+    common(create, creates=True)
+    create.set_defaults(func=cmd_create)
 
     produce = sub.add_parser(
         "produce",
@@ -29,11 +44,11 @@ def register(subparsers: Any) -> None:
         description="Validates each line; invalid lines are reported on stderr with their line numbers and "
         "sent to <topic>.dlq. Exit status 0 when every line was valid, 1 when some were rejected.",
     )
-    common(produce)
+    common(produce, creates=True)
     produce.set_defaults(func=cmd_produce)
 
     replay = sub.add_parser("replay", help="replay a benchmark's interactions in time order at a bounded rate")
-    common(replay)
+    common(replay, creates=True)
     replay.add_argument("--dataset", default="ml-latest-small", help="benchmark name (default ml-latest-small)")
     replay.add_argument("--rate", type=float, default=5000.0, help="events per second; 0 = as fast as possible")
     replay.add_argument("--limit", type=int, default=None, help="stop after N events")
@@ -63,10 +78,23 @@ def _settings(args: argparse.Namespace) -> Any:
     return load_settings(
         **{
             "stream.url": args.stream,
-            "stream.partitions": args.partitions,
+            "stream.partitions": getattr(args, "partitions", None),
+            "stream.replication_factor": getattr(args, "replication_factor", None),
+            # reading never creates a topic: tail has no --create-topics and ignores the setting
+            "stream.create_topics": getattr(args, "create_topics", False if args.func is cmd_tail else None),
             "stream.max_event_bytes": args.max_event_bytes,
         }
     ).stream
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from stream import open_stream
+
+    settings = _settings(args)
+    with open_stream(settings.url, settings) as stream:
+        stream.ensure_topics()
+    print(f"{settings.url}: topic and {stream.dlq_topic} ready")
+    return 0
 
 
 def cmd_produce(args: argparse.Namespace) -> int:

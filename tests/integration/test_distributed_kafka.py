@@ -23,7 +23,7 @@ DOMAINS = ["comedy", "drama", "horror", "kids", "noir", "western"]
 
 
 def _settings(topic: KafkaTopic) -> StreamSettings:
-    return StreamSettings(url=topic.url, partitions=topic.partitions, timeout_s=10.0)
+    return StreamSettings(url=topic.url, partitions=topic.partitions, timeout_s=10.0, create_topics=True)
 
 
 def _produce(topic: KafkaTopic, n: int) -> None:

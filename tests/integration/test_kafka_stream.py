@@ -47,7 +47,8 @@ def _event(i: int) -> ClickEvent:
 
 
 def _settings(topic: KafkaTopic, **kw: object) -> StreamSettings:
-    return StreamSettings(url=topic.url, partitions=topic.partitions, **{"timeout_s": 10.0, **kw})
+    options: dict = {"timeout_s": 10.0, "create_topics": True, **kw}
+    return StreamSettings(url=topic.url, partitions=topic.partitions, **options)
 
 
 def _ids(records: list) -> list[int]:
@@ -197,7 +198,7 @@ def test_stream_produce_cli_end_to_end(kafka_topic: KafkaTopic) -> None:
 
 
 def test_a_missing_broker_is_a_clear_error_not_a_hang() -> None:
-    settings = StreamSettings(url="kafka://127.0.0.1:9/clicks", timeout_s=1.0)
+    settings = StreamSettings(url="kafka://127.0.0.1:9/clicks", timeout_s=1.0, create_topics=True)
     with pytest.raises(BackendUnavailable, match=r"not reachable.*run-broker"):
         open_stream(settings.url, settings)
 

@@ -66,7 +66,7 @@ def test_worker_killed_mid_round_fails_the_round_and_restart_resumes_from_publis
     assert (rc0, rc1) == (0, 0), (err0[-2000:], err1[-2000:])
     total, offsets, chain = lineage_events(tmp_path)
     assert total == produced  # resumed at the published offsets: none lost, none twice
-    stream = open_stream(f"file://{tmp_path}/stream/clicks", StreamSettings())
+    stream = open_stream(f"file://{tmp_path}/stream/clicks", StreamSettings(create_topics=True))
     consumer = stream.consumer("check")
     assert offsets == consumer.end_offsets()
     consumer.close()

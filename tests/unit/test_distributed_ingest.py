@@ -28,7 +28,7 @@ def test_a_damaged_batch_is_a_data_error(payload: bytes) -> None:
 
 
 def test_file_shards_split_the_partitions_and_cover_them(tmp_path: Path) -> None:
-    settings = StreamSettings(partitions=5)
+    settings = StreamSettings(partitions=5, create_topics=True)
     stream = open_stream(f"file://{tmp_path}/clicks", settings)
     with stream.producer() as producer:
         for i in range(100):

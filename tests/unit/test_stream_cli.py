@@ -56,7 +56,8 @@ def _line(i: int, domain: str = "comedy") -> str:
 def test_produce_validates_sends_and_reports_invalid_lines_with_numbers(tmp_path: Path) -> None:
     url = f"file://{tmp_path}/clicks"
     lines = [_line(0), "", "{broken", _line(1, "drama"), '{"event_id": "x"}', "x" * 20_000, _line(2)]
-    proc = mamdr("stream", "produce", "--stream", url, "--partitions", "2", stdin="\n".join(lines) + "\n")
+    proc = mamdr("stream", "produce", "--stream", url, "--partitions", "2", "--create-topics",
+                 stdin="\n".join(lines) + "\n")
     assert proc.returncode == 1
     assert "sent 3 events" in proc.stdout and "3 invalid lines" in proc.stdout
     assert [re.match(r"mamdr stream produce: line (\d+):", e).group(1) for e in proc.stderr.splitlines()] == [
@@ -64,7 +65,7 @@ def test_produce_validates_sends_and_reports_invalid_lines_with_numbers(tmp_path
         "5",
         "6",
     ]
-    with open_stream(url, StreamSettings(url=url)) as stream:
+    with open_stream(url, StreamSettings(url=url, create_topics=True)) as stream:
         with stream.consumer(None) as consumer:
             ids = sorted(ClickEvent.model_validate_json(r.value).event_id for r in drain(consumer, 3, 5))
         with stream.dead_letter_stream().consumer(None) as dlq:
@@ -81,7 +82,8 @@ def test_tail_prints_records_and_commits_a_group(tmp_path: Path) -> None:
     url = f"file://{tmp_path}/clicks"
     assert (
         mamdr(
-            "stream", "produce", "--stream", url, "--partitions", "1", stdin="".join(_line(i) + "\n" for i in range(4))
+            "stream", "produce", "--stream", url, "--partitions", "1", "--create-topics",
+            stdin="".join(_line(i) + "\n" for i in range(4))
         ).returncode
         == 0
     )
@@ -122,6 +124,7 @@ def test_replay_sends_a_benchmark_in_time_order_with_labels_at_a_bounded_rate(
             str(shared_data),
             "--stream",
             url,
+            "--create-topics",
             "--partitions",
             "1",
             "--limit",
@@ -140,7 +143,7 @@ def test_replay_sends_a_benchmark_in_time_order_with_labels_at_a_bounded_rate(
     m = re.search(r"replayed 3000 events .* in ([\d.]+) s \((\d+)/s\)", proc.stdout)
     assert m, proc.stdout
     assert float(m.group(1)) >= 0.25 and int(m.group(2)) <= 11_000  # the rate bound held
-    with open_stream(url, StreamSettings(url=url)) as stream, stream.consumer(None) as consumer:
+    with open_stream(url, StreamSettings(url=url, create_topics=True)) as stream, stream.consumer(None) as consumer:
         events = [ClickEvent.model_validate_json(r.value) for r in drain(consumer, 3000, 10)]
         assert consumer.poll(timeout_s=0.05) == []
     assert len(events) == 3000

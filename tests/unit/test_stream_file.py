@@ -29,7 +29,7 @@ def _event(i: int, domain: str = "comedy") -> ClickEvent:
 
 
 def _settings(url: str, partitions: int = 3, **kw: object) -> StreamSettings:
-    return StreamSettings(url=url, partitions=partitions, fsync=False, **kw)
+    return StreamSettings(url=url, partitions=partitions, fsync=False, **{"create_topics": True, **kw})
 
 
 @pytest.fixture()
@@ -145,7 +145,7 @@ def test_payload_bytes_survive_exactly_even_when_not_utf8(url: str) -> None:
 
 
 def _append_worker(url: str, worker: int, n: int) -> None:
-    settings = StreamSettings(url=url, partitions=2, fsync=False, batch_bytes=4096)
+    settings = StreamSettings(url=url, partitions=2, fsync=False, batch_bytes=4096, create_topics=True)
     with open_stream(url, settings) as stream, stream.producer() as producer:
         for i in range(n):
             producer.send(_event(worker * 100_000 + i, domain=f"d{i % 3}"))
@@ -263,3 +263,31 @@ def test_the_stream_layer_never_imports_torch() -> None:
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], env={**os.environ}, timeout=60).returncode == 0
+
+
+def test_kafka_urls_take_several_brokers_and_bad_ones_are_one_line_errors() -> None:
+    from stream.kafka_stream import parse_bootstrap
+
+    assert parse_bootstrap("kafka://a:9092,b:9093/clicks") == (["a:9092", "b:9093"], "clicks")
+    assert parse_bootstrap("kafka://a/clicks") == (["a:9092"], "clicks")
+    for bad in ("kafka://a:port/clicks", "kafka://a:70000/clicks", "kafka://a:9092,/clicks", "kafka://a:9092/"):
+        with pytest.raises(ConfigError, match=r"kafka://|HOST:PORT"):
+            parse_bootstrap(bad)
+
+
+def test_sasl_settings_must_be_complete() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="go together"):
+        StreamSettings(sasl_mechanism="SCRAM-SHA-256")
+    with pytest.raises(ValidationError, match="sasl_username"):
+        StreamSettings(security_protocol="SASL_SSL", sasl_mechanism="PLAIN")
+    ok = StreamSettings(security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_username="u", sasl_password="p")
+    assert "p" not in repr(ok)
+
+
+def test_a_read_never_creates_a_file_stream(tmp_path: Path) -> None:
+    url = f"file://{tmp_path}/clicks"
+    with pytest.raises(ConfigError, match="mamdr stream create"):
+        open_stream(url, StreamSettings(url=url)).consumer(None)
+    assert not (tmp_path / "clicks").exists()

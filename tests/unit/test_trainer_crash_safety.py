@@ -27,7 +27,7 @@ DOMAINS = ("alpha", "beta", "gamma")
 
 
 def produce(stream_url: str, start: int, count: int, bad_every: int = 97) -> int:
-    stream = open_stream(stream_url, StreamSettings())
+    stream = open_stream(stream_url, StreamSettings(create_topics=True))
     with stream.producer() as producer:
         for n in range(start, start + count):
             if n % bad_every == 0:
@@ -86,7 +86,7 @@ def test_kill_minus_nine_at_every_stage_loses_nothing_and_double_counts_nothing(
     assert run_trainer(tmp_path, None) == 0
     total, offsets, chain = lineage_events(tmp_path)
     assert total == produced, (total, produced, chain)
-    stream = open_stream(stream_url, StreamSettings())
+    stream = open_stream(stream_url, StreamSettings(create_topics=True))
     consumer = stream.consumer("check")
     assert offsets == consumer.end_offsets()
     consumer.close()
