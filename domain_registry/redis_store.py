@@ -29,6 +29,8 @@ import redis
 from redis.client import Pipeline
 
 from contracts.errors import BackendUnavailable, ConfigError, Conflict, NotFound
+from contracts.settings import RegistrySettings
+from contracts.urls import BackendUrl
 from domain_registry import rules
 from domain_registry.base import AuditEntry, Domain, DomainStatus, ModelVersion, Registry
 
@@ -52,6 +54,10 @@ def _dumps(value: Any) -> str:
 
 
 class RedisRegistry(Registry):
+    @classmethod
+    def from_url(cls, parsed: BackendUrl, settings: RegistrySettings) -> RedisRegistry:
+        return cls(parsed.raw)
+
     def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, socket_timeout_s: float = 2.0,
                  busy_timeout_s: float = 10.0) -> None:
         try:

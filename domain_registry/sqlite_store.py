@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from contracts.errors import BackendUnavailable, ConfigError, Conflict, NotFound
+from contracts.settings import RegistrySettings
+from contracts.urls import BackendUrl
 from domain_registry import rules
 from domain_registry.base import AuditEntry, Domain, DomainStatus, ModelVersion, Registry
 
@@ -81,6 +83,10 @@ def _model(row: Sequence[Any]) -> ModelVersion:
 
 class SqliteRegistry(Registry):
     """One connection per instance, guarded by a lock (FastAPI runs sync endpoints in threads)."""
+
+    @classmethod
+    def from_url(cls, parsed: BackendUrl, settings: RegistrySettings) -> SqliteRegistry:
+        return cls(parsed.path)
 
     def __init__(self, path: str | Path, busy_timeout_s: float = 10.0) -> None:
         self.path = Path(path)

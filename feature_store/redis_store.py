@@ -30,6 +30,7 @@ from redis.retry import Retry
 
 from contracts.errors import BackendUnavailable, ConfigError, Conflict, DataError, NotFound
 from contracts.settings import FeatureStoreSettings
+from contracts.urls import BackendUrl
 from feature_store.base import KINDS, EmbeddingStore, Kind, Lookup, VersionInfo
 from feature_store.codec import check_vectors, decode, decode_into, encode_rows, wire_dtype
 from feature_store.keys import KeyLayout, check_dims, check_kind, check_name
@@ -46,6 +47,10 @@ class _Meta:
 
 
 class RedisStore(EmbeddingStore):
+    @classmethod
+    def from_url(cls, parsed: BackendUrl, settings: FeatureStoreSettings) -> RedisStore:
+        return cls(parsed.raw, settings)
+
     def __init__(self, url: str, settings: FeatureStoreSettings | None = None) -> None:
         self.settings = s = settings or FeatureStoreSettings()
         self.keys = KeyLayout(s.namespace)
