@@ -8,7 +8,8 @@ same atomic MGET proves that version had not started being deleted (gc removes t
 If the token is gone the pointer is re-read and the MGET repeated once.
 
 Writes: validated, encoded once, then MSET in ``write_chunk``-key chunks sent through a
-non-transactional pipeline (PERF-NOTES: ~370k keys/s for 1,000-key MSETs on this VM).
+non-transactional pipeline (~370k keys/s for 1,000-key MSETs on the 2-core dev machine, against ~110k/s for
+pipelined SETs: docs/performance.md, "Feature store writes").
 
 Failures: connection errors are retried (bounded, exponential backoff) by redis-py and then
 raised as ``BackendUnavailable``; the pool reconnects by itself once the server is back.
