@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import signal
+import sys
 from typing import Any
 
 log = logging.getLogger("mamdr.trainer")
@@ -71,7 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     from trainer.distributed.launch import prepare
 
-    session = prepare(args, settings)  # None: one process; exit_code set: this was a worker rank
+    rank_argv = [sys.executable, "-m", "mamdr.cli", *sys.argv[1:]]  # how --world-size N starts ranks 1..N-1
+    session = prepare(args, settings, rank_argv)  # None: one process; exit_code set: this was a worker rank
     if session is not None and session.exit_code is not None:
         return session.exit_code
     metrics = TrainerMetrics()
