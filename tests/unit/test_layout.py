@@ -207,3 +207,11 @@ def test_the_checks_see_what_they_should() -> None:
     assert package_edges()["serving"]["contracts"]
     assert cited_documents_missing(Path("tests/unit/test_layout.py")) == []
     assert _MD.findall("see docs/nowhere.md and README.md.") == ["docs/nowhere.md", "README.md"]
+
+
+def test_test_helpers_live_in_tests_support() -> None:
+    """Suites hold tests; shared helpers go to tests/support (fixtures that start servers to tests/fixtures)."""
+    stray = [str(p) for p in py_files() if p.parts[0] == "tests" and len(p.parts) > 2
+             and p.parts[1] in ("unit", "integration", "e2e")
+             and not (p.name.startswith("test_") or p.name in ("__init__.py", "conftest.py"))]
+    assert not stray, f"move these helpers to tests/support/: {stray}"
