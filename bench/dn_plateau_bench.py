@@ -51,7 +51,8 @@ def main() -> None:
                            beta_schedule=args.beta_schedule, outer=args.outer, outer_lr=args.outer_lr,
                            k=args.k, gamma=args.gamma, dr_budget=args.dr_budget, schedule="staged",
                            seed=args.seed)
-    cfg = ExperimentConfig(args.dataset, "mlp", (args.first,), (args.seed,), args.out, fcfg, emb_dim=args.emb_dim)
+    cfg = ExperimentConfig(dataset=args.dataset, model="mlp", methods=(args.first,), seeds=(args.seed,),
+                           out=args.out, framework=fcfg, emb_dim=args.emb_dim)
     ds = load(args.dataset, args.seed, None)
     out: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "domains": ds.domains}
 

@@ -53,8 +53,8 @@ def main() -> None:
                             "epochs": r["epochs"][0], "best_epoch": r["best_epoch"][0],
                             "epoch_time_s": r["epoch_time_s"], "train_time_s": r["train_time_s"]}
             per_seed.append(cells)
-        cfg = ExperimentConfig(args.dataset, "mlp", tuple(per_seed[0]), tuple(range(len(per_seed))), args.out,
-                               fcfg, emb_dim=args.emb_dim)
+        cfg = ExperimentConfig(dataset=args.dataset, model="mlp", methods=tuple(per_seed[0]),
+                               seeds=tuple(range(len(per_seed))), out=args.out, framework=fcfg, emb_dim=args.emb_dim)
         # RANK across the methods of the table, within each seed, then mean ± std over seeds.
         from trainer.evaluation import average_rank
 
@@ -68,8 +68,8 @@ def main() -> None:
         print(results["table"])
         return
     torch.set_num_threads(1)
-    cfg = ExperimentConfig(args.dataset, "mlp", methods, (args.seed,), args.out / f"seed_{args.seed}", fcfg,
-                           emb_dim=args.emb_dim)
+    cfg = ExperimentConfig(dataset=args.dataset, model="mlp", methods=methods, seeds=(args.seed,),
+                           out=args.out / f"seed_{args.seed}", framework=fcfg, emb_dim=args.emb_dim)
     res = run_experiment(cfg, lambda msg: print(msg, flush=True))
     print(res["table"])
 

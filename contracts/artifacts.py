@@ -1,4 +1,8 @@
-"""Reading and verifying a published model version (torch-free; the trainer verifies with it too).
+"""Where model versions live, and reading and verifying one (torch-free; the trainer verifies with it too).
+
+``open_artifacts(url)`` picks the artifacts backend by URL scheme through :data:`BACKENDS` (today only
+``file://DIR``: versions are folders under DIR), the same way streams, feature stores and registries are
+picked (:func:`contracts.urls.open_backend`).
 
 Layout (names from ``contracts.manifest``): ``<root>/<version>/manifest.json``, ``shared.onnx`` and
 ``deltas/<domain>.onnx``. Paths in the manifest are relative to ``<root>``, so a version may point at
@@ -20,8 +24,28 @@ from pydantic import ValidationError
 
 from contracts.errors import IntegrityError, NotFound
 from contracts.manifest import MANIFEST_FILE, Manifest
+from contracts.urls import BackendUrl, open_backend
 
 _CHUNK = 1 << 20
+
+# scheme -> "module:Class" (see contracts.urls).
+BACKENDS: dict[str, str] = {"file": "contracts.artifacts:FileArtifacts"}
+
+
+class FileArtifacts:
+    """``file://DIR``: version ``vNNNNNN`` is the folder ``DIR/vNNNNNN``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @classmethod
+    def from_url(cls, parsed: BackendUrl, settings: object = None) -> FileArtifacts:
+        return cls(parsed.path)
+
+
+def open_artifacts(url: str, what: str = "artifacts") -> FileArtifacts:
+    """The artifacts store behind ``url``; ``ConfigError`` naming the supported schemes otherwise."""
+    return open_backend(url, BACKENDS, what, None, FileArtifacts)
 
 
 def sha256_bytes(data: bytes) -> str:

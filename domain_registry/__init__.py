@@ -17,12 +17,19 @@ subscriber can wake at once; polling stays the source of truth (pub/sub messages
 from __future__ import annotations
 
 from contracts.settings import RegistrySettings
-from contracts.urls import parse_url
+from contracts.urls import open_backend
 from domain_registry.base import AuditEntry, Domain, DomainStatus, ModelStatus, ModelVersion, Registry
 
-SCHEMES = ("sqlite", "redis", "rediss")
+# scheme -> "module:Class" (see contracts.urls); a backend module is imported only when its scheme is used.
+BACKENDS: dict[str, str] = {
+    "sqlite": "domain_registry.sqlite_store:SqliteRegistry",
+    "redis": "domain_registry.redis_store:RedisRegistry",
+    "rediss": "domain_registry.redis_store:RedisRegistry",
+}
+SCHEMES = tuple(BACKENDS)
 
 __all__ = [
+    "BACKENDS",
     "SCHEMES",
     "AuditEntry",
     "Domain",
@@ -41,11 +48,4 @@ def open_registry(url: str | None = None, settings: RegistrySettings | None = No
     server cannot be reached.
     """
     settings = settings or RegistrySettings()
-    target = parse_url(url or settings.url, SCHEMES, "registry")
-    if target.scheme == "sqlite":
-        from domain_registry.sqlite_store import SqliteRegistry
-
-        return SqliteRegistry(target.path)
-    from domain_registry.redis_store import RedisRegistry
-
-    return RedisRegistry(target.raw)
+    return open_backend(url or settings.url, BACKENDS, "registry", settings, Registry)

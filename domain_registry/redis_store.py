@@ -29,6 +29,8 @@ import redis
 from redis.client import Pipeline
 
 from contracts.errors import BackendUnavailable, ConfigError, Conflict, NotFound
+from contracts.settings import RegistrySettings
+from contracts.urls import BackendUrl
 from domain_registry import rules
 from domain_registry.base import AuditEntry, Domain, DomainStatus, ModelVersion, Registry
 
@@ -47,11 +49,11 @@ class _Write:
     queue: Callable[[Pipeline, int], None] | None = None  # None: nothing to write (a no-op)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
 class RedisRegistry(Registry):
+    @classmethod
+    def from_url(cls, parsed: BackendUrl, settings: RegistrySettings) -> RedisRegistry:
+        return cls(parsed.raw)
+
     def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, socket_timeout_s: float = 2.0,
                  busy_timeout_s: float = 10.0) -> None:
         try:
@@ -98,7 +100,7 @@ class RedisRegistry(Registry):
                     pipe.multi()
                     write.queue(pipe, seq)
                     pipe.set(self.k_counter, seq)
-                    pipe.lpush(self.k_audit, _dumps({"seq": seq, "ts": time.time(), "actor": actor,
+                    pipe.lpush(self.k_audit, rules.dumps({"seq": seq, "ts": time.time(), "actor": actor,
                                                      "action": write.action, "target": write.target,
                                                      "detail": write.detail}))
                     pipe.publish(self.channel, seq)
@@ -175,7 +177,7 @@ class RedisRegistry(Registry):
 
         def queue(p: Pipeline, seq: int) -> None:
             record = {"model": model.model_dump(mode="json"), "live_seq": None, "registered_seq": seq}
-            p.hset(self.k_models, model.id, _dumps(record))
+            p.hset(self.k_models, model.id, rules.dumps(record))
             p.zadd(self.k_order, {model.id: seq})
 
         def body(pipe: Pipeline) -> _Write:
@@ -211,7 +213,7 @@ class RedisRegistry(Registry):
         model_id = record["model"]["id"]
         record["model"].update(status="live", promoted_at=now)
         record["live_seq"] = seq
-        p.hset(self.k_models, model_id, _dumps(record))
+        p.hset(self.k_models, model_id, rules.dumps(record))
         p.zrem(self.k_superseded, model_id)
         p.set(self.k_live, model_id)
 
@@ -230,7 +232,7 @@ class RedisRegistry(Registry):
             def queue(p: Pipeline, seq: int) -> None:
                 if previous is not None:
                     previous["model"]["status"] = "superseded"
-                    p.hset(self.k_models, previous["model"]["id"], _dumps(previous))
+                    p.hset(self.k_models, previous["model"]["id"], rules.dumps(previous))
                     p.zadd(self.k_superseded, {previous["model"]["id"]: int(previous["live_seq"] or 0)})
                 self._make_live(p, record, seq, now)
 
@@ -259,7 +261,7 @@ class RedisRegistry(Registry):
 
             def queue(p: Pipeline, seq: int) -> None:
                 live_rec["model"]["status"] = "rolled_back"
-                p.hset(self.k_models, live_rec["model"]["id"], _dumps(live_rec))
+                p.hset(self.k_models, live_rec["model"]["id"], rules.dumps(live_rec))
                 self._make_live(p, target_rec, seq, now)
 
             restored = target.model_copy(update={"status": "live", "promoted_at": now})

@@ -19,6 +19,11 @@ MAX_DISPLAY_NAME = 200
 MAX_SETTINGS_BYTES = 16_384
 
 
+def dumps(value: Any) -> str:
+    """The one JSON encoding both backends store (compact, keys sorted): equal values, equal bytes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
 def check_domain_id(domain_id: object) -> str:
     """The id itself, or ``DataError`` saying what a valid id looks like."""
     if not isinstance(domain_id, str) or not is_domain_id(domain_id):

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from contracts.errors import BackendUnavailable, ConfigError, Conflict, NotFound
+from contracts.settings import RegistrySettings
+from contracts.urls import BackendUrl
 from domain_registry import rules
 from domain_registry.base import AuditEntry, Domain, DomainStatus, ModelVersion, Registry
 
@@ -64,10 +66,6 @@ _DOMAIN_COLS = "id, display_name, status, created_at, updated_at, settings"
 _MODEL_COLS = "id, parent, created_at, artifact_uri, delta_checksums, metrics, status, promoted_at"
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
 def _domain(row: Sequence[Any]) -> Domain:
     return Domain(id=row[0], display_name=row[1], status=row[2], created_at=row[3], updated_at=row[4],
                   settings=json.loads(row[5]))
@@ -81,6 +79,10 @@ def _model(row: Sequence[Any]) -> ModelVersion:
 
 class SqliteRegistry(Registry):
     """One connection per instance, guarded by a lock (FastAPI runs sync endpoints in threads)."""
+
+    @classmethod
+    def from_url(cls, parsed: BackendUrl, settings: RegistrySettings) -> SqliteRegistry:
+        return cls(parsed.path)
 
     def __init__(self, path: str | Path, busy_timeout_s: float = 10.0) -> None:
         self.path = Path(path)
@@ -154,7 +156,7 @@ class SqliteRegistry(Registry):
         conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'change_counter'")
         seq = int(conn.execute("SELECT value FROM meta WHERE key = 'change_counter'").fetchone()[0])
         conn.execute("INSERT INTO audit (seq, ts, actor, action, target, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                     (seq, now, actor, action, target, _dumps(detail)))
+                     (seq, now, actor, action, target, rules.dumps(detail)))
         return seq
 
     @staticmethod
@@ -188,7 +190,7 @@ class SqliteRegistry(Registry):
                 raise rules.domain_exists(domain_id, row[0])
             conn.execute(f"INSERT INTO domains ({_DOMAIN_COLS}) VALUES (?, ?, ?, ?, ?, ?)",
                          (domain.id, domain.display_name, domain.status, domain.created_at,
-                          domain.updated_at, _dumps(domain.settings)))
+                          domain.updated_at, rules.dumps(domain.settings)))
             self._bump(conn, actor, "domain.create", domain.id,
                        {"display_name": domain.display_name, "settings": domain.settings}, now)
         return domain
@@ -221,7 +223,7 @@ class SqliteRegistry(Registry):
                 return current
             conn.execute("UPDATE domains SET display_name = ?, status = ?, updated_at = ?, settings = ? "
                          "WHERE id = ?",
-                         (domain.display_name, domain.status, domain.updated_at, _dumps(domain.settings),
+                         (domain.display_name, domain.status, domain.updated_at, rules.dumps(domain.settings),
                           domain.id))
             self._bump(conn, actor, rules.update_action(changes), domain.id, changes, now)
         return domain
@@ -238,7 +240,7 @@ class SqliteRegistry(Registry):
             conn.execute(f"INSERT INTO models ({_MODEL_COLS}, live_seq, registered_seq) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)",
                          (model.id, model.parent, model.created_at, model.artifact_uri,
-                          _dumps(model.delta_checksums), _dumps(model.metrics), model.status, seq))
+                          rules.dumps(model.delta_checksums), rules.dumps(model.metrics), model.status, seq))
         return model
 
     def get_model(self, version_id: str) -> ModelVersion:

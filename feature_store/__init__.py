@@ -8,26 +8,22 @@
 from __future__ import annotations
 
 from contracts.settings import FeatureStoreSettings
-from contracts.urls import parse_url
+from contracts.urls import open_backend
 from feature_store.base import KINDS, EmbeddingStore, Kind, Lookup, VersionInfo
 
-SCHEMES = ("redis", "rediss", "memory", "file")
+# scheme -> "module:Class" (see contracts.urls); a backend module is imported only when its scheme is used.
+BACKENDS: dict[str, str] = {
+    "redis": "feature_store.redis_store:RedisStore",
+    "rediss": "feature_store.redis_store:RedisStore",
+    "memory": "feature_store.memory_store:MemoryStore",
+    "file": "feature_store.sqlite_store:SqliteStore",
+}
+SCHEMES = tuple(BACKENDS)
 
-__all__ = ["KINDS", "SCHEMES", "EmbeddingStore", "Kind", "Lookup", "VersionInfo", "open_store"]
+__all__ = ["BACKENDS", "KINDS", "SCHEMES", "EmbeddingStore", "Kind", "Lookup", "VersionInfo", "open_store"]
 
 
 def open_store(url: str | None = None, settings: FeatureStoreSettings | None = None) -> EmbeddingStore:
-    """Open the embedding store at ``url`` (default: ``settings.url``). Backends import lazily."""
+    """Open the embedding store at ``url`` (default: ``settings.url``)."""
     settings = settings or FeatureStoreSettings()
-    parsed = parse_url(url or settings.url, SCHEMES, "feature store")
-    if parsed.scheme == "memory":
-        from feature_store.memory_store import MemoryStore
-
-        return MemoryStore(parsed.raw.split("://", 1)[1], namespace=settings.namespace, dtype=settings.dtype)
-    if parsed.scheme == "file":
-        from feature_store.sqlite_store import SqliteStore
-
-        return SqliteStore(parsed.path, settings)
-    from feature_store.redis_store import RedisStore
-
-    return RedisStore(parsed.raw, settings)
+    return open_backend(url or settings.url, BACKENDS, "feature store", settings, EmbeddingStore)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from contracts.errors import Conflict, DataError, NotFound
+from contracts.settings import FeatureStoreSettings
+from contracts.urls import BackendUrl
 from feature_store.base import KINDS, EmbeddingStore, Kind, Lookup, VersionInfo
 from feature_store.codec import check_vectors, decode, decode_into, encode_rows, wire_dtype
 from feature_store.keys import check_dims, check_kind, check_name, check_namespace
@@ -42,6 +44,11 @@ _SHARED_LOCK = threading.Lock()
 
 
 class MemoryStore(EmbeddingStore):
+    @classmethod
+    def from_url(cls, parsed: BackendUrl, settings: FeatureStoreSettings) -> MemoryStore:
+        """``memory://NAME``: stores opened with the same NAME in one process share their data."""
+        return cls(parsed.rest, namespace=settings.namespace, dtype=settings.dtype)
+
     def __init__(self, name: str = "", namespace: str = "mamdr", dtype: str = "float32") -> None:
         check_namespace(namespace)
         wire_dtype(dtype)

@@ -8,7 +8,8 @@ same atomic MGET proves that version had not started being deleted (gc removes t
 If the token is gone the pointer is re-read and the MGET repeated once.
 
 Writes: validated, encoded once, then MSET in ``write_chunk``-key chunks sent through a
-non-transactional pipeline (PERF-NOTES: ~370k keys/s for 1,000-key MSETs on this VM).
+non-transactional pipeline (~370k keys/s for 1,000-key MSETs on the 2-core dev machine, against ~110k/s for
+pipelined SETs: docs/performance.md, "Feature store writes").
 
 Failures: connection errors are retried (bounded, exponential backoff) by redis-py and then
 raised as ``BackendUnavailable``; the pool reconnects by itself once the server is back.
@@ -30,6 +31,7 @@ from redis.retry import Retry
 
 from contracts.errors import BackendUnavailable, ConfigError, Conflict, DataError, NotFound
 from contracts.settings import FeatureStoreSettings
+from contracts.urls import BackendUrl
 from feature_store.base import KINDS, EmbeddingStore, Kind, Lookup, VersionInfo
 from feature_store.codec import check_vectors, decode, decode_into, encode_rows, wire_dtype
 from feature_store.keys import KeyLayout, check_dims, check_kind, check_name
@@ -46,6 +48,10 @@ class _Meta:
 
 
 class RedisStore(EmbeddingStore):
+    @classmethod
+    def from_url(cls, parsed: BackendUrl, settings: FeatureStoreSettings) -> RedisStore:
+        return cls(parsed.raw, settings)
+
     def __init__(self, url: str, settings: FeatureStoreSettings | None = None) -> None:
         self.settings = s = settings or FeatureStoreSettings()
         self.keys = KeyLayout(s.namespace)

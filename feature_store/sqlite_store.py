@@ -20,6 +20,7 @@ import numpy as np
 
 from contracts.errors import BackendUnavailable, ConfigError, Conflict, DataError, NotFound
 from contracts.settings import FeatureStoreSettings
+from contracts.urls import BackendUrl
 from feature_store.base import KINDS, EmbeddingStore, Kind, Lookup, VersionInfo
 from feature_store.codec import check_vectors, decode, decode_into, encode_rows, wire_dtype
 from feature_store.keys import KIND_TAG, check_dims, check_kind, check_name, check_namespace
@@ -49,6 +50,10 @@ def db_path(path: Path) -> Path:
 
 
 class SqliteStore(EmbeddingStore):
+    @classmethod
+    def from_url(cls, parsed: BackendUrl, settings: FeatureStoreSettings) -> SqliteStore:
+        return cls(parsed.path, settings)
+
     def __init__(self, path: Path, settings: FeatureStoreSettings | None = None) -> None:
         self.settings = s = settings or FeatureStoreSettings()
         self.ns = check_namespace(s.namespace)

@@ -228,11 +228,11 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     t_start = time.monotonic()
     import torch
 
-    from contracts.artifacts import read_manifest
+    from contracts.artifacts import open_artifacts, read_manifest
     from domain_registry import open_registry
     from feature_store import open_store
     from stream import open_stream
-    from trainer.service.loop import ContinualTrainer, check_artifacts_url
+    from trainer.service.loop import ContinualTrainer
 
     # One torch thread: serving and the HTTP client need the other core, and an oversubscribed
     # machine made a round 8x slower with two threads than with one (measured: 128 s vs 15 s).
@@ -257,7 +257,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     registry = open_registry(settings.registry.url, settings.registry)
     store = open_store(settings.feature_store.url, settings.feature_store)
     stream = open_stream(settings.stream.url, settings.stream)
-    artifacts = check_artifacts_url(settings.artifacts_url)
+    artifacts = open_artifacts(settings.artifacts_url).root
     artifacts.mkdir(parents=True, exist_ok=True)
     service: Service | None = None
     trainer = None

@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+
+from trainer.evaluation import auc as exact_auc
 
 Score = Callable[[str, str, list[str]], list[float]]  # (domain, user, items) -> probabilities
 
 
 def auc(labels: Iterable[float], scores: Iterable[float]) -> float | None:
-    y, p = np.asarray(list(labels), dtype=np.float64), np.asarray(list(scores), dtype=np.float64)
-    if len(y) == 0 or y.min() == y.max():
-        return None
-    return float(roc_auc_score(y, p))
+    """``trainer.evaluation.auc`` with None (JSON null) instead of NaN for a one-class or empty domain."""
+    value = exact_auc(np.asarray(list(labels), dtype=np.float64), np.asarray(list(scores), dtype=np.float64))
+    return None if math.isnan(value) else value
 
 
 def holdout_requests(events: Iterable[dict[str, Any]], max_requests: int, max_items: int,

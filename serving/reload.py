@@ -15,9 +15,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contracts.artifacts import open_artifacts
 from contracts.errors import MamdrError
 from contracts.settings import Settings
-from contracts.urls import parse_url
 from domain_registry.base import ModelVersion, Registry
 from feature_store.base import EmbeddingStore
 from serving.live import DomainTable, LiveModel, build_live
@@ -44,8 +44,8 @@ class ServingState:
 def artifact_dir(model: ModelVersion, artifacts_url: str) -> Path:
     """A registry artifact URI as a folder; a bare relative path is taken under ``artifacts_url``."""
     if "://" in model.artifact_uri:
-        return parse_url(model.artifact_uri, ("file",), "model artifact").path
-    return parse_url(artifacts_url, ("file",), "artifacts").path / model.artifact_uri
+        return open_artifacts(model.artifact_uri, "model artifact").root
+    return open_artifacts(artifacts_url).root / model.artifact_uri
 
 
 class Reloader:

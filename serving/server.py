@@ -1,8 +1,9 @@
 """Run the app under uvicorn on a listening socket the app creates itself.
 
 The socket gets ``TCP_NODELAY`` (inherited by accepted connections on Linux) and ``SO_REUSEPORT``,
-so several ``mamdr serve`` processes can share one port. Measured here (PERF-NOTES): letting
-``uvicorn --workers`` create the socket lost TCP_NODELAY and added ~44 ms per request.
+so several ``mamdr serve`` processes can share one port. Measured on the 2-core dev machine
+(docs/performance.md, "Serving"): letting ``uvicorn --workers`` create the socket lost TCP_NODELAY and
+added ~44 ms per request.
 """
 
 from __future__ import annotations

@@ -6,10 +6,8 @@ Torch-free: the producers and ``mamdr stream`` commands run without the trainer'
 
 from __future__ import annotations
 
-import importlib
-
 from contracts.settings import StreamSettings
-from contracts.urls import parse_url
+from contracts.urls import open_backend
 from stream.base import (
     DLQ_SUFFIX,
     Record,
@@ -23,7 +21,7 @@ from stream.base import (
 )
 from stream.validate import Checked, check_records
 
-# scheme -> "module:class"; imported only when used, so file:// never needs kafka-python loaded.
+# scheme -> "module:Class" (see contracts.urls); imported only when used, so file:// never loads kafka-python.
 BACKENDS: dict[str, str] = {
     "kafka": "stream.kafka_stream:KafkaStream",
     "file": "stream.file_stream:FileStream",
@@ -32,11 +30,7 @@ BACKENDS: dict[str, str] = {
 
 def open_stream(url: str, settings: StreamSettings | None = None) -> Stream:
     """The stream behind ``url`` (``kafka://HOST:PORT/TOPIC`` or ``file://DIR``)."""
-    parsed = parse_url(url, tuple(BACKENDS), "stream")
-    module_name, cls_name = BACKENDS[parsed.scheme].split(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    stream: Stream = cls(url, settings or StreamSettings(url=url))
-    return stream
+    return open_backend(url, BACKENDS, "stream", settings or StreamSettings(url=url), Stream)
 
 
 __all__ = [

@@ -30,7 +30,7 @@ from pathlib import Path
 from contracts.errors import BackendUnavailable, ConfigError, Conflict
 from contracts.events import ClickEvent
 from contracts.settings import StreamSettings
-from contracts.urls import parse_url
+from contracts.urls import BackendUrl, parse_url
 from stream.base import (
     DLQ_SUFFIX,
     Record,
@@ -315,6 +315,10 @@ class FileStream(Stream):
             FileLog(root, self.topic, settings.partitions, create=False).close()
         self._dlq: FileProducer | None = None
         self._dlq_stream: FileStream | None = None
+
+    @classmethod
+    def from_url(cls, parsed: BackendUrl, settings: StreamSettings) -> FileStream:
+        return cls(parsed.raw, settings)
 
     def _open_log(self, create: bool = False) -> FileLog:
         return FileLog(self.root, self.topic, self.settings.partitions, create=create)

@@ -29,7 +29,7 @@ from kafka.structs import OffsetAndMetadata
 from contracts.errors import BackendUnavailable, ConfigError, DataError
 from contracts.events import ClickEvent
 from contracts.settings import StreamSettings
-from contracts.urls import parse_url
+from contracts.urls import BackendUrl, parse_url
 from stream.base import (
     DLQ_SUFFIX,
     Record,
@@ -323,6 +323,10 @@ class KafkaStream(Stream):
         self._dlq: KafkaStreamProducer | None = None
         if settings.create_topics:
             self.ensure_topics()
+
+    @classmethod
+    def from_url(cls, parsed: BackendUrl, settings: StreamSettings) -> KafkaStream:
+        return cls(parsed.raw, settings)
 
     def ensure_topics(self) -> None:
         """Create the topic and its dead-letter topic when missing (idempotent)."""

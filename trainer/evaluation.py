@@ -1,33 +1,43 @@
-"""The paper's evaluation: exact per-domain AUC, average AUC over domains, average RANK of methods."""
+"""The paper's evaluation: exact per-domain AUC, average AUC over domains, average RANK of methods.
+
+Torch is imported only by ``domain_auc``, so the torch-free quickstart report and the streaming trainer's
+prequential figures use the same ``auc``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score
 
-from trainer.data.base import Split
+if TYPE_CHECKING:
+    import torch
 
-# A scorer maps (user, item, domain) index tensors to click probabilities or logits.
-Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    from trainer.data.base import Split
+
+    # A scorer maps (user, item, domain) index tensors to click probabilities or logits.
+    Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Exact ROC AUC (ties counted half); NaN when a split has one class only."""
-    if labels.min() == labels.max():
+    """Exact ROC AUC (ties counted half); NaN when there are no labels or only one class."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    if len(labels) == 0 or labels.min() == labels.max():
         return float("nan")
     return float(roc_auc_score(labels, scores))
 
 
-@torch.no_grad()
 def domain_auc(scorer: Scorer, splits: Mapping[int, Split], batch_size: int = 8192) -> dict[int, float]:
     """AUC of each domain on its own split."""
+    import torch
+
     out: dict[int, float] = {}
-    for d, split in splits.items():
-        scores = [scorer(u, i, dom).float().cpu() for u, i, dom, _ in split.batches(d, batch_size, shuffle=False)]
-        out[d] = auc(split.label, torch.cat(scores).numpy()) if scores else float("nan")
+    with torch.no_grad():
+        for d, split in splits.items():
+            scores = [scorer(u, i, dom).float().cpu() for u, i, dom, _ in split.batches(d, batch_size, shuffle=False)]
+            out[d] = auc(split.label, torch.cat(scores).numpy()) if scores else float("nan")
     return out
 
 

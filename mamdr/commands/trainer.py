@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import signal
+import sys
 from typing import Any
 
 log = logging.getLogger("mamdr.trainer")
@@ -61,16 +62,18 @@ def settings_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def
 def cmd_run(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
+    from contracts.artifacts import open_artifacts
     from domain_registry import open_registry
     from feature_store import open_store
     from stream import open_stream
-    from trainer.service.loop import ContinualTrainer, check_artifacts_url
+    from trainer.service.loop import ContinualTrainer
     from trainer.service.metrics import TrainerMetrics
 
     settings = settings_from_args(args)
     from trainer.distributed.launch import prepare
 
-    session = prepare(args, settings)  # None: one process; exit_code set: this was a worker rank
+    rank_argv = [sys.executable, "-m", "mamdr.cli", *sys.argv[1:]]  # how --world-size N starts ranks 1..N-1
+    session = prepare(args, settings, rank_argv)  # None: one process; exit_code set: this was a worker rank
     if session is not None and session.exit_code is not None:
         return session.exit_code
     metrics = TrainerMetrics()
@@ -83,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings, stream=open_stream(settings.stream.url, settings.stream),
         store=open_store(settings.feature_store.url, settings.feature_store),
         registry=open_registry(settings.registry.url, settings.registry),
-        artifacts=check_artifacts_url(settings.artifacts_url), model=args.model, model_config=model_config,
+        artifacts=open_artifacts(settings.artifacts_url).root, model=args.model, model_config=model_config,
         metrics=metrics,
     )
 

@@ -13,13 +13,13 @@ def test_amazon_categories_become_five_domains(shared_data: Path) -> None:
     folder = shared_data / "amazon18_5core_small"
     ds = load_dataset("amazon", data_dir=folder, seed=0)
     assert ds.domains == ["amazon_fashion", "all_beauty", "appliances", "gift_cards", "magazine_subscriptions"]
-    assert ds.n_users == 2244 and ds.n_items == 469  # SOURCE.md
+    assert ds.n_users == 2244 and ds.n_items == 469  # the sample's source notes (beside its files, not in the repo)
     assert ds.user_ids[0].startswith("A") and len(ds.item_ids[0]) == 10  # reviewerID, asin
     positives = {name: 0 for name in ds.domains}
     for d, name in enumerate(ds.domains):
         positives[name] = int(sum(s[d].label.sum() for s in (ds.train, ds.val, ds.test)))
         assert 0.2 <= ds.ctr_ratio[d] <= 0.5
-    # duplicates removed: unique (user, item) pairs per category, from SOURCE.md
+    # duplicates removed: unique (user, item) pairs per category, from the sample's source notes
     assert positives == {"all_beauty": 4092, "amazon_fashion": 3042, "gift_cards": 2965,
                          "magazine_subscriptions": 2302, "appliances": 183}
 

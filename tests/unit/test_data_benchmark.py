@@ -60,7 +60,8 @@ def test_items_are_disjoint_across_domains_and_domains_match_rarest_genre(ml: Mu
         for i in np.unique(_all_rows(ml, d)[1]).tolist():
             assert owner.setdefault(i, d) == d
     crime = ml.domains.index("crime")
-    # 12,100 ratings go to Crime under the rarest-genre rule (SOURCE.md); all are positives here
+    # 12,100 ratings go to Crime under the rarest-genre rule (trainer/datasets/ml_latest_small/SOURCE.md);
+    # all are positives here
     assert int(_all_rows(ml, crime)[2].sum()) == 12_100
 
 
@@ -125,7 +126,8 @@ def test_rating_variant_has_real_negatives() -> None:
     assert ds.domains == ["crime", "film-noir"]
     rows = sum(len(s) for s in (*ds.train.values(), *ds.val.values(), *ds.test.values()))
     assert rows == 12_100 + 870
-    assert ds.ctr_ratio[0] == pytest.approx(0.535, abs=0.001)  # SOURCE.md: 53.5% of Crime ratings are >= 4
+    # trainer/datasets/ml_latest_small/SOURCE.md: 53.5% of Crime ratings are >= 4
+    assert ds.ctr_ratio[0] == pytest.approx(0.535, abs=0.001)
     assert ds.ctr_ratio[1] == pytest.approx(0.676, abs=0.001)
 
 

@@ -26,7 +26,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.unit import deploy_render as kr
+from tests.support import deploy_render as kr
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"

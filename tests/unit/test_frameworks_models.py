@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.unit.frameworks_toy import toy_dataset, toy_model
+from tests.support.frameworks_toy import toy_dataset, toy_model
 from trainer.evaluation import domain_auc
 from trainer.frameworks import FRAMEWORKS, FrameworkConfig, build_framework, fit
 from trainer.models import MODELS

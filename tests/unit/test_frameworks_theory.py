@@ -6,7 +6,7 @@ import torch
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from tests.unit.frameworks_toy import toy_dataset, toy_model
+from tests.support.frameworks_toy import toy_dataset, toy_model
 from trainer.frameworks import Alternate, DomainNegotiation, DomainRegularization, FrameworkConfig
 
 

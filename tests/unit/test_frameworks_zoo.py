@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.unit.frameworks_toy import toy_dataset, toy_model
+from tests.support.frameworks_toy import toy_dataset, toy_model
 from trainer.frameworks import MAML, FrameworkConfig, Reptile, WeightedLoss
 from trainer.frameworks.multitask import pcgrad_project, pcgrad_sum
 

@@ -4,6 +4,6 @@ DR partitioned by domain, and the paper's static/dynamic embedding caches over t
 Modules: ``comm`` (env, group, collectives, control words), ``plan`` (what rank 0 sends per round),
 ``cache`` (static cache + byte counters), ``round`` (one rank's round; ``simulate`` = the
 single-process reference), ``service`` (rank 0's Coordinator, the worker loop), ``launch`` (the CLI
-roles), ``harness`` (run a saved plan on N local ranks: tests and bench), ``scale`` (the paper-scale
-arithmetic of docs/distributed.md).
+roles). Running a saved plan on N local ranks lives with the tests (``tests/support/distributed_harness.py``)
+and the paper-scale arithmetic of docs/distributed.md with the benchmarks (``bench/distributed_scale.py``).
 """

@@ -16,12 +16,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from contracts.errors import BackendUnavailable, MamdrError
+from contracts.errors import BackendUnavailable, ConfigError, MamdrError
 
 log = logging.getLogger("mamdr.trainer.distributed")
 
@@ -79,19 +78,24 @@ class Session:
             comm.close_group()
 
 
-def prepare(args: Any, settings: Any) -> Session | None:
-    """None for a single process; a finished Session (exit_code set) on ranks > 0; else rank 0's."""
+def prepare(args: Any, settings: Any, rank_argv: Sequence[str] = ()) -> Session | None:
+    """None for a single process; a finished Session (exit_code set) on ranks > 0; else rank 0's.
+
+    With ``--world-size N`` and no launcher, ranks 1..N-1 are started here as ``rank_argv`` (the command
+    line that started this process; the caller, the CLI, knows what that is).
+    """
     from trainer.distributed import comm
 
     world = args.world_size
     children: list[subprocess.Popen[bytes]] = []
     if (world or 1) > 1 and "RANK" not in os.environ and comm.env_world_size() is None:
+        if not rank_argv:
+            raise ConfigError("--world-size > 1 without a launcher needs the command line to start the other ranks")
         port = free_port()
         base = {**os.environ, "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
         for rank in range(1, world):
             env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}
-            children.append(subprocess.Popen([sys.executable, "-m", "mamdr.cli", *sys.argv[1:]], env=env,
-                                             preexec_fn=_die_with_parent))
+            children.append(subprocess.Popen(list(rank_argv), env=env, preexec_fn=_die_with_parent))
         os.environ.update({**base, "RANK": "0", "LOCAL_RANK": "0"})
     env = comm.detect(world)
     if env is None:

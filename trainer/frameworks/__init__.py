@@ -6,7 +6,7 @@ time (``DomainNegotiation.negotiate``, ``DomainRegularization.regularize``) from
 
 from __future__ import annotations
 
-from contracts.errors import ConfigError
+from trainer.catalog import Catalog
 from trainer.data.base import MultiDomainDataset
 from trainer.frameworks.alternate import Alternate, Joint
 from trainer.frameworks.base import Batch, Framework
@@ -19,15 +19,8 @@ from trainer.frameworks.multitask import PCGrad, WeightedLoss
 from trainer.frameworks.separate import Separate
 from trainer.models.base import CTRModel
 
-FRAMEWORKS: dict[str, type[Framework]] = {}
-
-
-def register(cls: type[Framework]) -> type[Framework]:
-    if cls.name in FRAMEWORKS:
-        raise ValueError(f"framework {cls.name!r} registered twice")
-    FRAMEWORKS[cls.name] = cls
-    return cls
-
+FRAMEWORKS: Catalog[Framework] = Catalog("framework")
+register = FRAMEWORKS.register
 
 for _cls in (Alternate, Joint, Separate, DomainNegotiation, DomainRegularization, MAMDR, WeightedLoss, PCGrad,
              Reptile, MAML, MLDG):
@@ -36,9 +29,7 @@ for _cls in (Alternate, Joint, Separate, DomainNegotiation, DomainRegularization
 
 def build_framework(name: str, model: CTRModel, dataset: MultiDomainDataset,
                     config: FrameworkConfig) -> Framework:
-    if name not in FRAMEWORKS:
-        raise ConfigError(f"unknown framework {name!r}; choose from {', '.join(sorted(FRAMEWORKS))}")
-    return FRAMEWORKS[name](model, dataset, config)
+    return FRAMEWORKS.get_class(name)(model, dataset, config)
 
 
 __all__ = [

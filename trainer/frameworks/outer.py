@@ -1,5 +1,6 @@
 """The outer step of DN (and of any two-loop framework), done with ``torch._foreach_*`` into
-preallocated buffers: the per-parameter Python loop costs ~4× more on large models (PERF-NOTES).
+preallocated buffers: the per-parameter Python loop costs ~4× more on large models (~20 vs 75-87 ms over
+67 MB, docs/performance.md, "Training: the outer step").
 
 ``begin()`` remembers Θ; the inner loop moves the live parameters to Θ̃; ``finish(beta)`` sets
 Θ ← Θ + β(Θ̃ − Θ) (``interp``) or feeds (Θ − Θ̃) as the gradient to an outer optimizer.

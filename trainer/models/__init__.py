@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from trainer.catalog import Catalog
 from trainer.models.autoint import AutoInt
 from trainer.models.base import CTRModel, ModelConfig
 from trainer.models.deepfm import DeepFM
@@ -13,26 +14,15 @@ from trainer.models.shared_bottom import SharedBottom
 from trainer.models.star import STAR
 from trainer.models.wdl import WideDeep
 
-MODELS: dict[str, type[CTRModel]] = {}
-
-
-def register(cls: type[CTRModel]) -> type[CTRModel]:
-    if cls.name in MODELS:
-        raise ValueError(f"model {cls.name!r} registered twice")
-    MODELS[cls.name] = cls
-    return cls
-
+MODELS: Catalog[CTRModel] = Catalog("model")
+register = MODELS.register
 
 for _cls in (MLP, WideDeep, DeepFM, SharedBottom, MMoE, STAR, PLE, NeurFM, AutoInt):
     register(_cls)
 
 
 def build_model(name: str, config: ModelConfig) -> CTRModel:
-    from contracts.errors import ConfigError
-
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
-    return MODELS[name](config)
+    return MODELS.get_class(name)(config)
 
 
 __all__ = ["MODELS", "CTRModel", "ModelConfig", "build_model", "register"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,11 @@ FINETUNE_SUFFIX = "+finetune"
 STAGED_FIRST = {"dr": "alternate", "mamdr": "dn"}
 
 
-@dataclass(frozen=True)
-class ExperimentConfig:
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """What an experiment and a grid share: the data, the methods and seeds, where results go, how to train."""
+
     dataset: str
-    model: str
     methods: tuple[str, ...]
     seeds: tuple[int, ...]
     out: Path
@@ -44,6 +45,17 @@ class ExperimentConfig:
     emb_dim: int = 128
     dataset_options: dict[str, Any] = field(default_factory=dict)  # passed to load_dataset
 
+    def spec(self) -> dict[str, Any]:
+        """The shared fields only, as keywords (e.g. to derive an ExperimentConfig from a GridConfig)."""
+        return {f.name: getattr(self, f.name) for f in fields(RunSpec)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentConfig(RunSpec):
+    """One model: every method for every seed."""
+
+    model: str
+
 
 def parse_methods(spec: str) -> tuple[str, ...]:
     methods = tuple(m.strip().lower() for m in spec.split(",") if m.strip())
@@ -51,9 +63,7 @@ def parse_methods(spec: str) -> tuple[str, ...]:
         raise ConfigError("--frameworks is empty; name at least one, e.g. alternate,dn,dr,mamdr")
     for m in methods:
         base = m.removesuffix(FINETUNE_SUFFIX)
-        if base not in FRAMEWORKS:
-            raise ConfigError(f"unknown framework {m!r}; choose from {', '.join(sorted(FRAMEWORKS))} "
-                              f"(append {FINETUNE_SUFFIX} for the final per-domain finetune)")
+        FRAMEWORKS.check(base, hint=f" (append {FINETUNE_SUFFIX} for the final per-domain finetune)")
         if m.endswith(FINETUNE_SUFFIX) and base == "separate":
             raise ConfigError("separate has no shared model to finetune from; drop separate+finetune")
     return methods
@@ -92,8 +102,7 @@ def build(ds: MultiDomainDataset, cfg: ExperimentConfig, seed: int):  # type: ig
 def run_experiment(cfg: ExperimentConfig,
                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train every method for every seed; write results.json and the plot; return the results."""
-    if cfg.model not in MODELS:
-        raise ConfigError(f"unknown model {cfg.model!r}; choose one of {', '.join(sorted(MODELS))}")
+    MODELS.check(cfg.model)
     torch.use_deterministic_algorithms(True, warn_only=True)
     bases = list(dict.fromkeys(m.removesuffix(FINETUNE_SUFFIX) for m in cfg.methods))
     per_seed: list[dict[str, dict[str, Any]]] = []

@@ -15,7 +15,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from contracts.errors import ConfigError
 from trainer.evaluation import average_rank, mean_auc
-from trainer.frameworks import FrameworkConfig, build_framework, fit
+from trainer.frameworks import build_framework, fit
 from trainer.frameworks.fit import FitState
 from trainer.models import MODELS
-from trainer.research.experiment import FINETUNE_SUFFIX, ExperimentConfig, build, load, parse_methods
+from trainer.research.experiment import FINETUNE_SUFFIX, ExperimentConfig, RunSpec, build, load, parse_methods
 
 log = logging.getLogger(__name__)
 PLAIN = "alternate"  # how Table V trains each base model on its own
@@ -37,18 +37,11 @@ CELL_VERSION = 1
 EMPTY_HINT = {"table_v": f"{PLAIN} (and mamdr, with mlp in --models)", "table_vi": ", ".join(ABLATION)}
 
 
-@dataclass(frozen=True)
-class GridConfig:
-    dataset: str
+@dataclass(frozen=True, kw_only=True)
+class GridConfig(RunSpec):
+    """Every model × every method × every seed; one cell file each."""
+
     models: tuple[str, ...]
-    methods: tuple[str, ...]
-    seeds: tuple[int, ...]
-    out: Path
-    framework: FrameworkConfig = field(default_factory=FrameworkConfig)
-    data_dir: Path | None = None
-    model_extra: dict[str, Any] = field(default_factory=dict)
-    emb_dim: int = 128
-    dataset_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def bases(self) -> list[str]:
@@ -67,8 +60,7 @@ def parse_models(spec: str) -> tuple[str, ...]:
     if not models:
         raise ConfigError("--models is empty; name at least one, e.g. mlp,deepfm,star")
     for m in models:
-        if m not in MODELS:
-            raise ConfigError(f"unknown model {m!r}; choose from {', '.join(sorted(MODELS))}")
+        MODELS.check(m)
     return models
 
 
@@ -118,9 +110,7 @@ def _job_order(base: str) -> int:
 
 def _run_cell(cfg: GridConfig, ds: Any, model: str, base: str, seed: int, finetune: bool,
               stage_one: FitState | None = None) -> tuple[dict[str, Any], FitState | None]:
-    ecfg = ExperimentConfig(dataset=cfg.dataset, model=model, methods=(base,), seeds=(seed,), out=cfg.out,
-                            framework=cfg.framework, data_dir=cfg.data_dir, model_extra=cfg.model_extra,
-                            emb_dim=cfg.emb_dim, dataset_options=cfg.dataset_options)
+    ecfg = ExperimentConfig(**{**cfg.spec(), "methods": (base,), "seeds": (seed,)}, model=model)
     fcfg = cfg.framework.with_(seed=seed, finetune=finetune)
     result = fit(build_framework(base, build(ds, ecfg, seed), ds, fcfg), resume_shared=stage_one)
     n = len(ds.domains)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from contracts.errors import ConfigError, Conflict, NotFound
+from contracts.errors import Conflict, NotFound
 from contracts.events import ClickEvent
 from contracts.settings import Settings
 from domain_registry.base import Registry
@@ -347,9 +347,3 @@ def _finite(obj: object) -> object:
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     return obj
-
-
-def check_artifacts_url(url: str) -> Path:
-    if not url.startswith("file://"):
-        raise ConfigError(f"artifacts URL {url!r}: only file:// is supported (e.g. file:///var/lib/mamdr/artifacts)")
-    return Path(url[len("file://"):]).expanduser()

@@ -10,15 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+
+from trainer.evaluation import auc
 
 BINS = 2048
-
-
-def exact_auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    if len(labels) == 0 or labels.min() == labels.max():
-        return float("nan")
-    return float(roc_auc_score(labels, probs))
 
 
 def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -55,7 +50,7 @@ class Prequential:
         loss = log_loss(labels, probs)
         stats.loss_sum += loss * len(labels)
         stats.n += len(labels)
-        return {"auc": exact_auc(labels, probs), "logloss": loss, "n": float(len(labels))}
+        return {"auc": auc(labels, probs), "logloss": loss, "n": float(len(labels))}
 
     def cumulative(self) -> dict[str, dict[str, float]]:
         return {
