@@ -8,7 +8,7 @@ feature store or a model is unavailable; paused domains keep being served (pausi
 
 The scoring route is ``async`` and calls the (sync, sub-millisecond) feature store and onnxruntime
 inline: a thread hop per request would cost more than the work. One process = one core; scale out
-with processes (``SO_REUSEPORT``, see ``serving.server``) or replicas.
+with replicas (one process per pod, each scraped on its own).
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def create_app(
         state = _state(request)
         if state.live is not None:
             state.metrics.domains_cached.set(state.live.composer.held())
-            state.metrics.composer_misses.set(state.live.composer.misses)
+            state.metrics.count_composer_misses(state.live.composer, state.live.composer.misses)
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
     from domain_registry.api import build_router

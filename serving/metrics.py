@@ -6,7 +6,15 @@ registry) are used as label values; anything else a client sends is counted unde
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 UNKNOWN = "unknown"
@@ -21,6 +29,8 @@ class ServingMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # process_*, python_* series
+            r.register(collector)
         self.requests = Counter(
             "mamdr_serving_requests_total", "Scoring requests by domain and HTTP status", ["domain", "status"],
             registry=r,
@@ -58,14 +68,25 @@ class ServingMetrics:
         self.domains_cached = Gauge(
             "mamdr_serving_domains_cached", "Domains whose composed weights are held in memory", registry=r,
         )
-        self.composer_misses = Gauge(
-            "mamdr_serving_composer_misses", "Domain weight loads (LRU misses) for the live version", registry=r,
+        self.composer_misses = Counter(
+            "mamdr_serving_composer_misses", "Domain weight loads (LRU misses), over every version served",
+            registry=r,
         )
+        self._misses_seen: tuple[int, int] = (0, 0)  # (id of the composer, its misses already counted)
 
     def set_version(self, old: str | None, new: str) -> None:
         if old is not None:
             self.model_version.remove(old)
         self.model_version.labels(new).set(1)
+
+    def count_composer_misses(self, composer: object, misses: int) -> None:
+        """Turn a composer's own running count into the counter (a new version brings a new composer)."""
+        key, seen = self._misses_seen
+        if key != id(composer):
+            seen = 0
+        if misses > seen:
+            self.composer_misses.inc(misses - seen)
+        self._misses_seen = (id(composer), misses)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

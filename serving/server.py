@@ -1,7 +1,8 @@
 """Run the app under uvicorn on a listening socket the app creates itself.
 
-The socket gets ``TCP_NODELAY`` (inherited by accepted connections on Linux) and ``SO_REUSEPORT``,
-so several ``mamdr serve`` processes can share one port. Measured on the 2-core dev machine
+The socket gets ``TCP_NODELAY`` (inherited by accepted connections on Linux). No ``SO_REUSEPORT``: processes
+sharing a port would each answer ``/metrics`` and ``/readyz`` for themselves, so a scrape would see one
+random process; scale with replicas (one process per pod) instead. Measured on the 2-core dev machine
 (docs/performance.md, "Serving"): letting ``uvicorn --workers`` create the socket lost TCP_NODELAY and
 added ~44 ms per request.
 """
@@ -19,8 +20,6 @@ def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if hasattr(socket, "SO_REUSEPORT"):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
         sock.listen(backlog)

@@ -106,3 +106,33 @@ def test_cold_user_and_items_use_the_documented_fallback(served, tiny: TinyModel
     metrics = client.get("/metrics").text
     assert 'mamdr_serving_cold_users_total{domain="dom-2"} 1.0' in metrics
     assert 'mamdr_serving_cold_items_total{domain="dom-2"} 1.0' in metrics
+
+
+def test_metrics_have_process_series_and_counters_that_only_grow(served) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client, _ = served
+    for domain in ("dom-1", "dom-2", "dom-1"):
+        assert client.post(f"/v1/domains/{domain}/ctr", json={"user_id": "u1", "item_ids": ["i1"]}).status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    assert {"process_cpu_seconds", "process_resident_memory_bytes", "python_gc_objects_collected"} <= set(families)
+    assert families["mamdr_serving_composer_misses"].type == "counter"
+    first = next(s.value for s in families["mamdr_serving_composer_misses"].samples if s.name.endswith("_total"))
+    client.post("/v1/domains/dom-0/ctr", json={"user_id": "u1", "item_ids": ["i1"]})
+    again = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    second = next(s.value for s in again["mamdr_serving_composer_misses"].samples if s.name.endswith("_total"))
+    assert second >= first
+
+
+def test_two_serving_processes_cannot_share_one_port() -> None:
+    """Without SO_REUSEPORT a second process fails to bind instead of splitting /metrics and /readyz."""
+    from contracts.errors import ConfigError
+    from serving.server import listening_socket
+
+    first = listening_socket("127.0.0.1", 0)
+    try:
+        port = first.getsockname()[1]
+        with pytest.raises(ConfigError, match="pick another --port"):
+            listening_socket("127.0.0.1", port).close()
+    finally:
+        first.close()

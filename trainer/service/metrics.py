@@ -6,13 +6,24 @@ domains are counted under the ``reason`` label of the rejected counter instead.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 
 
 class TrainerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry or CollectorRegistry()
         self.registry = r
+        if registry is None:  # process_* and python_* series beside the trainer's own
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                r.register(collector)
         self.events_consumed = Counter(
             "mamdr_trainer_events_consumed_total", "Valid events buffered for training", ["domain"], registry=r)
         self.events_rejected = Counter(
