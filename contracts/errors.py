@@ -1,4 +1,9 @@
-"""One base error that knows its HTTP status; one FastAPI handler maps it (see serving)."""
+"""One base error that knows its HTTP status and its CLI exit code; one FastAPI handler maps the first
+(:mod:`contracts.http`), ``mamdr.cli`` the second.
+
+Exit codes: 2 usage or configuration (fix the command), 3 not found / invalid data / conflict (fix the
+input), 4 a backend is unavailable (retry later), 5 not allowed, 1 anything else the platform raised.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ class MamdrError(Exception):
     """Base of every error the platform raises on purpose. Messages name the fix."""
 
     http_status: int = 500
+    exit_code: int = 1
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -17,40 +23,48 @@ class ConfigError(MamdrError):
     """Bad configuration, URL, path or CLI argument."""
 
     http_status = 400
+    exit_code = 2
 
 
 class DataError(MamdrError):
     """Malformed or missing input data (dataset files, rows, events)."""
 
     http_status = 422
+    exit_code = 3
 
 
 class NotFound(MamdrError):
     http_status = 404
+    exit_code = 3
 
 
 class Conflict(MamdrError):
     http_status = 409
+    exit_code = 3
 
 
 class Gone(MamdrError):
     """The resource existed but was retired."""
 
     http_status = 410
+    exit_code = 3
 
 
 class Unauthorized(MamdrError):
     http_status = 401
+    exit_code = 5
 
 
 class Forbidden(MamdrError):
     http_status = 403
+    exit_code = 5
 
 
 class BackendUnavailable(MamdrError):
     """A backend (Redis, Kafka, the registry) cannot be reached; clients should retry."""
 
     http_status = 503
+    exit_code = 4
 
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message)
@@ -61,3 +75,4 @@ class IntegrityError(MamdrError):
     """An artifact failed its checksum or shape verification."""
 
     http_status = 409
+    exit_code = 3

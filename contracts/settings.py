@@ -16,8 +16,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contracts.errors import ConfigError
 
 DEFAULT_HOME = Path.home() / ".mamdr"
 
@@ -34,24 +36,28 @@ class FeatureStoreSettings(_Section):
     username: str | None = None
     tls: bool = False
     tls_ca_file: str | None = None
-    socket_timeout_s: float = 0.5
-    connect_timeout_s: float = 0.5
-    max_connections: int = 64
-    retries: int = 2
-    retry_backoff_s: float = 0.02
-    keep_versions: int = 3
-    dtype: str = Field("float32", description="float32 or float16 on the wire")
+    socket_timeout_s: float = Field(0.5, gt=0, le=60)
+    connect_timeout_s: float = Field(0.5, gt=0, le=60)
+    max_connections: int = Field(64, ge=1, le=10_000)
+    retries: int = Field(2, ge=0, le=20)
+    retry_backoff_s: float = Field(0.02, ge=0, le=10)
+    keep_versions: int = Field(3, ge=1, le=1000)
+    dtype: Literal["float32", "float16"] = Field("float32", description="float32 or float16 on the wire")
     pointer_ttl_s: float = Field(
-        0.5, description="how long a reader may reuse the current-version pointer (0: read it every lookup)"
+        0.5, ge=0, le=60,
+        description="how long a reader may reuse the current-version pointer (0: read it every lookup)",
     )
-    write_chunk: int = Field(1000, description="keys per MSET in bulk writes")
-    health_check_interval_s: int = Field(30, description="redis-py pings idle pooled connections after this")
+    write_chunk: int = Field(1000, ge=1, le=100_000, description="keys per MSET in bulk writes")
+    health_check_interval_s: int = Field(
+        30, ge=0, le=3600, description="redis-py pings idle pooled connections after this")
 
 
 class RegistrySettings(_Section):
     url: str = Field(f"sqlite://{DEFAULT_HOME}/registry.db", description="sqlite://PATH or redis://HOST:PORT/DB")
     admin_token: SecretStr = SecretStr("change-me")
-    poll_interval_s: float = 1.0
+    poll_interval_s: float = Field(
+        1.0, gt=0, le=3600, description="how often the trainer re-reads the registry's domains (an unknown domain "
+        "in an event forces a re-read at once)")
 
 
 class ServingSettings(_Section):
@@ -101,18 +107,18 @@ class StreamSettings(_Section):
 
 
 class TrainerSettings(_Section):
-    round_seconds: float = 30.0
-    round_events: int = 20_000
-    inner_batches: int = 8
-    batch_size: int = 1024
-    buffer_per_domain: int = 50_000
-    reservoir_size: int = 20_000
-    dr_k: int = 3
-    beta: float = 0.1
-    gamma: float = 0.1
-    lr: float = 1e-3
+    round_seconds: float = Field(30.0, gt=0, le=86_400)
+    round_events: int = Field(20_000, ge=1, le=10_000_000)
+    inner_batches: int = Field(8, ge=1, le=10_000)
+    batch_size: int = Field(1024, ge=1, le=1_000_000)
+    buffer_per_domain: int = Field(50_000, ge=1, le=100_000_000)
+    reservoir_size: int = Field(20_000, ge=0, le=100_000_000)
+    dr_k: int = Field(3, ge=0, le=1000)
+    beta: float = Field(0.1, gt=0, le=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+    lr: float = Field(1e-3, gt=0, le=10)
     auto_onboard: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class Settings(BaseSettings):
@@ -125,12 +131,35 @@ class Settings(BaseSettings):
     home: Path = DEFAULT_HOME
     artifacts_url: str = f"file://{DEFAULT_HOME}/artifacts"
     data_dir: Path | None = Field(None, description="where external data sets live (e.g. ../shared/data)")
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="DEBUG, INFO, WARNING or ERROR (the CLI's --log-level wins)")
     feature_store: FeatureStoreSettings = FeatureStoreSettings()
     registry: RegistrySettings = RegistrySettings()
     serving: ServingSettings = ServingSettings()
     stream: StreamSettings = StreamSettings()
     trainer: TrainerSettings = TrainerSettings()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _follow_home(self) -> Settings:
+        """``MAMDR_HOME`` moves every location still at its default (the defaults are written under
+        ``~/.mamdr`` at import; a URL set explicitly is left alone)."""
+        if self.home == DEFAULT_HOME:
+            return self
+
+        def moved(url: str, default: str) -> str:
+            return url.replace(str(DEFAULT_HOME), str(self.home), 1) if url == default else url
+
+        object.__setattr__(self, "artifacts_url", moved(self.artifacts_url, f"file://{DEFAULT_HOME}/artifacts"))
+        for name, section in (("feature_store", self.feature_store), ("registry", self.registry),
+                              ("stream", self.stream)):
+            default = type(section).model_fields["url"].default
+            object.__setattr__(self, name, section.model_copy(update={"url": moved(section.url, default)}))
+        return self
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -139,19 +168,34 @@ def load_settings(**overrides: Any) -> Settings:
     Overrides use dotted keys for sections (``{"serving.port": 9000}``); ``None`` values are
     skipped so unset CLI flags never mask an environment variable.
     """
-    base = Settings()
-    data = base.model_dump()
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        if leaf not in node:
-            raise KeyError(f"unknown setting {key!r}")
-        node[leaf] = value
-    return Settings.model_validate(data) if overrides else base
+    try:
+        base = Settings()
+        if not any(v is not None for v in overrides.values()):
+            return base
+        data = base.model_dump()
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            node = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node[part]
+            if leaf not in node:
+                raise KeyError(f"unknown setting {key!r}")
+            node[leaf] = value
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    """``setting: reason`` for each bad value, the environment variable that sets it named too."""
+    parts = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"])
+        env = "MAMDR_" + "__".join(str(p) for p in err["loc"]).upper()
+        parts.append(f"{path} ({env}): {err['msg']}")
+    return "invalid settings: " + "; ".join(parts)
 
 
 @lru_cache(maxsize=1)

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from contracts.errors import MamdrError
 from mamdr import __version__
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
 # Order is the order of the help listing.
 COMMAND_MODULES = (
     "mamdr.commands.experiment",
@@ -34,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Multi-domain CTR platform: MAMDR training, per-domain serving, feature store, registry.",
     )
     parser.add_argument("--version", action="version", version=f"mamdr {__version__}")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    parser.add_argument("--log-level", default=None, type=str.upper, choices=LOG_LEVELS,
+                        help="default: MAMDR_LOG_LEVEL, else INFO")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -50,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    level = args.log_level or _env_log_level()
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        level=getattr(logging, level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     func = getattr(args, "func", None)
@@ -62,10 +66,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(func(args) or 0)
     except MamdrError as exc:
         print(f"mamdr: error: {exc.message}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("mamdr: interrupted", file=sys.stderr)
         return 130
+
+
+def _env_log_level() -> str:
+    """``MAMDR_LOG_LEVEL`` (validated like every setting), INFO when unset."""
+    import os
+
+    value = os.environ.get("MAMDR_LOG_LEVEL", "INFO").upper()
+    if value not in LOG_LEVELS:
+        print(f"mamdr: error: MAMDR_LOG_LEVEL={value!r}: use one of {', '.join(LOG_LEVELS)}", file=sys.stderr)
+        raise SystemExit(2)
+    return value
 
 
 if __name__ == "__main__":  # pragma: no cover

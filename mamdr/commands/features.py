@@ -11,11 +11,15 @@ import time
 from pathlib import Path
 
 
-def _store(args: argparse.Namespace):
+def _store(args: argparse.Namespace, create: bool = False):
+    """The store at --url; only ``load`` may create one (reading a missing file:// store is a typo)."""
     from contracts.settings import load_settings
     from feature_store import open_store
+    from mamdr.commands import require_existing
 
     settings = load_settings(**{"feature_store.url": args.url, "feature_store.namespace": args.namespace})
+    if not create:
+        require_existing(settings.feature_store.url, "feature store", "--url")
     return open_store(settings.feature_store.url, settings.feature_store), settings.feature_store
 
 
@@ -25,7 +29,7 @@ def _load(args: argparse.Namespace) -> int:
 
     if not args.user and not args.item:
         raise ConfigError("nothing to load: pass --user FILE and/or --item FILE")
-    store, _ = _store(args)
+    store, _ = _store(args, create=True)
     version = args.version or time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     try:
         for kind, path, ids_path in (("user", args.user, args.user_ids), ("item", args.item, args.item_ids)):

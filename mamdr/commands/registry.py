@@ -16,11 +16,16 @@ from typing import Any
 from contracts.errors import ConfigError
 
 
-def _registry(args: argparse.Namespace) -> Any:
+def _registry(args: argparse.Namespace, create: bool = False) -> Any:
+    """The registry at --registry; only ``domains add`` may create it (any other command on a missing
+    sqlite file is a typo)."""
     from contracts.settings import load_settings
     from domain_registry import open_registry
+    from mamdr.commands import require_existing
 
     settings = load_settings(**{"registry.url": args.registry}).registry
+    if not create:
+        require_existing(settings.url, "registry", "--registry")
     return open_registry(settings.url, settings)
 
 
@@ -31,6 +36,13 @@ def _actor(args: argparse.Namespace) -> str:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
         return "cli"
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _when(ts: float | None) -> str:
@@ -68,7 +80,7 @@ def _show_domain(domain: Any) -> None:
 
 # -- domains
 def cmd_domains_add(args: argparse.Namespace) -> int:
-    with _registry(args) as reg:
+    with _registry(args, create=True) as reg:
         _show_domain(reg.create_domain(args.id, display_name=args.name, settings=_parse_settings(args.set),
                                        actor=_actor(args)))
     return 0
@@ -166,7 +178,7 @@ def register(subparsers: Any) -> None:
     models = subparsers.add_parser("models", help="list, promote or roll back model versions")
     msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     ml = _common(msub.add_parser("list", help="model versions, newest first"))
-    ml.add_argument("--limit", type=int, default=20)
+    ml.add_argument("--limit", type=_positive, default=20, help="newest N versions (default 20)")
     ml.set_defaults(func=cmd_models_list)
     ms = _common(msub.add_parser("show", help="one model version and its metrics"))
     ms.add_argument("version")

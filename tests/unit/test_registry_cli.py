@@ -16,6 +16,9 @@ from mamdr.cli import main
 
 @pytest.fixture()
 def url(tmp_path: Path) -> str:
+    """An existing (empty) registry: only ``domains add`` may create one."""
+    with open_registry(f"sqlite://{tmp_path}/registry.db"):
+        pass
     return f"sqlite://{tmp_path}/registry.db"
 
 
@@ -53,23 +56,24 @@ def test_domain_commands(capsys: pytest.CaptureFixture[str], url: str) -> None:
         assert [e.action for e in reg.audit(10)][:3] == ["domain.retire", "domain.update", "domain.update"]
 
 
-@pytest.mark.parametrize(("argv", "needle"), [
-    (["domains", "add", "Bad Id"], "invalid domain id"),
-    (["domains", "show", "nope"], "does not exist"),
-    (["domains", "add", "x", "--set", "novalue"], "KEY=VALUE"),
-    (["models", "promote", "v9"], "not registered"),
-    (["models", "rollback"], "no live model"),
+@pytest.mark.parametrize(("argv", "needle", "exit_code"), [
+    (["domains", "add", "Bad Id"], "invalid domain id", 3),
+    (["domains", "show", "nope"], "does not exist", 3),
+    (["domains", "add", "x", "--set", "novalue"], "KEY=VALUE", 2),
+    (["models", "promote", "v9"], "not registered", 3),
+    (["models", "rollback"], "no live model", 3),
 ])
-def test_errors_are_one_line(capsys: pytest.CaptureFixture[str], url: str, argv: list[str], needle: str) -> None:
+def test_errors_are_one_line(capsys: pytest.CaptureFixture[str], url: str, argv: list[str], needle: str,
+                             exit_code: int) -> None:
     code, out, err = run(capsys, *argv, "--registry", url)
-    assert code == 2 and out == ""
+    assert code == exit_code and out == ""
     assert err.count("\n") == 1 and err.startswith("mamdr: error:") and needle in err
 
 
 def test_duplicate_and_bad_url(capsys: pytest.CaptureFixture[str], url: str) -> None:
     run(capsys, "domains", "add", "comedy", "--registry", url)
     code, _, err = run(capsys, "domains", "add", "comedy", "--registry", url)
-    assert code == 2 and "already exists" in err
+    assert code == 3 and "already exists" in err
     code, _, err = run(capsys, "domains", "list", "--registry", "ftp://x")
     assert code == 2 and "sqlite://" in err
 

@@ -93,6 +93,7 @@ class ContinualTrainer:
         self._round_started = time.monotonic()
         self._known: dict[str, str] = {}
         self._counter = -1
+        self._domains_read_at = float("-inf")
         self._dropped_seen = 0
         self.distributed: Any = None  # a trainer.distributed Coordinator on rank 0 of a multi-process run
 
@@ -138,7 +139,13 @@ class ContinualTrainer:
         return MultiDomainDataset(name="stream", domains=self.state.domains.ids, user_ids=[], item_ids=[],
                                   train=train, val={}, test={})
 
-    def _refresh_domains(self, force: bool = False) -> None:
+    def _refresh_domains(self, force: bool = False, now: bool = False) -> None:
+        """Re-read the registry's domains when its change counter moved (``force``: regardless), looking at
+        the counter at most every ``registry.poll_interval_s`` unless ``now`` (an event of a domain not known
+        yet asks now)."""
+        if not (force or now) and time.monotonic() - self._domains_read_at < self.settings.registry.poll_interval_s:
+            return
+        self._domains_read_at = time.monotonic()
         counter = self.registry.change_counter()
         if force or counter != self._counter:
             self._known = {d.id: d.status for d in self.registry.list_domains()}
@@ -157,9 +164,14 @@ class ContinualTrainer:
         for record, reason in checked.invalid:
             self._reject(record, reason, "invalid")
         by_domain: dict[str, list[ClickEvent]] = defaultdict(list)
+        rechecked: set[str] = set()
         self._refresh_domains()
         for record, event in checked.valid:
             status = self._known.get(event.domain)
+            if status is None and event.domain not in rechecked:  # created since the last re-read?
+                rechecked.add(event.domain)
+                self._refresh_domains(now=True)
+                status = self._known.get(event.domain)
             if status is None and self.cfg.auto_onboard:
                 status = self._onboard(event.domain)
             if status != "active":
