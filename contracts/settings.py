@@ -119,6 +119,8 @@ class TrainerSettings(_Section):
     lr: float = Field(1e-3, gt=0, le=10)
     auto_onboard: bool = False
     seed: int = Field(0, ge=0)
+    liveness_timeout_s: float = Field(
+        1800.0, gt=0, le=86_400, description="/healthz on the metrics port fails after this long without progress")
 
 
 class Settings(BaseSettings):

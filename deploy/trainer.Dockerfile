@@ -34,6 +34,6 @@ WORKDIR /tmp
 # 9100: Prometheus metrics; 29500: torch.distributed rendezvous when run under torchrun.
 EXPOSE 9100 29500
 HEALTHCHECK --interval=30s --timeout=3s --start-period=120s --retries=3 \
-  CMD ["python", "-c", "import socket; socket.create_connection(('127.0.0.1', 9100), timeout=2).close()"]
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9100/healthz', timeout=2)"]
 ENTRYPOINT ["mamdr"]
 CMD ["trainer", "run", "--metrics-host", "0.0.0.0", "--metrics-port", "9100"]

@@ -34,7 +34,8 @@ def register(subparsers: Any) -> None:
                      help="create unknown domains in the registry instead of dead-lettering their events")
     run.add_argument("--max-rounds", type=int, help="stop after this many published rounds")
     run.add_argument("--idle-exit", type=float, help="stop after this many seconds without events")
-    run.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on HOST:PORT")
+    run.add_argument("--metrics-port", type=int, default=None,
+                     help="serve /metrics (Prometheus) and /healthz (liveness) on HOST:PORT")
     run.add_argument("--metrics-host", default="127.0.0.1",
                      help="address of the metrics endpoint (0.0.0.0 inside a container)")
     run.add_argument("--seed", type=int, help="seed of sampling and batch order")
@@ -60,8 +61,6 @@ def settings_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from prometheus_client import start_http_server
-
     from contracts.artifacts import open_artifacts
     from domain_registry import open_registry
     from feature_store import open_store
@@ -77,8 +76,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if session is not None and session.exit_code is not None:
         return session.exit_code
     metrics = TrainerMetrics()
-    if args.metrics_port is not None:
-        start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.registry)
     model_config: dict[str, Any] = {"emb_dim": args.emb_dim} if args.emb_dim else {}
     if args.hidden:
         model_config["hidden"] = tuple(int(x) for x in args.hidden.split(","))
@@ -89,6 +86,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         artifacts=open_artifacts(settings.artifacts_url).root, model=args.model, model_config=model_config,
         metrics=metrics,
     )
+    if args.metrics_port is not None:  # /metrics, and /healthz that fails when the loop stops making progress
+        from trainer.service.health import serve
+
+        serve(metrics.registry, trainer.heartbeat, settings.trainer.liveness_timeout_s, args.metrics_host,
+              args.metrics_port)
 
     def stop(signum: int, _frame: object) -> None:
         log.info("signal %d: finishing the current round, then stopping", signum)

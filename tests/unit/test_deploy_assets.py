@@ -37,6 +37,7 @@ SINGLE_TRAINER_TARGETS = ["base", "overlays/dev", "overlays/prod"]
 # Oldest Kubernetes we support and the newest schema the package ships.
 K8S_VERSIONS = ("1.29", kubernetes_validate.latest_version())
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor.json",
+                ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.json",
                 ("kubeflow.org/v1", "PyTorchJob"): "pytorchjob.json"}
 
 

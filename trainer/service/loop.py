@@ -42,6 +42,7 @@ from trainer.frameworks.dr import MAMDR
 from trainer.models import ModelConfig
 from trainer.service.buffers import DomainBuffers
 from trainer.service.failpoints import failpoint
+from trainer.service.health import Heartbeat
 from trainer.service.metrics import TrainerMetrics
 from trainer.service.prequential import Prequential
 from trainer.service.state import CHECKPOINT_DIR, ModelState
@@ -95,6 +96,7 @@ class ContinualTrainer:
         self._counter = -1
         self._domains_read_at = float("-inf")
         self._dropped_seen = 0
+        self.heartbeat = Heartbeat()  # /healthz: the loop is alive while it keeps beating
         self.distributed: Any = None  # a trainer.distributed Coordinator on rank 0 of a multi-process run
 
     # -- start / resume -----------------------------------------------------------------------------
@@ -218,6 +220,7 @@ class ContinualTrainer:
 
     def run_round(self) -> RoundReport:
         assert self.state is not None and self.framework is not None and self.consumer is not None
+        self.heartbeat.beat()
         t0 = time.monotonic()
         fresh = self.buffers.take_fresh()
         trained = self._train(fresh)
@@ -325,6 +328,7 @@ class ContinualTrainer:
         last_event = time.monotonic()
         last_log = 0.0
         while not self.stop_event.is_set():
+            self.heartbeat.beat()
             # never past round_events: a busy stream gives rounds of exactly round_events events
             room = max(1, self.cfg.round_events - len(self._pending))
             records = self.consumer.poll(max_records=min(5000, room), timeout_s=0.5)
