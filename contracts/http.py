@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.errors import BackendUnavailable, MamdrError, Unauthorized
@@ -130,6 +131,16 @@ def http_exception_response(exc: StarletteHTTPException) -> JSONResponse:
     return error_body(exc.status_code, status_code_name(exc.status_code), detail, dict(exc.headers or {}))
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app accepts on this path (Starlette's 405 names only one route's)."""
+    routes = getattr(request.app, "routes", ())
+    return [m for m in _METHODS
+            if any(route.matches({**request.scope, "method": m})[0] == Match.FULL for route in routes)]
+
+
 def map_exception(request: Request | None, exc: BaseException) -> Response:
     """The one exception -> response mapping (see the module docstring)."""
     if isinstance(exc, MamdrError):
@@ -137,6 +148,8 @@ def map_exception(request: Request | None, exc: BaseException) -> Response:
     elif isinstance(exc, RequestValidationError):
         response = validation_response(exc)
     elif isinstance(exc, StarletteHTTPException):
+        if exc.status_code == 405 and request is not None and (methods := allowed_methods(request)):
+            exc = StarletteHTTPException(405, exc.detail, {**(exc.headers or {}), "Allow": ", ".join(methods)})
         response = http_exception_response(exc)
     else:
         where = f"{request.method} {request.url.path}" if request is not None else "request"

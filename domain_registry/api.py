@@ -19,15 +19,18 @@ import hmac
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query
-from pydantic import BaseModel, ConfigDict, SecretStr
+from fastapi import APIRouter, Depends, Header, Path, Query, Security
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from contracts.errors import Forbidden, NotFound, Unauthorized
+from contracts.events import DOMAIN_ID_PATTERN
 from contracts.http import MappedRoute, error_responses, install_error_handlers
 from contracts.settings import HOW_TO_SET_TOKEN, admin_token_problem
-from domain_registry.base import AuditEntry, Domain, DomainStatus, ModelVersion, Registry
+from domain_registry.base import VERSION_ID_PATTERN, AuditEntry, Domain, DomainStatus, ModelVersion, Registry
+from domain_registry.rules import MAX_DISPLAY_NAME, MAX_SETTINGS_BYTES
 from domain_registry.verify import verified_promote, verified_rollback
 
 __all__ = ["AdminDisabled", "build_router", "install_error_handlers"]
@@ -45,20 +48,39 @@ class AdminDisabled(NotFound):
     code = "admin_disabled"
 
 
+# Id rules are documented in the schema and enforced by the registry (so the 422 names the rule).
+_DOMAIN_ID_SCHEMA = {"pattern": DOMAIN_ID_PATTERN, "maxLength": 64}
+_VERSION_SCHEMA = {"pattern": VERSION_ID_PATTERN, "maxLength": 128}
+
+
+# Documents the scheme in OpenAPI (securitySchemes); ``admin`` itself checks the header.
+_BEARER = HTTPBearer(auto_error=False, description="the admin token (MAMDR_REGISTRY__ADMIN_TOKEN)")
+
+DomainPath = Annotated[str, Path(description="domain slug", json_schema_extra=_DOMAIN_ID_SCHEMA)]
+VersionPath = Annotated[str, Path(description="model version id", json_schema_extra=_VERSION_SCHEMA)]
+
+
+_NAME_SCHEMA = {"minLength": 1, "maxLength": MAX_DISPLAY_NAME, "pattern": r"\S"}
+_SETTINGS_SCHEMA = {"properties": {"dr_k": {"type": "integer", "minimum": 1}},
+                    "description": f"a JSON object of at most {MAX_SETTINGS_BYTES} bytes"}
+_PATCH_SETTINGS_SCHEMA = {"properties": {"dr_k": {"type": ["integer", "null"], "minimum": 1}},
+                          "description": "keys to set; a null value removes the key"}
+
+
 class DomainCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str  # validated by the registry so the 422 names the slug rule
-    display_name: str | None = None
-    settings: dict[str, Any] | None = None
+    id: str = Field(json_schema_extra=_DOMAIN_ID_SCHEMA)  # type: ignore[arg-type]
+    display_name: str | None = Field(None, json_schema_extra=_NAME_SCHEMA)  # type: ignore[arg-type]
+    settings: dict[str, Any] | None = Field(None, json_schema_extra=_SETTINGS_SCHEMA)  # type: ignore[arg-type]
 
 
 class DomainPatch(BaseModel):
     """Only the given fields change; ``settings`` is merged key by key (null removes a key)."""
 
     model_config = ConfigDict(extra="forbid")
-    display_name: str | None = None
+    display_name: str | None = Field(None, json_schema_extra=_NAME_SCHEMA)  # type: ignore[arg-type]
     status: DomainStatus | None = None
-    settings: dict[str, Any] | None = None
+    settings: dict[str, Any] | None = Field(None, json_schema_extra=_PATCH_SETTINGS_SCHEMA)  # type: ignore[arg-type]
 
 
 # Every admin path and its methods: the disabled router answers them all with 404 admin_disabled.
@@ -104,8 +126,9 @@ def build_router(get_registry: Callable[[], Registry], admin_token: str | Secret
         artifacts_url = get_settings().artifacts_url
     artifacts: str = artifacts_url
 
-    def admin(authorization: str | None = Header(None),
-              x_actor: str | None = Header(None)) -> str:
+    def admin(authorization: str | None = Header(None, include_in_schema=False),
+              x_actor: str | None = Header(None, description="name recorded in the audit trail as api:<name>"),
+              _bearer: Any = Security(_BEARER)) -> str:
         """The actor recorded in the audit trail, once the bearer token checks out."""
         if not authorization:
             raise Unauthorized("missing Authorization header; send 'Authorization: Bearer <admin token>'")
@@ -138,17 +161,17 @@ def build_router(get_registry: Callable[[], Registry], admin_token: str | Secret
         return {"domains": reg.list_domains(status)}
 
     @router.get("/domains/{domain_id}", responses=errors(404))
-    def get_domain(domain_id: str, reg: Registry = Depends(registry)) -> Domain:
+    def get_domain(domain_id: DomainPath, reg: Registry = Depends(registry)) -> Domain:
         return reg.get_domain(domain_id)
 
     @router.patch("/domains/{domain_id}", responses=errors(404, 409, 410))
-    def patch_domain(domain_id: str, body: DomainPatch, actor: str = Depends(admin),
+    def patch_domain(domain_id: DomainPath, body: DomainPatch, actor: str = Depends(admin),
                      reg: Registry = Depends(registry)) -> Domain:
         return reg.update_domain(domain_id, display_name=body.display_name, status=body.status,
                                  settings=body.settings, actor=actor)
 
     @router.delete("/domains/{domain_id}", responses=errors(404, 409, 410))
-    def retire_domain(domain_id: str, actor: str = Depends(admin),
+    def retire_domain(domain_id: DomainPath, actor: str = Depends(admin),
                       reg: Registry = Depends(registry)) -> Domain:
         """Retire: the record stays (status ``retired``) and the id can never be reused."""
         return reg.update_domain(domain_id, status="retired", actor=actor)
@@ -165,7 +188,7 @@ def build_router(get_registry: Callable[[], Registry], admin_token: str | Secret
         return verified_rollback(reg, artifacts, actor)
 
     @router.post("/models/{version}/promote", responses=errors(404, 409))
-    def promote(version: str, actor: str = Depends(admin), reg: Registry = Depends(registry)) -> ModelVersion:
+    def promote(version: VersionPath, actor: str = Depends(admin), reg: Registry = Depends(registry)) -> ModelVersion:
         """Make a version live, once its artifacts verify (409 with the reason if not)."""
         return verified_promote(reg, version, artifacts, actor)
 
