@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import PlainTextResponse
 
 from contracts.errors import MamdrError
 from contracts.http import COMMON_ERRORS, BodyLimitMiddleware, error_responses, install_error_handlers
@@ -135,8 +134,9 @@ def create_app(
         )
         return Response(body.model_dump_json(), status_code=200 if live else 503, media_type=_JSON)
 
-    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse,
-             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+    @app.get("/metrics", tags=["ops"], response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text format"}})
     async def metrics(request: Request) -> Response:
         state = _state(request)
         if state.live is not None:
