@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path.home() / ".mamdr"
@@ -34,18 +34,20 @@ class FeatureStoreSettings(_Section):
     username: str | None = None
     tls: bool = False
     tls_ca_file: str | None = None
-    socket_timeout_s: float = 0.5
-    connect_timeout_s: float = 0.5
-    max_connections: int = 64
-    retries: int = 2
-    retry_backoff_s: float = 0.02
-    keep_versions: int = 3
-    dtype: str = Field("float32", description="float32 or float16 on the wire")
+    socket_timeout_s: float = Field(0.5, gt=0, le=60)
+    connect_timeout_s: float = Field(0.5, gt=0, le=60)
+    max_connections: int = Field(64, ge=1, le=10_000)
+    retries: int = Field(2, ge=0, le=10)
+    retry_backoff_s: float = Field(0.02, ge=0, le=10)
+    keep_versions: int = Field(3, ge=1, le=1000)
+    dtype: Literal["float32", "float16"] = Field("float32", description="float32 or float16 on the wire")
     pointer_ttl_s: float = Field(
-        0.5, description="how long a reader may reuse the current-version pointer (0: read it every lookup)"
+        0.5, ge=0, le=60,
+        description="how long a reader may reuse the current-version pointer (0: read it every lookup)"
     )
-    write_chunk: int = Field(1000, description="keys per MSET in bulk writes")
-    health_check_interval_s: int = Field(30, description="redis-py pings idle pooled connections after this")
+    write_chunk: int = Field(1000, ge=1, le=100_000, description="keys per MSET in bulk writes")
+    health_check_interval_s: int = Field(
+        30, ge=0, le=3600, description="redis-py pings idle pooled connections after this")
 
 
 # Values shipped in examples and manifests; a token equal to one of them (or empty) disables the admin API.
@@ -68,7 +70,6 @@ class RegistrySettings(_Section):
     url: str = Field(f"sqlite://{DEFAULT_HOME}/registry.db", description="sqlite://PATH or redis://HOST:PORT/DB")
     admin_token: SecretStr | None = Field(
         None, description="bearer token of the admin API; unset or a placeholder disables the admin API")
-    poll_interval_s: float = 1.0
 
 
 class ServingSettings(_Section):
@@ -105,18 +106,18 @@ class StreamSettings(_Section):
 
 
 class TrainerSettings(_Section):
-    round_seconds: float = 30.0
-    round_events: int = 20_000
-    inner_batches: int = 8
-    batch_size: int = 1024
-    buffer_per_domain: int = 50_000
-    reservoir_size: int = 20_000
-    dr_k: int = 3
-    beta: float = 0.1
-    gamma: float = 0.1
-    lr: float = 1e-3
+    round_seconds: float = Field(30.0, gt=0, le=86_400)
+    round_events: int = Field(20_000, ge=1)
+    inner_batches: int = Field(8, ge=1, le=10_000)
+    batch_size: int = Field(1024, ge=1, le=1 << 20)
+    buffer_per_domain: int = Field(50_000, ge=1)
+    reservoir_size: int = Field(20_000, ge=0)
+    dr_k: int = Field(3, ge=0, le=10_000)
+    beta: float = Field(0.1, gt=0, le=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+    lr: float = Field(1e-3, gt=0, le=10)
     auto_onboard: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class Settings(BaseSettings):
@@ -129,12 +130,37 @@ class Settings(BaseSettings):
     home: Path = DEFAULT_HOME
     artifacts_url: str = f"file://{DEFAULT_HOME}/artifacts"
     data_dir: Path | None = Field(None, description="where external data sets live (e.g. ../shared/data)")
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     feature_store: FeatureStoreSettings = FeatureStoreSettings()
     registry: RegistrySettings = RegistrySettings()
     serving: ServingSettings = ServingSettings()
     stream: StreamSettings = StreamSettings()
     trainer: TrainerSettings = TrainerSettings()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _locations_under_home(cls, data: Any) -> Any:
+        """``home`` (MAMDR_HOME) moves every default location not set explicitly: artifacts, feature
+        store, registry, stream. Explicit URLs win."""
+        if not isinstance(data, dict) or not data.get("home"):
+            return data
+        home = Path(str(data["home"])).expanduser()
+        data = dict(data)
+        data.setdefault("artifacts_url", f"file://{home}/artifacts")
+        for section, url in (("feature_store", f"file://{home}/feature_store"),
+                             ("registry", f"sqlite://{home}/registry.db"),
+                             ("stream", f"file://{home}/stream/clicks")):
+            current = data.get(section)
+            if current is None:
+                data[section] = {"url": url}
+            elif isinstance(current, dict) and "url" not in current:
+                data[section] = {**current, "url": url}
+        return data
 
 
 def load_settings(**overrides: Any) -> Settings:

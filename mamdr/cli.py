@@ -2,7 +2,10 @@
 
 A command module exposes ``register(subparsers)`` and must stay cheap to import (no torch at
 import time: heavy imports go inside the command functions), so ``mamdr serve --help`` is fast.
-Every command is ``func(args) -> int``. Errors the platform raises on purpose print one line.
+Every command is ``func(args) -> int``. Errors the platform raises on purpose print one line and exit
+with a code scripts can branch on (:data:`EXIT_CODES`): 2 usage (bad flags, arguments, configuration),
+3 not found or invalid (unknown id, bad data, conflict, a version that fails verification, refused),
+4 a backend is unavailable (retrying may help).
 """
 
 from __future__ import annotations
@@ -10,11 +13,26 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
-from contracts.errors import MamdrError
+from pydantic import ValidationError
+
+from contracts.errors import BackendUnavailable, ConfigError, MamdrError
 from mamdr import __version__
+
+EXIT_USAGE, EXIT_INVALID, EXIT_UNAVAILABLE = 2, 3, 4
+EXIT_CODES = {"usage": EXIT_USAGE, "not found or invalid": EXIT_INVALID, "backend unavailable": EXIT_UNAVAILABLE}
+
+
+def exit_code(exc: MamdrError) -> int:
+    if isinstance(exc, BackendUnavailable):
+        return EXIT_UNAVAILABLE
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE
+    return EXIT_INVALID
+
 
 # Order is the order of the help listing.
 COMMAND_MODULES = (
@@ -34,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Multi-domain CTR platform: MAMDR training, per-domain serving, feature store, registry.",
     )
     parser.add_argument("--version", action="version", version=f"mamdr {__version__}")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    parser.add_argument("--log-level", default=None,
+                        help="DEBUG, INFO, WARNING (default: MAMDR_LOG_LEVEL, else INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -50,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    level = args.log_level or os.environ.get("MAMDR_LOG_LEVEL") or "INFO"
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        level=getattr(logging, str(level).strip().upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     func = getattr(args, "func", None)
@@ -62,7 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(func(args) or 0)
     except MamdrError as exc:
         print(f"mamdr: error: {exc.message}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
+    except ValidationError as exc:  # a MAMDR_* variable or flag outside its bounds
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        print(f"mamdr: error: invalid setting {where}: {first.get('msg')} (see the settings table in README.md)",
+              file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("mamdr: interrupted", file=sys.stderr)
         return 130

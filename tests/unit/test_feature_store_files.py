@@ -110,6 +110,6 @@ def test_cli_load_info_gc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     store = open_store(url)
     assert store.versions() == ["a1", "a3"]
     np.testing.assert_array_equal(store.lookup("1000", []).user, users["1000"])
-    assert main(["features", "publish", "--url", url, "zz"]) == 2  # one-line error, no traceback
+    assert main(["features", "publish", "--url", url, "zz"]) == 3  # not found: one-line error, no traceback
     assert "does not exist" in capsys.readouterr().err
     assert main(["features", "load", "--url", url]) == 2

@@ -15,6 +15,7 @@ from contracts.artifacts import manifest_digest, read_manifest
 from domain_registry import open_registry
 from domain_registry.base import ModelVersion
 from mamdr.cli import main
+from tests.fixtures.redis_server import free_port
 from tests.support.fake_version import publish_fake
 
 
@@ -59,25 +60,29 @@ def test_domain_commands(capsys: pytest.CaptureFixture[str], url: str) -> None:
         assert [e.action for e in reg.audit(10)][:3] == ["domain.retire", "domain.update", "domain.update"]
 
 
-@pytest.mark.parametrize(("argv", "needle"), [
-    (["domains", "add", "Bad Id"], "invalid domain id"),
-    (["domains", "show", "nope"], "does not exist"),
-    (["domains", "add", "x", "--set", "novalue"], "KEY=VALUE"),
-    (["models", "promote", "v9"], "not registered"),
-    (["models", "rollback"], "no live model"),
+@pytest.mark.parametrize(("argv", "needle", "exit_code"), [
+    (["domains", "add", "Bad Id"], "invalid domain id", 3),
+    (["domains", "show", "nope"], "does not exist", 3),
+    (["domains", "add", "x", "--set", "novalue"], "KEY=VALUE", 2),
+    (["models", "promote", "v9"], "not registered", 3),
+    (["models", "rollback"], "no live model", 3),
 ])
-def test_errors_are_one_line(capsys: pytest.CaptureFixture[str], url: str, argv: list[str], needle: str) -> None:
+def test_errors_are_one_line(capsys: pytest.CaptureFixture[str], url: str, argv: list[str], needle: str,
+                             exit_code: int) -> None:
+    """Exit codes: 2 usage, 3 not found or invalid, 4 backend unavailable."""
     code, out, err = run(capsys, *argv, "--registry", url)
-    assert code == 2 and out == ""
+    assert code == exit_code and out == ""
     assert err.count("\n") == 1 and err.startswith("mamdr: error:") and needle in err
 
 
 def test_duplicate_and_bad_url(capsys: pytest.CaptureFixture[str], url: str) -> None:
     run(capsys, "domains", "add", "comedy", "--registry", url)
     code, _, err = run(capsys, "domains", "add", "comedy", "--registry", url)
-    assert code == 2 and "already exists" in err
+    assert code == 3 and "already exists" in err
     code, _, err = run(capsys, "domains", "list", "--registry", "ftp://x")
     assert code == 2 and "sqlite://" in err
+    code, _, err = run(capsys, "domains", "list", "--registry", f"redis://127.0.0.1:{free_port()}/0")
+    assert code == 4 and "unreachable" in err
 
 
 def test_model_commands(capsys: pytest.CaptureFixture[str], url: str, tmp_path: Path) -> None:
