@@ -178,9 +178,10 @@ def test_concurrency_limit_answers_503(tmp_path: Path) -> None:
         stop(srv)
 
 
-def _send_big(port: int, size: int, chunked: bool, results: list[object]) -> None:
+def _send_big(port: int, size: int, chunked: bool, results: list[object], sent: list[int]) -> None:
     """Send a ``size``-byte body whatever the server answers early (an adversarial client), then read."""
     block = b"0" * MB
+    sent_here = 0
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
             head = "Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {size}\r\n"
@@ -188,6 +189,7 @@ def _send_big(port: int, size: int, chunked: bool, results: list[object]) -> Non
             try:
                 for _ in range(size // MB):
                     sock.sendall(b"%x\r\n%s\r\n" % (MB, block) if chunked else block)
+                    sent_here += MB
                 if chunked:
                     sock.sendall(b"0\r\n\r\n")
             except OSError:
@@ -195,6 +197,7 @@ def _send_big(port: int, size: int, chunked: bool, results: list[object]) -> Non
             results.append(read_response(sock)[0])
     except OSError as exc:
         results.append(exc)
+    sent.append(sent_here)
 
 
 def test_rss_stays_bounded_under_10_concurrent_50mb_bodies(tmp_path: Path) -> None:
@@ -204,7 +207,8 @@ def test_rss_stays_bounded_under_10_concurrent_50mb_bodies(tmp_path: Path) -> No
         idle = srv.rss()
         peak = idle
         results: list[object] = []
-        threads = [threading.Thread(target=_send_big, args=(srv.port, 50 * MB, k % 2 == 1, results))
+        sent: list[int] = []
+        threads = [threading.Thread(target=_send_big, args=(srv.port, 50 * MB, k % 2 == 1, results, sent))
                    for k in range(10)]
         started = time.monotonic()
         for t in threads:
@@ -218,7 +222,8 @@ def test_rss_stays_bounded_under_10_concurrent_50mb_bodies(tmp_path: Path) -> No
         after = srv.rss()
         print(f"\nRSS idle {idle / MB:.1f} MB, peak under 10 x 50 MB bodies {peak / MB:.1f} MB "
               f"(+{(peak - idle) / MB:.1f} MB), after {after / MB:.1f} MB; {time.monotonic() - started:.1f}s; "
-              f"answers {sorted(map(str, results))}")
+              f"answers {sorted(map(str, results))}; the clients got {sum(sent) / MB:.0f} MB into the socket "
+              "before the server answered 413 and closed")
         assert peak - idle < 50 * MB
         assert all(r == 413 for r in results if isinstance(r, int)), results
         assert sum(r == 413 for r in results if isinstance(r, int)) >= 5, results
