@@ -60,12 +60,27 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_manifest(version_dir: Path) -> Manifest:
-    path = version_dir / MANIFEST_FILE
+def manifest_digest(version_dir: Path) -> str:
+    """sha256 of a version's manifest file: what the registry records at publish, serving compares."""
     try:
-        return Manifest.model_validate_json(path.read_bytes())
+        return sha256_file(Path(version_dir) / MANIFEST_FILE)
     except FileNotFoundError:
         raise NotFound(f"no {MANIFEST_FILE} in {version_dir}; is the version published?") from None
+
+
+def read_manifest(version_dir: Path, expected_sha256: str | None = None) -> Manifest:
+    """The manifest; with ``expected_sha256`` (recorded by the registry at publish) its bytes must match
+    it, else ``IntegrityError``: a manifest edited after publication is refused."""
+    path = version_dir / MANIFEST_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"no {MANIFEST_FILE} in {version_dir}; is the version published?") from None
+    if expected_sha256 is not None and sha256_bytes(data) != expected_sha256:
+        raise IntegrityError(f"{path} does not match the sha256 the registry recorded at publish; "
+                             "the manifest was changed after publication: republish the version")
+    try:
+        return Manifest.model_validate_json(data)
     except ValidationError as exc:
         raise IntegrityError(f"{path} is not a valid manifest: {exc.errors()[0]['msg']}") from None
 
@@ -130,10 +145,18 @@ class LoadedVersion:
         return {n: np.asarray(a, dtype=np.float32) for n, a in arrays.items()}
 
 
-def load_version(version_dir: Path) -> LoadedVersion:
-    """Read the manifest, verify every checksum and every delta shape. Raises ``IntegrityError``."""
+def version_dir_of(artifact_uri: str, artifacts_url: str) -> Path:
+    """A registry artifact URI as a folder; a bare relative path is taken under ``artifacts_url``."""
+    if "://" in artifact_uri:
+        return open_artifacts(artifact_uri, "model artifact").root
+    return open_artifacts(artifacts_url).root / artifact_uri
+
+
+def load_version(version_dir: Path, manifest_sha256: str | None = None) -> LoadedVersion:
+    """Read the manifest (checked against ``manifest_sha256`` when given), verify every checksum and
+    every delta shape. Raises ``IntegrityError`` (``NotFound`` without a manifest)."""
     version_dir = Path(version_dir)
-    manifest = read_manifest(version_dir)
+    manifest = read_manifest(version_dir, manifest_sha256)
     shared_bytes = read_verified(resolve(version_dir, manifest, manifest.shared_path), manifest.shared_sha256)
     shared = parse_initializers(shared_bytes, f"shared graph of {manifest.version}")
     paths: dict[str, Path] = {}

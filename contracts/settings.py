@@ -52,9 +52,26 @@ class FeatureStoreSettings(_Section):
         30, ge=0, le=3600, description="redis-py pings idle pooled connections after this")
 
 
+# Values shipped in examples and manifests; a token equal to one of them (or empty) disables the admin API.
+PLACEHOLDER_TOKENS = frozenset({"change-me", "changeme", "change-me-placeholder-not-a-secret", "set-me"})
+HOW_TO_SET_TOKEN = ("set MAMDR_REGISTRY__ADMIN_TOKEN to a secret, e.g. "
+                    "MAMDR_REGISTRY__ADMIN_TOKEN=\"$(openssl rand -hex 32)\"")
+
+
+def admin_token_problem(token: SecretStr | str | None) -> str | None:
+    """Why ``token`` cannot guard the admin API (None: it can). There is no built-in credential."""
+    value = token.get_secret_value() if isinstance(token, SecretStr) else token
+    if value is None or not value.strip():
+        return "no admin token is configured"
+    if value.strip().lower() in PLACEHOLDER_TOKENS or "change-me" in value.lower():
+        return "the admin token is a placeholder value"
+    return None
+
+
 class RegistrySettings(_Section):
     url: str = Field(f"sqlite://{DEFAULT_HOME}/registry.db", description="sqlite://PATH or redis://HOST:PORT/DB")
-    admin_token: SecretStr = SecretStr("change-me")
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token of the admin API; unset or a placeholder disables the admin API")
     poll_interval_s: float = Field(
         1.0, gt=0, le=3600, description="how often the trainer re-reads the registry's domains (an unknown domain "
         "in an event forces a re-read at once)")
@@ -62,11 +79,21 @@ class RegistrySettings(_Section):
 
 class ServingSettings(_Section):
     host: str = "127.0.0.1"
-    port: int = 8000
-    max_items: int = 1000
-    session_cache_size: int = 256
-    intra_op_threads: int = 1
-    reload_poll_s: float = 1.0
+    port: int = Field(8000, ge=0, le=65535)
+    max_items: int = Field(1000, ge=1, le=100_000)
+    session_cache_size: int = Field(256, ge=1, le=100_000)
+    intra_op_threads: int = Field(1, ge=1, le=256)
+    reload_poll_s: float = Field(1.0, gt=0, le=3600)
+    reload_backoff_max_s: float = Field(
+        60.0, gt=0, le=3600, description="a failed load is retried after reload_poll_s, doubling up to this")
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, le=64 << 20, description="request bodies over this get 413 before parsing (every route)")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="close a connection whose request line + headers take longer (httptools)")
+    keep_alive_timeout_s: int = Field(5, ge=1, le=300, description="close idle keep-alive connections after this")
+    max_concurrency: int | None = Field(
+        1000, ge=1, le=100_000,
+        description="uvicorn limit_concurrency: past this many open connections or tasks, answer 503 (None: no limit)")
     composition: str = Field("feed", description="feed (one session, weights fed) or session (per domain)")
 
 

@@ -8,7 +8,7 @@
   share in a multi-replica deployment.
 
 How trainer and serving notice changes: every write bumps ``change_counter()`` (one integer, one cheap
-read). Serving polls it every ``RegistrySettings.poll_interval_s`` and re-reads ``live_model()`` only
+read). Serving polls it every ``ServingSettings.reload_poll_s`` and re-reads ``live_model()`` only
 when it moved; ``Registry.wait_for_change(since, timeout_s)`` is that loop. The redis backend also
 publishes the new counter value on the channel ``<prefix>changes`` (``RedisRegistry.channel``) so a
 subscriber can wake at once; polling stays the source of truth (pub/sub messages can be missed).

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from contracts.errors import BackendUnavailable
-from contracts.http import install_error_handlers
+from contracts.http import COMMON_ERRORS, BodyLimitMiddleware, error_responses, install_error_handlers
 from contracts.settings import RegistrySettings, Settings, get_settings
 from domain_registry import open_registry
 from domain_registry.api import build_router
@@ -23,6 +23,7 @@ def create_admin_app(settings: Settings | RegistrySettings | None = None) -> Fas
     """An app serving ``/v1`` registry routes and ``/healthz``; the registry opens in ``lifespan``."""
     if settings is None:
         settings = get_settings()
+    full = settings if isinstance(settings, Settings) else get_settings()
     reg_settings = settings.registry if isinstance(settings, Settings) else settings
 
     @asynccontextmanager
@@ -33,8 +34,9 @@ def create_admin_app(settings: Settings | RegistrySettings | None = None) -> Fas
         finally:
             app.state.registry.close()
 
-    app = FastAPI(title="MAMDR domain registry", lifespan=lifespan)
+    app = FastAPI(title="MAMDR domain registry", lifespan=lifespan, responses=error_responses(*COMMON_ERRORS))
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=full.serving.max_body_bytes)
 
     def get_registry() -> Registry:
         registry: Registry | None = getattr(app.state, "registry", None)
@@ -42,7 +44,7 @@ def create_admin_app(settings: Settings | RegistrySettings | None = None) -> Fas
             raise BackendUnavailable("the registry is not open yet; retry shortly")
         return registry
 
-    app.include_router(build_router(get_registry, reg_settings.admin_token.get_secret_value()))
+    app.include_router(build_router(get_registry, reg_settings.admin_token, full.artifacts_url))
 
     @app.get("/healthz")
     def healthz() -> dict[str, object]:

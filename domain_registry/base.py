@@ -21,6 +21,10 @@ DomainStatus = Literal["active", "paused", "retired"]
 ModelStatus = Literal["candidate", "live", "superseded", "rolled_back"]
 DOMAIN_STATUSES: tuple[DomainStatus, ...] = ("active", "paused", "retired")
 
+# Reserved key of ``ModelVersion.delta_checksums``: the sha256 of the version's manifest file, recorded
+# at publish (domain ids are slugs, so no domain can be called "manifest.json").
+MANIFEST_CHECKSUM_KEY = "manifest.json"
+
 # Version ids appear in URLs and folder names: no slashes, no spaces.
 VERSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _VERSION_RE = re.compile(VERSION_ID_PATTERN)
@@ -51,6 +55,16 @@ class ModelVersion(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     status: ModelStatus = "candidate"
     promoted_at: float | None = None  # when it last became live (promote or rollback)
+
+    @property
+    def manifest_sha256(self) -> str | None:
+        """The manifest digest recorded at publish (None for versions registered before it was)."""
+        return self.delta_checksums.get(MANIFEST_CHECKSUM_KEY)
+
+    @property
+    def domain_checksums(self) -> dict[str, str]:
+        """Per-domain delta checksums (the reserved manifest key left out)."""
+        return {k: v for k, v in self.delta_checksums.items() if k != MANIFEST_CHECKSUM_KEY}
 
 
 class AuditEntry(BaseModel):

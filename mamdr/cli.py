@@ -2,7 +2,10 @@
 
 A command module exposes ``register(subparsers)`` and must stay cheap to import (no torch at
 import time: heavy imports go inside the command functions), so ``mamdr serve --help`` is fast.
-Every command is ``func(args) -> int``. Errors the platform raises on purpose print one line.
+Every command is ``func(args) -> int``. Errors the platform raises on purpose print one line and exit
+with a code scripts can branch on (:data:`EXIT_CODES`): 2 usage (bad flags, arguments, configuration),
+3 not found or invalid (unknown id, bad data, conflict, a version that fails verification, refused),
+4 a backend is unavailable (retrying may help).
 """
 
 from __future__ import annotations
@@ -10,8 +13,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
+
+from pydantic import ValidationError
 
 from contracts.errors import MamdrError
 from mamdr import __version__
@@ -67,6 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MamdrError as exc:
         print(f"mamdr: error: {exc.message}", file=sys.stderr)
         return exc.exit_code
+    except ValidationError as exc:  # a MAMDR_* variable or flag outside its bounds
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        print(f"mamdr: error: invalid setting {where}: {first.get('msg')} (see the settings table in README.md)",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("mamdr: interrupted", file=sys.stderr)
         return 130
@@ -74,7 +86,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _env_log_level() -> str:
     """``MAMDR_LOG_LEVEL`` (validated like every setting), INFO when unset."""
-    import os
 
     value = os.environ.get("MAMDR_LOG_LEVEL", "INFO").upper()
     if value not in LOG_LEVELS:

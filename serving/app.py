@@ -2,9 +2,13 @@
 
 ``create_app(settings, feature_store=..., registry=...)`` wires; stores not passed in are opened from
 ``settings`` in ``lifespan`` (and closed there). The live version is loaded in ``lifespan`` and kept
-current by :class:`serving.reload.Reloader`. Every platform error goes through one handler
-(``contracts.http``): 404 unknown domain, 410 retired, 422 bad body, 503 + Retry-After when the
-feature store or a model is unavailable; paused domains keep being served (pausing stops training).
+current by :class:`serving.reload.Reloader`. Every error of every route (the admin router's and the
+framework's 404/405 included) goes through one mapper, ``contracts.http.map_exception``, with one
+body ``{"error", "detail"}`` that the OpenAPI schema declares per route: 404 unknown domain, 410
+retired, 413 body over ``serving.max_body_bytes`` (checked before parsing, every route), 422 bad
+body, 503 + Retry-After when the feature store or a model is unavailable, 500 (logged with its
+traceback) for a bug. Paused domains keep being served (pausing stops training). A response scored
+with embeddings other than the ones the model was exported with says so (``degraded: true``).
 
 The scoring route is ``async`` and calls the (sync, sub-millisecond) feature store and onnxruntime
 inline: a thread hop per request would cost more than the work. One process = one core; scale out
@@ -21,11 +25,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 
 from contracts.errors import MamdrError
-from contracts.http import error_response, install_error_handlers, validation_response
+from contracts.http import COMMON_ERRORS, BodyLimitMiddleware, error_responses, install_error_handlers
 from contracts.settings import Settings, get_settings
 from domain_registry.base import Registry
 from feature_store.base import EmbeddingStore
@@ -72,6 +74,8 @@ def create_app(
             await asyncio.to_thread(reloader.poll_once)
         except MamdrError as exc:  # not ready yet; the poller keeps trying
             log.warning("no model loaded at startup: %s", exc.message)
+        except Exception:  # a bug must not keep the process from starting; the poller retries
+            log.exception("no model loaded at startup (unexpected error)")
         task = asyncio.create_task(reloader.run(), name="mamdr-serving-reload")
         try:
             yield
@@ -83,36 +87,33 @@ def create_app(
                 backend.close()
 
     app = FastAPI(
-        title="MAMDR serving", version="1", lifespan=lifespan,
-        description="Per-domain CTR scoring with Θi = θS + θi on onnxruntime.",
+        title="MAMDR serving", version="1", lifespan=lifespan, responses=error_responses(*COMMON_ERRORS),
+        description="Per-domain CTR scoring with Θi = θS + θi on onnxruntime. Every error body is "
+        '`{"error": "<code>", "detail": "<reason>"}`.',
     )
-    install_error_handlers(app)
 
-    async def validation_handler(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
+    def count_error(request: Request, status: int) -> None:
+        """Scoring requests answered with an error count in the requests metric (by domain, status)."""
         domain = request.path_params.get("domain")
-        if domain is not None and hasattr(request.app.state, "serving"):
+        if domain is not None and request.url.path.endswith("/ctr") and hasattr(request.app.state, "serving"):
             state = _state(request)
-            state.metrics.requests.labels(state.domains.label(domain), "422").inc()
-        return validation_response(exc)
+            state.metrics.requests.labels(state.domains.label(domain), str(status)).inc()
 
-    app.add_exception_handler(RequestValidationError, validation_handler)
+    install_error_handlers(app, observer=count_error)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.serving.max_body_bytes)
 
     @app.post(CTR_PATH, response_model=CTRResponse, tags=["scoring"],
-              responses={404: {"description": "unknown domain"}, 410: {"description": "retired domain"},
-                         422: {"description": "bad body"}, 503: {"description": "backend unavailable"}})
+              responses=error_responses(404, 410, 422, 503))
     async def ctr(domain: str, body: CTRRequest, request: Request) -> Response:
         """Click probabilities of ``item_ids`` for ``user_id`` in ``domain`` (in item order)."""
         state = _state(request)
         started = time.perf_counter()
         label = state.domains.label(domain)
-        try:
-            result = score(state, domain, body)
-        except MamdrError as exc:
-            state.metrics.requests.labels(label, str(exc.http_status)).inc()
-            return error_response(exc)
+        result = score(state, domain, body)  # errors: contracts.http.map_exception (counted by count_error)
         state.metrics.latency.labels(label).observe(time.perf_counter() - started)
         state.metrics.requests.labels(label, "200").inc()
+        if result.degraded:
+            state.metrics.degraded.labels(label).inc()
         return Response(result.model_dump_json(), media_type=_JSON)
 
     @app.get("/healthz", tags=["ops"])
@@ -120,7 +121,8 @@ def create_app(
         """The process is up (it may not have a model yet: see /readyz)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", response_model=Readiness, tags=["ops"])
+    @app.get("/readyz", response_model=Readiness, tags=["ops"],
+             responses={503: {"model": Readiness, "description": "no verified model loaded yet"}})
     async def readyz(request: Request) -> Response:
         """200 only with a verified model loaded; 503 otherwise."""
         state = _state(request)
@@ -132,7 +134,9 @@ def create_app(
         )
         return Response(body.model_dump_json(), status_code=200 if live else 503, media_type=_JSON)
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text format"}})
     async def metrics(request: Request) -> Response:
         state = _state(request)
         if state.live is not None:
@@ -142,6 +146,6 @@ def create_app(
 
     from domain_registry.api import build_router
 
-    app.include_router(build_router(lambda: app.state.serving.registry,
-                                    settings.registry.admin_token.get_secret_value()))
+    app.include_router(build_router(lambda: app.state.serving.registry, settings.registry.admin_token,
+                                    settings.artifacts_url))
     return app

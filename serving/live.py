@@ -38,9 +38,10 @@ class LiveModel:
         return self.loaded.manifest.feature_store_version
 
 
-def build_live(version_dir: Path, settings: ServingSettings) -> LiveModel:
-    """Load, verify and prepare a version (slow: run it off the event loop)."""
-    loaded = load_version(version_dir)
+def build_live(version_dir: Path, settings: ServingSettings, manifest_sha256: str | None = None) -> LiveModel:
+    """Load, verify (the manifest against ``manifest_sha256`` when given) and prepare a version (slow:
+    run it off the event loop)."""
+    loaded = load_version(version_dir, manifest_sha256)
     contract = loaded.manifest.contract
     composer = build_composer(
         settings.composition, loaded, settings.session_cache_size, settings.intra_op_threads

@@ -55,6 +55,11 @@ class ServingMetrics:
             "Lookups that read the current embedding version because the manifest's was collected",
             registry=r,
         )
+        self.degraded = Counter(
+            "mamdr_serving_degraded_responses_total",
+            "Responses scored with fallback embeddings (not the version the model was exported with)",
+            ["domain"], registry=r,
+        )
         self.model_version = Gauge(
             "mamdr_serving_model_version_info", "1 for the version being served", ["version"], registry=r,
         )

@@ -2,20 +2,25 @@
 
 Every ``serving.reload_poll_s`` the poller reads one integer. When it moved, the domain table is
 re-read and, if the live version changed, the new one is loaded and verified in a worker thread
-while the old one keeps serving; then one attribute assignment swaps it. A version that fails
-(checksum, shape, missing file, unreadable ONNX) is refused: the old one stays, the failure is
-counted (``mamdr_serving_reload_failures_total``) and shown on ``/readyz``. A registry outage is
-logged and retried at the next poll.
+while the old one keeps serving; then one attribute assignment swaps it. Its manifest must be the
+one the registry recorded at publish (``ModelVersion.manifest_sha256``). A version that fails
+(manifest edited, checksum, shape, missing file, unreadable ONNX) is refused: the old one stays,
+the failure is counted (``mamdr_serving_reload_failures_total`` once per refused version,
+``mamdr_serving_reloads_total{result="failed"}`` per attempt) and shown on ``/readyz``, and the
+load is retried with exponential backoff (``reload_poll_s`` doubling up to ``reload_backoff_max_s``),
+so a transient failure (a file system hiccup, an NFS mount coming back) heals without a new promote.
+A registry outage is logged and retried at the next poll.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contracts.artifacts import open_artifacts
+from contracts.artifacts import version_dir_of
 from contracts.errors import MamdrError
 from contracts.settings import Settings
 from domain_registry.base import ModelVersion, Registry
@@ -39,13 +44,14 @@ class ServingState:
     last_reload_error: str | None = None
     store_down_until: float = 0.0  # perf_counter() before which the feature store is not tried
     fallback_warned: str | None = None  # the collected embedding version last warned about
+    failed_version: str | None = None  # the version whose load failed last
+    failed_attempts: int = 0
+    retry_at: float = 0.0  # monotonic() after which a failed load is tried again
 
 
 def artifact_dir(model: ModelVersion, artifacts_url: str) -> Path:
     """A registry artifact URI as a folder; a bare relative path is taken under ``artifacts_url``."""
-    if "://" in model.artifact_uri:
-        return open_artifacts(model.artifact_uri, "model artifact").root
-    return open_artifacts(artifacts_url).root / model.artifact_uri
+    return version_dir_of(model.artifact_uri, artifacts_url)
 
 
 class Reloader:
@@ -59,27 +65,42 @@ class Reloader:
         state = self.state
         counter = state.registry.change_counter()
         if counter == state.domains.counter:
-            return False
-        state.domains = DomainTable.from_registry(state.registry, counter)
+            if state.failed_version is None or time.monotonic() < state.retry_at:
+                return False
+        else:
+            state.domains = DomainTable.from_registry(state.registry, counter)
         target = state.registry.live_model()
         if target is None or (state.live is not None and state.live.version == target.id):
+            state.failed_version, state.failed_attempts = None, 0
             return False
         return self.load(target)
 
     def load(self, target: ModelVersion) -> bool:
         state = self.state
         try:
-            new = build_live(artifact_dir(target, state.settings.artifacts_url), state.settings.serving)
+            if target.manifest_sha256 is None:
+                log.warning("registry has no manifest digest for version %s (registered before digests were "
+                            "recorded); its manifest cannot be checked against publication", target.id)
+            new = build_live(artifact_dir(target, state.settings.artifacts_url), state.settings.serving,
+                             manifest_sha256=target.manifest_sha256)
             if new.version != target.id:
                 raise MamdrError(f"{target.artifact_uri} holds version {new.version!r}, not {target.id!r}")
         except Exception as exc:  # any failure keeps the old version serving
             reason = exc.message if isinstance(exc, MamdrError) else f"{type(exc).__name__}: {exc}"
             state.last_reload_error = f"version {target.id} refused: {reason}"
-            state.metrics.reload_failures.inc()
+            attempts = state.failed_attempts + 1 if state.failed_version == target.id else 1
+            if attempts == 1:  # versions refused; every attempt (retries too) counts in reloads{failed}
+                state.metrics.reload_failures.inc()
             state.metrics.reloads.labels("failed").inc()
-            log.error("reload refused, still serving %s: %s", state.live and state.live.version,
-                      state.last_reload_error)
+            serving = state.settings.serving
+            delay = min(serving.reload_backoff_max_s, serving.reload_poll_s * 2 ** min(attempts - 1, 30))
+            state.failed_version, state.failed_attempts = target.id, attempts
+            state.retry_at = time.monotonic() + delay
+            log.error("reload refused, still serving %s: %s (attempt %d, retrying in %.1fs)",
+                      state.live and state.live.version, state.last_reload_error, attempts, delay,
+                      exc_info=None if isinstance(exc, MamdrError) else exc)
             return False
+        state.failed_version, state.failed_attempts = None, 0
         old = state.live
         state.live = new  # the swap: requests read state.live once each
         state.last_reload_error = None

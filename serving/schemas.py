@@ -25,6 +25,8 @@ class CTRResponse(BaseModel):
     model_version: str
     cold_user: bool
     cold_items: list[str]
+    degraded: bool = Field(False, description="scored with fallback embeddings: the feature-store version the "
+                           "model was exported with is gone, the current one was used")
 
 
 class Readiness(BaseModel):

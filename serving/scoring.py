@@ -4,7 +4,7 @@ Cold start (documented fallback): an unknown user is scored with the mean user v
 items with the mean item vector of the model that was exported (``Manifest.cold_start``; zeros if a
 manifest has none); the response lists them (``cold_user``, ``cold_items``) and metrics count them.
 Embeddings are read from the feature-store version the manifest names, so model and vectors match.
-If that version was collected, the current one is used (logged, counted). When the store fails,
+If that version was collected, the current one is used (logged, counted, ``degraded: true``). When the store fails,
 later requests get 503 at once for ``STORE_BACKOFF_S`` (a minimal circuit breaker).
 """
 
@@ -22,6 +22,20 @@ from serving.reload import ServingState
 from serving.schemas import CTRRequest, CTRResponse
 
 log = logging.getLogger(__name__)
+
+
+def _ort_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+    except ImportError:  # pragma: no cover - onnxruntime is a serving dependency
+        return (OSError,)
+    names = ("Fail", "InvalidArgument", "RuntimeException", "InvalidGraph", "NoSuchFile", "EPFail",
+             "NoModel", "ModelLoaded", "NotImplemented", "InvalidProtobuf")
+    return (OSError, MemoryError, *(getattr(ort_state, n) for n in names if hasattr(ort_state, n)))
+
+
+# What a model run may raise that is a server-side fault rather than a bug in this code.
+_ORT_ERRORS = _ort_errors()
 
 # After a failed read, requests answer 503 at once for this long instead of each waiting for the
 # backend's timeouts on the event loop (which would also stall /healthz during an outage).
@@ -70,9 +84,10 @@ def score(state: ServingState, domain: str, request: CTRRequest) -> CTRResponse:
         raise
     except MamdrError:
         raise
-    except Exception as exc:  # a backend failure the store did not wrap is still a backend failure
+    except (OSError, TimeoutError) as exc:  # an I/O failure the store did not wrap is a backend failure
         state.store_down_until = time.perf_counter() + STORE_BACKOFF_S
         raise FeatureStoreUnavailable(f"feature store read failed ({type(exc).__name__}); retry") from None
+    # Anything else is a bug: contracts.http logs it with its traceback and answers 500.
     state.metrics.feature_latency.observe(time.perf_counter() - started)
     label = state.domains.label(domain)
     user = live.cold_user if found.user is None else found.user
@@ -95,9 +110,11 @@ def score(state: ServingState, domain: str, request: CTRRequest) -> CTRResponse:
         logits = live.composer.logits(domain, users, items)
     except IntegrityError as exc:
         raise ScoringUnavailable(f"model {live.version}: {exc.message}") from None
-    except Exception as exc:  # onnxruntime refusing a run is a server-side fault, reported as 503
+    except _ORT_ERRORS as exc:  # onnxruntime refusing a run: reported as 503 (a Python bug stays a 500)
+        log.error("onnxruntime refused to score with model %s: %s", live.version, exc)
         raise ScoringUnavailable(f"model {live.version} could not score ({type(exc).__name__})") from None
     return CTRResponse(
         scores=sigmoid(logits).tolist(), model_version=live.version,
         cold_user=found.user is None, cold_items=cold_items,
+        degraded=live.feature_store_version is not None and found.version != live.feature_store_version,
     )

@@ -2,6 +2,14 @@
 
 Talks to the registry backend directly (``--registry URL``, else ``MAMDR_REGISTRY__URL``, else the
 default sqlite file). Prints tables; platform errors print one line (see ``mamdr.cli``).
+
+Local-admin mode: whoever can open the backend (the sqlite file's permissions, the redis credentials)
+administers it; there is no token on this path. Writes are recorded as such in the audit trail, as
+``cli-local:<os user>`` (``cli-local:<os user>:<label>`` with ``--actor LABEL``). Only the HTTP admin
+API records ``api:...`` actors, so ``--actor`` may not start with ``api`` and cannot forge one.
+
+``models promote`` and ``models rollback`` verify the target version first, exactly as the HTTP API
+does (``domain_registry.verify``): a broken version is refused, the command exits non-zero.
 """
 
 from __future__ import annotations
@@ -9,6 +17,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -29,13 +38,40 @@ def _registry(args: argparse.Namespace, create: bool = False) -> Any:
     return open_registry(settings.url, settings)
 
 
-def _actor(args: argparse.Namespace) -> str:
-    if args.actor:
-        return str(args.actor)
+_LABEL_RE = re.compile(r"^[A-Za-z0-9@._-][A-Za-z0-9@._:-]{0,63}$")
+
+
+def _os_user() -> str:
     try:
-        return f"cli:{getpass.getuser()}"
+        return getpass.getuser()
     except (KeyError, OSError):
-        return "cli"
+        return "unknown"
+
+
+def _actor(args: argparse.Namespace) -> str:
+    """``cli-local:<os user>[:<label>]``: the audit actor of a local-admin write."""
+    base = f"cli-local:{_os_user()}"
+    label = getattr(args, "actor", None)
+    if not label:
+        return base
+    label = str(label)
+    if label.lower().startswith("api") or label.lower().startswith("cli-local"):
+        raise ConfigError(f"--actor {label!r}: 'api...' actors are recorded by the HTTP admin API only; "
+                          "give a plain label such as --actor alice")
+    if not _LABEL_RE.match(label):
+        raise ConfigError(f"--actor {label!r}: use letters, digits, '@', '.', '_', '-', ':' (at most 64)")
+    return f"{base}:{label}"
+
+
+def _artifacts_url(args: argparse.Namespace) -> str:
+    from contracts.settings import load_settings
+
+    artifacts = getattr(args, "artifacts", None)
+    if artifacts and "://" not in artifacts:
+        from pathlib import Path
+
+        artifacts = f"file://{Path(artifacts).expanduser().resolve()}"
+    return load_settings(artifacts_url=artifacts).artifacts_url
 
 
 def _positive(text: str) -> int:
@@ -112,7 +148,7 @@ def _status_command(status: str) -> Callable[[argparse.Namespace], int]:
 
 # -- models
 def _model_rows(models: Sequence[Any]) -> list[list[Any]]:
-    return [[m.id, m.status, m.parent, _when(m.created_at), _when(m.promoted_at), len(m.delta_checksums),
+    return [[m.id, m.status, m.parent, _when(m.created_at), _when(m.promoted_at), len(m.domain_checksums),
              m.artifact_uri] for m in models]
 
 
@@ -136,21 +172,34 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 
 
 def cmd_models_promote(args: argparse.Namespace) -> int:
+    from domain_registry.verify import verified_promote
+
+    actor = _actor(args)
     with _registry(args) as reg:
-        print_table(_MODEL_HEADERS, _model_rows([reg.promote(args.version, actor=_actor(args))]))
+        print_table(_MODEL_HEADERS, _model_rows([verified_promote(reg, args.version, _artifacts_url(args), actor)]))
     return 0
 
 
 def cmd_models_rollback(args: argparse.Namespace) -> int:
+    from domain_registry.verify import verified_rollback
+
+    actor = _actor(args)
     with _registry(args) as reg:
-        print_table(_MODEL_HEADERS, _model_rows([reg.rollback(actor=_actor(args))]))
+        print_table(_MODEL_HEADERS, _model_rows([verified_rollback(reg, _artifacts_url(args), actor)]))
     return 0
 
 
 def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--registry", metavar="URL", help="sqlite://PATH or redis://HOST:PORT/DB "
                    "(default: MAMDR_REGISTRY__URL or ~/.mamdr/registry.db)")
-    p.add_argument("--actor", help="name recorded in the audit trail (default cli:$USER)")
+    p.add_argument("--actor", metavar="LABEL", help="label added to the audit actor cli-local:$USER "
+                   "(local-admin mode; may not start with 'api')")
+    return p
+
+
+def _artifacts(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--artifacts", help="artifacts root (file:///path or a path) for relative artifact URIs "
+                   "(default: MAMDR_ARTIFACTS_URL)")
     return p
 
 
@@ -183,8 +232,10 @@ def register(subparsers: Any) -> None:
     ms = _common(msub.add_parser("show", help="one model version and its metrics"))
     ms.add_argument("version")
     ms.set_defaults(func=cmd_models_show)
-    mp = _common(msub.add_parser("promote", help="make a version live (the live one becomes superseded)"))
+    mp = _artifacts(_common(msub.add_parser(
+        "promote", help="verify a version and make it live (the live one becomes superseded)")))
     mp.add_argument("version")
     mp.set_defaults(func=cmd_models_promote)
-    mr = _common(msub.add_parser("rollback", help="roll the live version back to the previous live one"))
+    mr = _artifacts(_common(msub.add_parser(
+        "rollback", help="verify the previous live version and roll back to it")))
     mr.set_defaults(func=cmd_models_rollback)

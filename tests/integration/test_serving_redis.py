@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import torch
 import uvicorn
+from pydantic import SecretStr
 
 from contracts.settings import Settings, load_settings
 from domain_registry import open_registry
@@ -113,7 +114,18 @@ def test_hot_reload_through_the_redis_registry(redis_url: str, tmp_path: Path) -
         _wait(lambda: http.post("/v1/domains/dom-3/ctr", json=body).json()["model_version"] == "v2")
         registry.rollback()
         _wait(lambda: http.post("/v1/domains/dom-3/ctr", json=body).json()["model_version"] == "v1")
-        # The registry's admin API is mounted: reads are open, writes need the token.
-        assert http.get("/v1/domains").status_code == 200
+        # The registry's admin API is mounted but, with no admin token configured, disabled (no built-in
+        # credential): every admin path answers 404 admin_disabled; scoring and health stay open.
+        r = http.get("/v1/domains")
+        assert r.status_code == 404 and r.json()["error"] == "admin_disabled", r.text
+        assert http.post("/v1/domains", json={"id": "x"}).status_code == 404
+    token = "integration-token-0123456789"
+    settings = settings.model_copy(update={"registry": settings.registry.model_copy(
+        update={"admin_token": SecretStr(token)})})
+    with running(create_app(settings, feature_store=store, registry=registry), settings) as base, \
+            httpx.Client(base_url=base) as http:
+        # With a token: reads and writes need it.
+        assert http.get("/v1/domains").status_code == 401
+        assert http.get("/v1/domains", headers={"Authorization": f"Bearer {token}"}).status_code == 200
         assert http.post("/v1/domains", json={"id": "x"}).status_code == 401
     registry.close()

@@ -26,6 +26,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from contracts.settings import admin_token_problem
 from tests.support import deploy_render as kr
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,11 +66,13 @@ def cpu(quantity: str | int) -> float:
     return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
+# Secrets the operator creates (never rendered from the repo) and the keys they must hold.
+EXTERNAL_SECRETS = {"mamdr-secrets": ("MAMDR_REGISTRY__ADMIN_TOKEN",)}
+
+
 def env_of(docs: list[dict[str, Any]]) -> dict[str, str]:
-    """The environment the pods get from the ConfigMap and the Secret."""
-    env = dict(find(docs, "ConfigMap", "mamdr-config")["data"])
-    env.update(find(docs, "Secret", "mamdr-secrets")["stringData"])
-    return env
+    """The environment the pods get from the ConfigMap (the Secret is the operator's, see EXTERNAL_SECRETS)."""
+    return dict(find(docs, "ConfigMap", "mamdr-config")["data"])
 
 
 def _final_stage(name: str) -> dict[str, list[str]]:
@@ -190,7 +193,9 @@ def test_references_resolve(target: str) -> None:
             for source in c.get("envFrom", []):
                 for kind, ref in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
                     if ref in source:
-                        assert (kind, source[ref]["name"]) in names, f"{c['name']}: missing {kind}"
+                        external = kind == "Secret" and source[ref]["name"] in EXTERNAL_SECRETS
+                        assert external or (kind, source[ref]["name"]) in names, f"{c['name']}: missing {kind}"
+                        assert not source[ref].get("optional"), "a missing Secret must stop the pod"
             mounts = {m["name"] for m in c.get("volumeMounts", [])}
             assert mounts <= {v["name"] for v in spec.get("volumes", [])}, f"{c['name']}: unknown volume"
         for vol in spec.get("volumes", []):
@@ -338,7 +343,27 @@ def test_config_map_and_secret_are_real_settings(target: str, monkeypatch: pytes
     assert settings.feature_store.url.startswith("redis://mamdr-redis:")
     assert settings.registry.url.startswith("redis://mamdr-redis:")
     assert settings.stream.url.startswith("kafka://mamdr-kafka:")
-    assert "CHANGE-ME" in settings.registry.admin_token.get_secret_value(), "placeholder must stay marked"
+    # No credential ships in the repo: without the operator's Secret the admin API is disabled.
+    assert admin_token_problem(settings.registry.admin_token) is not None
+    for name, keys in EXTERNAL_SECRETS.items():
+        real = _settings_from({**env, **{k: "0123456789abcdef0123" for k in keys}}, monkeypatch)
+        assert admin_token_problem(real.registry.admin_token) is None, name  # the keys are real settings
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_no_secret_values_are_shipped(target: str) -> None:
+    for doc in rendered(target):
+        assert doc["kind"] != "Secret", f"{target} renders Secret {doc['metadata']['name']}; reference "
+        "an operator-created Secret instead (EXTERNAL_SECRETS)"
+        text = json.dumps(doc)
+        assert "ADMIN_TOKEN" not in text or doc["kind"] != "ConfigMap", "the admin token is not configuration"
+
+
+def test_compose_token_has_no_default() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    for name in ("serving", "trainer"):
+        value = str(compose["services"][name]["environment"]["MAMDR_REGISTRY__ADMIN_TOKEN"])
+        assert re.fullmatch(r"\$\{MAMDR_ADMIN_TOKEN:\?[^}]+\}", value), value
 
 
 def _cli_words(c: dict[str, Any]) -> list[str] | None:
@@ -461,7 +486,8 @@ def test_compose_file_wires_the_stack(monkeypatch: pytest.MonkeyPatch) -> None:
         assert (DEPLOY / build["context"] / build["dockerfile"]).is_file()
         for dep in services[name].get("depends_on", {}):
             assert dep in services
-        env = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in services[name]["environment"].items()}
+        env = {k: re.sub(r"\$\{[A-Z_]+:[-?]([^}]*)\}", r"\1", str(v))
+               for k, v in services[name]["environment"].items()}
         settings = _settings_from(env, monkeypatch)
         assert settings.stream.url.startswith("kafka://kafka:9092/")
         assert settings.feature_store.url.startswith("redis://redis:")

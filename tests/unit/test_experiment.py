@@ -38,19 +38,19 @@ def test_experiment_writes_results_and_plot_reproducibly(tmp_path: Path) -> None
         assert m["per_domain"] == second["methods"][name]["per_domain"], name
 
 
-@pytest.mark.parametrize(("argv", "needle"), [
-    (["--dataset", "no-such-data"], "no-such-data"),
-    (["--dataset", "/nonexistent/folder/x"], "/nonexistent/folder/x"),
-    (["--dataset", "synthetic", "--model", "nope"], "unknown model 'nope'"),
-    (["--dataset", "synthetic", "--frameworks", "alternate,nope"], "unknown framework 'nope'"),
-    (["--dataset", "synthetic", "--beta", "0"], "beta"),
-    (["--dataset", "synthetic", "--inner", "rmsprop"], "inner optimizer"),
+@pytest.mark.parametrize(("argv", "needle", "exit_code"), [
+    (["--dataset", "no-such-data"], "no-such-data", 2),
+    (["--dataset", "/nonexistent/folder/x"], "/nonexistent/folder/x", 3),  # not found
+    (["--dataset", "synthetic", "--model", "nope"], "unknown model 'nope'", 2),
+    (["--dataset", "synthetic", "--frameworks", "alternate,nope"], "unknown framework 'nope'", 2),
+    (["--dataset", "synthetic", "--beta", "0"], "beta", 2),
+    (["--dataset", "synthetic", "--inner", "rmsprop"], "inner optimizer", 2),
 ])
-def test_bad_input_is_one_error_line(argv: list[str], needle: str, tmp_path: Path,
+def test_bad_input_is_one_error_line(argv: list[str], needle: str, exit_code: int, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["experiment", *argv, "--seeds", "1", "--epochs", "1", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
-    assert code in (2, 3)  # 2: a wrong option, 3: data that is missing or malformed
+    assert code == exit_code  # 2 usage, 3 not found or invalid
     lines = [line for line in err.splitlines() if line.startswith("mamdr: error:")]
     assert len(lines) == 1 and needle in lines[0], err
     assert "Traceback" not in err

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from contracts.artifacts import load_version, sha256_file
+from contracts.artifacts import load_version, manifest_digest, sha256_file
 from contracts.errors import ConfigError, Conflict, IntegrityError
 from contracts.manifest import MANIFEST_FILE, Manifest
 from domain_registry import open_registry
@@ -110,7 +110,9 @@ def test_registry_registration_promotion_and_live_pointer(tiny, tmp_path: Path) 
     live = registry.live_model()
     assert live is not None and live.id == "v1"
     assert live.artifact_uri == f"file://{(tmp_path / 'art' / 'v1').resolve()}"
-    assert live.delta_checksums == {d: e.sha256 for d, e in m.deltas.items()}
+    assert live.domain_checksums == {d: e.sha256 for d, e in m.deltas.items()}
+    # The manifest's digest is recorded at publish; serving and promote compare the file against it.
+    assert live.manifest_sha256 == manifest_digest(tmp_path / "art" / "v1")
     set_live_pointer(tmp_path / "art", "v1")
     assert (tmp_path / "art" / "LIVE").read_text() == "v1"
     assert json.loads((tmp_path / "art" / "v1" / MANIFEST_FILE).read_text())["version"] == "v1"

@@ -1,7 +1,8 @@
-"""Error mapping of the scoring endpoint: 404, 410, 422, 503 + Retry-After; never a 500."""
+"""Error mapping of the scoring endpoint: 404, 410, 413, 422, 503 + Retry-After; 500 (logged) only for a bug."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
@@ -117,5 +118,80 @@ def test_collected_embedding_version_falls_back_to_the_current_one(tiny, tmp_pat
     with TestClient(create_app(_settings(tmp_path / "art"), feature_store=store, registry=registry)) as client:
         r = client.post("/v1/domains/dom-0/ctr", json={"user_id": "u1", "item_ids": ["i1"]})
         assert r.status_code == 200, r.text
-        assert "mamdr_serving_feature_version_fallbacks_total 1.0" in client.get("/metrics").text
+        assert r.json()["degraded"] is True, "a response scored with fallback embeddings says so"
+        metrics = client.get("/metrics").text
+        assert "mamdr_serving_feature_version_fallbacks_total 1.0" in metrics
+        assert 'mamdr_serving_degraded_responses_total{domain="dom-0"} 1.0' in metrics
+    registry.close()
+
+
+def test_an_unexpected_exception_is_500_and_logged(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    import serving.app
+
+    store = open_store(f"memory://errors-{uuid.uuid4().hex}")
+    registry = open_registry(f"sqlite://{tmp_path}/registry.db")
+    publish_demo(tiny, tmp_path / "art", store, registry)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("injected bug")
+
+    monkeypatch.setattr(serving.app, "score", broken)
+    with TestClient(create_app(_settings(tmp_path / "art"), feature_store=store, registry=registry)) as client:
+        with caplog.at_level("ERROR", logger="contracts.http"):
+            r = client.post("/v1/domains/dom-0/ctr", json={"user_id": "u1", "item_ids": ["i1"]})
+        assert r.status_code == 500, r.text
+        assert r.json()["error"] == "internal_error" and "ZeroDivisionError" in r.json()["detail"]
+        assert "injected bug" not in r.json()["detail"], "internals stay in the log"
+        logged = [rec for rec in caplog.records if "unexpected error in POST /v1/domains/dom-0/ctr" in rec.message]
+        assert logged and logged[0].exc_info is not None, "logged with its traceback"
+        assert 'mamdr_serving_requests_total{domain="dom-0",status="500"} 1.0' in client.get("/metrics").text
+        assert client.get("/healthz").status_code == 200, "a bug is not an outage"
+    registry.close()
+
+
+def test_serving_refuses_a_manifest_edited_after_publication(tiny, tmp_path: Path) -> None:
+    store = open_store(f"memory://errors-{uuid.uuid4().hex}")
+    registry = open_registry(f"sqlite://{tmp_path}/registry.db")
+    publish_demo(tiny, tmp_path / "art", store, registry)
+    publish_demo(tiny, tmp_path / "art", store, registry, "v2", parent="v1", promote=False)
+    manifest = tmp_path / "art" / "v2" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"events_included": 0', '"events_included": 999'))
+    with TestClient(create_app(_settings(tmp_path / "art"), feature_store=store, registry=registry)) as client:
+        assert client.get("/readyz").json()["model_version"] == "v1"
+        registry.promote("v2")  # straight to the store: what an attacker with registry access could do
+        _wait(lambda: client.get("/readyz").json()["last_reload_error"] is not None)
+        ready = client.get("/readyz").json()
+        assert ready["model_version"] == "v1" and "recorded at publish" in ready["last_reload_error"]
+        assert "mamdr_serving_reload_failures_total 1.0" in client.get("/metrics").text
+        r = client.post("/v1/domains/dom-0/ctr", json={"user_id": "u1", "item_ids": ["i1"]})
+        assert r.status_code == 200 and r.json()["model_version"] == "v1"
+    registry.close()
+
+
+def test_one_documented_error_shape(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = open_store(f"memory://errors-{uuid.uuid4().hex}")
+    registry = open_registry(f"sqlite://{tmp_path}/registry.db")
+    with caplog.at_level("WARNING"):
+        app = create_app(_settings(tmp_path / "art"), feature_store=store, registry=registry)
+    assert "admin API disabled" in caplog.text and "MAMDR_REGISTRY__ADMIN_TOKEN" in caplog.text
+    with TestClient(app) as client:
+        for r, status, code in [
+            (client.get("/nope"), 404, "not_found"),
+            (client.get("/v1/domains/dom-0/ctr"), 405, "method_not_allowed"),
+            (client.get("/v1/models"), 404, "admin_disabled"),
+            (client.post("/v1/domains/dom-0/ctr", content=b"x" * (2 << 20)), 413, "payload_too_large"),
+        ]:
+            assert r.status_code == status and r.json()["error"] == code and r.json()["detail"], r.text
+            assert set(r.json()) == {"error", "detail"}
+        schema = client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in json.dumps(schema)
+    for path, ops in schema["paths"].items():
+        for method, op in ops.items():
+            codes = set(op["responses"])
+            assert {"413", "422", "500", "503"} <= codes, (path, method)
+            for code, spec in op["responses"].items():
+                if code.startswith(("4", "5")) and path != "/readyz":
+                    assert spec["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert {"404", "410"} <= set(schema["paths"]["/v1/domains/{domain}/ctr"]["post"]["responses"])
     registry.close()

@@ -67,3 +67,38 @@ def test_reload_under_traffic(tmp_path: Path) -> None:
     assert "mamdr_serving_reload_failures_total 1.0" in metrics
     assert 'mamdr_serving_reloads_total{result="ok"} 2.0' in metrics
     assert final["model_version"] == "v2" and final["scores"] == reference  # same weights, re-published
+
+
+def test_a_transient_load_failure_heals_with_backoff(tmp_path: Path) -> None:
+    """The live version's file is unreadable for a moment: serving retries (backoff) without a new promote."""
+    tiny = cached_tiny("mlp", steps=8, delta_steps=4, n_domains=4)
+    store = open_store(f"memory://reload-{uuid.uuid4().hex}")
+    registry = open_registry(f"sqlite://{tmp_path}/registry.db")
+    root = tmp_path / "art"
+    publish_demo(tiny, root, store, registry, "v1")
+    publish_demo(tiny, root, store, registry, "v2", parent="v1", promote=False)
+    shared = root / "v2" / SHARED_MODEL_FILE
+    hidden = shared.with_suffix(".away")
+    shared.rename(hidden)  # e.g. a network file system not mounted yet
+    settings = load_settings(**{"artifacts_url": f"file://{root}", "serving.reload_poll_s": 0.05,
+                                "serving.reload_backoff_max_s": 0.2})
+    with TestClient(create_app(settings, feature_store=store, registry=registry)) as client:
+        registry.promote("v2")
+        deadline = time.monotonic() + 20
+        while client.get("/readyz").json()["last_reload_error"] is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert client.get("/readyz").json()["model_version"] == "v1"
+        counter = registry.change_counter()
+        time.sleep(0.5)
+        hidden.rename(shared)  # back; the registry does not change again
+        while client.get("/readyz").json()["model_version"] != "v2" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ready = client.get("/readyz").json()
+        assert ready["model_version"] == "v2" and ready["last_reload_error"] is None
+        assert registry.change_counter() == counter
+        metrics = client.get("/metrics").text
+        assert "mamdr_serving_reload_failures_total 1.0" in metrics  # one refused version, several attempts
+        failed = next(float(line.split()[-1]) for line in metrics.splitlines()
+                      if line.startswith('mamdr_serving_reloads_total{result="failed"}'))
+        assert failed >= 2
+    registry.close()

@@ -42,15 +42,17 @@ def cold_start_vectors(model: CTRModel) -> dict[str, list[float]]:
 
 
 def registry_checksums(manifest: Manifest) -> dict[str, str]:
-    """Per-domain checksums for the registry record, if they fit its 16 KiB JSON cap (~200 domains).
+    """The manifest's own sha256 (under ``"manifest.json"``, always) and the per-domain checksums if
+    they fit the record's 16 KiB JSON cap (~200 domains).
 
-    Beyond that only the manifest's own checksum is recorded (under ``"manifest.json"``): the
-    manifest holds every delta's checksum and serving verifies all of them on load.
+    The manifest digest is what serving and promote compare the manifest file against, so a manifest
+    edited after publication is refused; the manifest holds every delta's checksum, verified on load.
     """
-    checksums = {d: e.sha256 for d, e in manifest.deltas.items()}
+    digest = {MANIFEST_FILE: sha256_bytes(manifest.to_json().encode())}  # the bytes publish_version wrote
+    checksums = {**{d: e.sha256 for d, e in manifest.deltas.items()}, **digest}
     if len(json.dumps(checksums)) <= REGISTRY_JSON_LIMIT:
         return checksums
-    return {MANIFEST_FILE: sha256_bytes(manifest.to_json().encode())}
+    return digest
 
 
 def export_version(
