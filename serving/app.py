@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
 from contracts.errors import MamdrError
 from contracts.http import COMMON_ERRORS, BodyLimitMiddleware, error_responses, install_error_handlers
@@ -109,7 +110,9 @@ def create_app(
         state = _state(request)
         started = time.perf_counter()
         label = state.domains.label(domain)
-        result = score(state, domain, body)  # errors: contracts.http.map_exception (counted by count_error)
+        # off the event loop: a stalled feature store blocks one worker thread for its socket timeout,
+        # never /healthz or the other requests (errors: contracts.http.map_exception, counted by count_error)
+        result = await run_in_threadpool(score, state, domain, body)
         state.metrics.latency.labels(label).observe(time.perf_counter() - started)
         state.metrics.requests.labels(label, "200").inc()
         if result.degraded:

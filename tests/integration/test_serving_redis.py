@@ -129,3 +129,49 @@ def test_hot_reload_through_the_redis_registry(redis_url: str, tmp_path: Path) -
         assert http.get("/v1/domains", headers={"Authorization": f"Bearer {token}"}).status_code == 200
         assert http.post("/v1/domains", json={"id": "x"}).status_code == 401
     registry.close()
+
+
+def test_a_stalled_redis_never_stalls_health_checks(redis_url: str, redis_server, tmp_path: Path) -> None:
+    """SIGSTOP Redis (a hung server, not a closed port): scoring waits out its socket timeout in a worker
+    thread and answers 503, while /healthz keeps answering in milliseconds."""
+    import os
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    tiny = cached_tiny("mlp", steps=8, delta_steps=4, n_domains=4)
+    settings = _settings(tmp_path / "art", redis_url)
+    store = open_store(redis_url, settings.feature_store)
+    registry = open_registry(f"sqlite://{tmp_path}/registry.db")
+    publish_demo(tiny, tmp_path / "art", store, registry)
+    body = {"user_id": tiny.user_ids[0], "item_ids": tiny.item_ids[:5]}
+    with running(create_app(settings, registry=registry), settings) as base, httpx.Client(base_url=base) as http:
+        assert http.post("/v1/domains/dom-0/ctr", json=body).status_code == 200
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            stop = time.monotonic() + 3.0
+            codes: list[int] = []
+
+            def keep_scoring() -> None:  # bounded: until `stop`, each call bounded by the client timeout
+                with httpx.Client(base_url=base, timeout=10) as scorer:
+                    while time.monotonic() < stop:
+                        codes.append(scorer.post("/v1/domains/dom-0/ctr", json=body).status_code)
+
+            with ThreadPoolExecutor(4) as pool:
+                workers = [pool.submit(keep_scoring) for _ in range(4)]
+                time.sleep(0.2)  # scoring requests are now waiting on the stalled Redis
+                health = []
+                while time.monotonic() < stop - 0.3:
+                    t0 = time.perf_counter()
+                    assert http.get("/healthz").status_code == 200
+                    health.append(time.perf_counter() - t0)
+                    time.sleep(0.02)
+                for w in workers:
+                    w.result(timeout=30)
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        assert set(codes) <= {200, 503}, codes
+        assert 503 in codes
+        assert len(health) >= 10 and sorted(health)[len(health) // 2] < 0.05, health  # median under 50 ms
+        assert max(health) < 0.25, health  # and none waited out a Redis timeout (0.3 s)
+        _wait(lambda: http.post("/v1/domains/dom-0/ctr", json=body).status_code == 200)
+    registry.close()
