@@ -125,17 +125,20 @@ def create_app(
         return {"status": "ok"}
 
     @app.get("/readyz", response_model=Readiness, tags=["ops"],
-             responses={503: {"model": Readiness, "description": "no verified model loaded yet"}})
+             responses={503: {"model": Readiness,
+                                   "description": "no verified model loaded yet, or the registry lost its data"}})
     async def readyz(request: Request) -> Response:
         """200 only with a verified model loaded; 503 otherwise."""
         state = _state(request)
         live = state.live
+        lost = state.domains.lost
         body = Readiness(
-            ready=live is not None, model_version=live.version if live else None,
+            ready=live is not None and lost is None, model_version=live.version if live else None,
             composition=live.composer.name if live else None,
-            domains_cached=live.composer.held() if live else 0, last_reload_error=state.last_reload_error,
+            domains_cached=live.composer.held() if live else 0,
+            last_reload_error=f"domain registry {lost}" if lost else state.last_reload_error,
         )
-        return Response(body.model_dump_json(), status_code=200 if live else 503, media_type=_JSON)
+        return Response(body.model_dump_json(), status_code=200 if body.ready else 503, media_type=_JSON)
 
     @app.get("/metrics", tags=["ops"], response_class=Response,
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},

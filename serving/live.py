@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from contracts.artifacts import LoadedVersion, load_version
-from contracts.errors import ConfigError, Gone, NotFound
+from contracts.errors import BackendUnavailable, ConfigError, Gone, NotFound
 from contracts.settings import ServingSettings
 from domain_registry.base import Registry
 from serving.composition import Composer, build_composer
@@ -68,6 +68,7 @@ class DomainTable:
 
     statuses: dict[str, str] = field(default_factory=dict)
     counter: int = -1
+    lost: str | None = None  # why the registry's answer was not believed (it came back empty)
 
     @classmethod
     def from_registry(cls, registry: Registry, counter: int) -> DomainTable:
@@ -76,6 +77,9 @@ class DomainTable:
     def check(self, domain: str) -> None:
         """Raise 404 for an unknown domain, 410 for a retired one. Paused domains are served."""
         status = self.statuses.get(domain)
+        if status is None and self.lost is not None:  # an outage, not an unknown domain: retry, do not give up
+            raise BackendUnavailable(f"the domain registry {self.lost}; domain {domain!r} cannot be checked until "
+                                     "it is restored (known domains keep being served)", retry_after_s=5)
         if status is None:
             raise NotFound(f"domain {domain!r} is not registered; create it with POST /v1/domains")
         if status == "retired":

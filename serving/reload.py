@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from contracts.artifacts import version_dir_of
@@ -68,7 +68,16 @@ class Reloader:
             if state.failed_version is None or time.monotonic() < state.retry_at:
                 return False
         else:
-            state.domains = DomainTable.from_registry(state.registry, counter)
+            fresh = DomainTable.from_registry(state.registry, counter)
+            if state.domains.statuses and not fresh.statuses:
+                # domains are never deleted (only retired): an empty answer after a full one is a registry that
+                # lost its data (e.g. Redis back empty after an outage). Keep serving what we know and say so.
+                if state.domains.lost is None:
+                    log.error("the registry answered with no domains after %d: keeping the last known domains and "
+                              "model; restore the registry (its backup) to resume reloads", len(state.domains.statuses))
+                state.domains = replace(state.domains, lost="came back empty after an outage", counter=counter)
+                return False
+            state.domains = fresh
         target = state.registry.live_model()
         if target is None or (state.live is not None and state.live.version == target.id):
             state.failed_version, state.failed_attempts = None, 0

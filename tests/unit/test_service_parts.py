@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from trainer.evaluation import auc
 from trainer.service.buffers import DomainBuffers
@@ -38,3 +39,26 @@ def test_histogram_auc_tracks_exact_auc():
     round_figs = pq.update("d", labels, probs)
     assert abs(round_figs["auc"] - auc(labels, probs)) < 1e-12
     assert abs(pq.cumulative()["d"]["auc"] - round_figs["auc"]) < 2e-3
+
+
+def test_the_trainer_never_dead_letters_because_the_registry_came_back_empty(tmp_path) -> None:
+    from contracts.errors import BackendUnavailable
+    from contracts.settings import StreamSettings, load_settings
+    from domain_registry import open_registry
+    from feature_store import open_store
+    from stream import open_stream
+    from trainer.service.loop import ContinualTrainer
+
+    registry = open_registry(f"sqlite://{tmp_path}/r.db")
+    registry.create_domain("comedy", actor="test")
+    url = f"file://{tmp_path}/clicks"
+    stream = open_stream(url, StreamSettings(url=url, create_topics=True))
+    trainer = ContinualTrainer(load_settings(), stream=stream, store=open_store("memory://wiped"), registry=registry,
+                               artifacts=tmp_path / "artifacts")
+    trainer._refresh_domains(force=True)
+    assert trainer._known == {"comedy": "active"}
+    # what a Redis registry looks like after it came back empty: counter reset, no domains
+    trainer.registry = type("Wiped", (), {"change_counter": lambda self: 0, "list_domains": lambda self: []})()
+    with pytest.raises(BackendUnavailable, match="came back empty"):
+        trainer._refresh_domains(now=True)
+    assert stream.dead_letters_sent == 0

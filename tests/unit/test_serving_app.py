@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,30 @@ def test_two_serving_processes_cannot_share_one_port() -> None:
             listening_socket("127.0.0.1", port).close()
     finally:
         first.close()
+
+
+def test_a_registry_that_comes_back_empty_is_an_outage_not_unknown_domains(published) -> None:
+    """Redis back empty after an outage: serving keeps its known domains and model, answers 503 (retry) for a
+    domain it cannot check, and /readyz says why; it never turns every domain into 404."""
+    from serving.reload import Reloader
+
+    root, store, registry = published
+    app = create_app(settings_for(root), feature_store=store, registry=registry)
+    with TestClient(app) as client:
+        body = {"user_id": "u1", "item_ids": ["i1"]}
+        assert client.post("/v1/domains/dom-1/ctr", json=body).status_code == 200
+        state = app.state.serving
+        # what a Redis registry looks like after it came back empty: counter reset, no domains, no model
+        state.registry = type("Wiped", (), {"change_counter": lambda self: 0, "list_domains": lambda self: [],
+                                            "live_model": lambda self: None})()
+        Reloader(state).poll_once()
+        assert client.post("/v1/domains/dom-1/ctr", json=body).status_code == 200  # known: still served
+        r = client.post("/v1/domains/brand-new/ctr", json=body)
+        assert r.status_code == 503 and r.json()["error"] == "backend_unavailable" and "Retry-After" in r.headers
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "came back empty" in ready.json()["last_reload_error"]
+        state.registry = registry  # restored
+        state.domains = replace(state.domains, counter=-1)
+        Reloader(state).poll_once()
+        assert client.get("/readyz").status_code == 200
+        assert client.post("/v1/domains/brand-new/ctr", json=body).status_code == 404

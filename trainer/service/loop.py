@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from contracts.errors import Conflict, NotFound
+from contracts.errors import BackendUnavailable, Conflict, NotFound
 from contracts.events import ClickEvent
 from contracts.settings import Settings
 from domain_registry.base import Registry
@@ -150,7 +150,13 @@ class ContinualTrainer:
         self._domains_read_at = time.monotonic()
         counter = self.registry.change_counter()
         if force or counter != self._counter:
-            self._known = {d.id: d.status for d in self.registry.list_domains()}
+            known = {d.id: d.status for d in self.registry.list_domains()}
+            if self._known and not known:  # domains are never deleted: the registry lost its data
+                raise BackendUnavailable(
+                    f"the domain registry came back empty after knowing {len(self._known)} domains (an outage "
+                    "that lost its data?): restore it; no event was dead-lettered and the trainer resumes from "
+                    "its published offsets when restarted")
+            self._known = known
             self._counter = counter
 
     # -- ingest -------------------------------------------------------------------------------------
