@@ -17,6 +17,7 @@ PLATFORM = {"contracts", "stream", "serving", "feature_store", "domain_registry"
 DISTRIBUTION = {"kafka": "kafka-python", "prometheus_client": "prometheus-client", "yaml": "pyyaml",
                 "pydantic_settings": "pydantic-settings", "starlette": "fastapi", "google": "onnx"}
 TEST_OR_TOOL_ONLY = {"pytest", "pytest-timeout", "ruff", "httpx", "pyyaml", "kubernetes-validate", "jsonschema",
+                     "schemathesis",
                      "torch", "onnxscript", "scikit-learn", "matplotlib"}
 
 
