@@ -76,3 +76,29 @@ class IntegrityError(MamdrError):
 
     http_status = 409
     exit_code = 3
+
+
+def error_for_status(status: int, code: str, detail: str) -> MamdrError:
+    """The reverse of the HTTP mapping, for clients of the platform's own APIs (``mamdr domains --api``): the
+    error class whose ``http_status`` and code match (``IntegrityError`` and ``Conflict`` share 409)."""
+    classes = [MamdrError, *_subclasses(MamdrError)]
+    for cls in classes:
+        if cls.http_status == status and _code(cls) == code:
+            return cls(detail)
+    for cls in classes:
+        if cls.http_status == status and cls is not MamdrError:
+            return cls(detail)
+    return MamdrError(f"HTTP {status} {code}: {detail}")
+
+
+def _subclasses(cls: type[MamdrError]) -> list[type[MamdrError]]:
+    out: list[type[MamdrError]] = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
+
+
+def _code(cls: type[MamdrError]) -> str:
+    import re
+
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()

@@ -1,7 +1,11 @@
 """``mamdr domains add|list|show|pause|resume|retire`` and ``mamdr models list|show|promote|rollback``.
 
-Talks to the registry backend directly (``--registry URL``, else ``MAMDR_REGISTRY__URL``, else the
-default sqlite file). Prints tables; platform errors print one line (see ``mamdr.cli``).
+Two ways to reach the registry, same commands, same output (``--output table|json``) and exit codes:
+- directly (``--registry URL``, else ``MAMDR_REGISTRY__URL``, else the default sqlite file): local-admin mode;
+- through a running service's admin API (``--api URL``, the token from ``MAMDR_REGISTRY__ADMIN_TOKEN`` or
+  ``--token-file``): operators need the token, not the database's credentials. Audit actors are then the
+  API's own (``api:...``).
+Platform errors print one line (see ``mamdr.cli``).
 
 Local-admin mode: whoever can open the backend (the sqlite file's permissions, the redis credentials)
 administers it; there is no token on this path. Writes are recorded as such in the audit trail, as
@@ -20,22 +24,42 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from contracts.errors import ConfigError
+from mamdr.commands import add_output, emit, print_table
 
 
 def _registry(args: argparse.Namespace, create: bool = False) -> Any:
-    """The registry at --registry; only ``domains add`` may create it (any other command on a missing
-    sqlite file is a typo)."""
+    """The admin API at --api, else the registry at --registry; only ``domains add`` may create a registry
+    (any other command on a missing sqlite file is a typo)."""
     from contracts.settings import load_settings
     from domain_registry import open_registry
     from mamdr.commands import require_existing
 
+    if getattr(args, "api", None):
+        from mamdr.commands.registry_api import ApiRegistry
+
+        if args.registry:
+            raise ConfigError("--api and --registry are two ways to reach the registry: give one")
+        return ApiRegistry(args.api, _token(args))
     settings = load_settings(**{"registry.url": args.registry}).registry
     if not create:
         require_existing(settings.url, "registry", "--registry")
     return open_registry(settings.url, settings)
+
+
+def _token(args: argparse.Namespace) -> str:
+    from contracts.settings import load_settings
+
+    if args.token_file:
+        try:
+            return args.token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--token-file {args.token_file}: {exc.strerror}") from None
+    secret = load_settings().registry.admin_token
+    return secret.get_secret_value().strip() if secret is not None else ""
 
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9@._-][A-Za-z0-9@._:-]{0,63}$")
@@ -85,15 +109,6 @@ def _when(ts: float | None) -> str:
     return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[str(c) for c in headers], *[["-" if c is None else str(c) for c in row] for row in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for n, row in enumerate(cells):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
-
-
 def _parse_settings(pairs: Sequence[str] | None) -> dict[str, Any]:
     """``--set dr_k=3 --set note=hi``: values are JSON when they parse, strings otherwise."""
     out: dict[str, Any] = {}
@@ -108,39 +123,43 @@ def _parse_settings(pairs: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
-def _show_domain(domain: Any) -> None:
-    print_table(["id", "name", "status", "created", "updated", "settings"],
-                [[domain.id, domain.display_name, domain.status, _when(domain.created_at),
-                  _when(domain.updated_at), json.dumps(domain.settings, sort_keys=True)]])
+_DOMAIN_HEADERS = ["id", "name", "status", "created", "updated", "settings"]
+
+
+def _domain_row(d: Any) -> list[Any]:
+    return [d.id, d.display_name, d.status, _when(d.created_at), _when(d.updated_at),
+            json.dumps(d.settings, sort_keys=True)]
+
+
+def _show_domain(args: argparse.Namespace, domain: Any) -> None:
+    emit(args, _DOMAIN_HEADERS, [_domain_row(domain)], domain.model_dump(mode="json"))
 
 
 # -- domains
 def cmd_domains_add(args: argparse.Namespace) -> int:
     with _registry(args, create=True) as reg:
-        _show_domain(reg.create_domain(args.id, display_name=args.name, settings=_parse_settings(args.set),
-                                       actor=_actor(args)))
+        _show_domain(args, reg.create_domain(args.id, display_name=args.name, settings=_parse_settings(args.set),
+                                             actor=_actor(args)))
     return 0
 
 
 def cmd_domains_list(args: argparse.Namespace) -> int:
     with _registry(args) as reg:
         domains = reg.list_domains(args.status)
-    print_table(["id", "name", "status", "updated", "settings"],
-                [[d.id, d.display_name, d.status, _when(d.updated_at), json.dumps(d.settings, sort_keys=True)]
-                 for d in domains])
+    emit(args, _DOMAIN_HEADERS, [_domain_row(d) for d in domains], [d.model_dump(mode="json") for d in domains])
     return 0
 
 
 def cmd_domains_show(args: argparse.Namespace) -> int:
     with _registry(args) as reg:
-        _show_domain(reg.get_domain(args.id))
+        _show_domain(args, reg.get_domain(args.id))
     return 0
 
 
 def _status_command(status: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         with _registry(args) as reg:
-            _show_domain(reg.update_domain(args.id, status=status, actor=_actor(args)))
+            _show_domain(args, reg.update_domain(args.id, status=status, actor=_actor(args)))
         return 0
 
     return run
@@ -158,13 +177,16 @@ _MODEL_HEADERS = ["version", "status", "parent", "created", "live since", "delta
 def cmd_models_list(args: argparse.Namespace) -> int:
     with _registry(args) as reg:
         models = reg.list_models(args.limit)
-    print_table(_MODEL_HEADERS, _model_rows(models))
+    emit(args, _MODEL_HEADERS, _model_rows(models), [m.model_dump(mode="json") for m in models])
     return 0
 
 
 def cmd_models_show(args: argparse.Namespace) -> int:
     with _registry(args) as reg:
         model = reg.get_model(args.version)
+    if args.output == "json":
+        emit(args, [], [], model.model_dump(mode="json"))
+        return 0
     print_table(_MODEL_HEADERS, _model_rows([model]))
     if model.metrics:
         print_table(["metric", "value"], sorted(model.metrics.items()))
@@ -176,7 +198,9 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
 
     actor = _actor(args)
     with _registry(args) as reg:
-        print_table(_MODEL_HEADERS, _model_rows([verified_promote(reg, args.version, _artifacts_url(args), actor)]))
+        model = (reg.promote(args.version) if args.api  # the service verifies it
+                 else verified_promote(reg, args.version, _artifacts_url(args), actor))
+    emit(args, _MODEL_HEADERS, _model_rows([model]), model.model_dump(mode="json"))
     return 0
 
 
@@ -185,15 +209,21 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
 
     actor = _actor(args)
     with _registry(args) as reg:
-        print_table(_MODEL_HEADERS, _model_rows([verified_rollback(reg, _artifacts_url(args), actor)]))
+        model = reg.rollback() if args.api else verified_rollback(reg, _artifacts_url(args), actor)
+    emit(args, _MODEL_HEADERS, _model_rows([model]), model.model_dump(mode="json"))
     return 0
 
 
-def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def _common(p: argparse.ArgumentParser, writes: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--registry", metavar="URL", help="sqlite://PATH or redis://HOST:PORT/DB "
                    "(default: MAMDR_REGISTRY__URL or ~/.mamdr/registry.db)")
-    p.add_argument("--actor", metavar="LABEL", help="label added to the audit actor cli-local:$USER "
-                   "(local-admin mode; may not start with 'api')")
+    p.add_argument("--api", metavar="URL", help="a running service's admin API instead, e.g. http://127.0.0.1:8000 "
+                   "(token: MAMDR_REGISTRY__ADMIN_TOKEN or --token-file)")
+    p.add_argument("--token-file", metavar="PATH", type=Path, help="file holding the admin token (with --api)")
+    add_output(p)
+    if writes:
+        p.add_argument("--actor", metavar="LABEL", help="label added to the audit actor cli-local:$USER "
+                       "(local-admin mode; may not start with 'api')")
     return p
 
 
@@ -206,7 +236,7 @@ def _artifacts(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def register(subparsers: Any) -> None:
     domains = subparsers.add_parser("domains", help="add, list, pause, resume or retire domains")
     dsub = domains.add_subparsers(dest="domains_command", metavar="ACTION", required=True)
-    add = _common(dsub.add_parser("add", help="create an active domain (served by θS at once)"))
+    add = _common(dsub.add_parser("add", help="create an active domain (served by θS at once)"), writes=True)
     add.add_argument("id", help="slug: lowercase letters, digits, '-' and '_', at most 64 characters")
     add.add_argument("--name", help="display name (default: the id)")
     add.add_argument("--set", action="append", metavar="KEY=VALUE", help="a domain setting, e.g. dr_k=3")
@@ -220,7 +250,7 @@ def register(subparsers: Any) -> None:
         ("resume", _status_command("active"), "make a paused domain active again"),
         ("retire", _status_command("retired"), "retire a domain for good (its record is kept)"),
     ):
-        p = _common(dsub.add_parser(name, help=text))
+        p = _common(dsub.add_parser(name, help=text), writes=name != "show")
         p.add_argument("id")
         p.set_defaults(func=func)
 
@@ -233,9 +263,9 @@ def register(subparsers: Any) -> None:
     ms.add_argument("version")
     ms.set_defaults(func=cmd_models_show)
     mp = _artifacts(_common(msub.add_parser(
-        "promote", help="verify a version and make it live (the live one becomes superseded)")))
+        "promote", help="verify a version and make it live (the live one becomes superseded)"), writes=True))
     mp.add_argument("version")
     mp.set_defaults(func=cmd_models_promote)
     mr = _artifacts(_common(msub.add_parser(
-        "rollback", help="verify the previous live version and roll back to it")))
+        "rollback", help="verify the previous live version and roll back to it"), writes=True))
     mr.set_defaults(func=cmd_models_rollback)
