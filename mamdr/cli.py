@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mamdr {__version__}")
     parser.add_argument("--log-level", default=None, type=str.upper, choices=LOG_LEVELS,
                         help="default: MAMDR_LOG_LEVEL, else INFO")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_parser_class())
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
@@ -54,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module.register(sub)
     return parser
+
+
+def _parser_class() -> type[argparse.ArgumentParser]:
+    """Every subcommand's parser (nested ones too) shows defaults in ``--help``."""
+    from mamdr.commands import HelpFormatter
+
+    class Parser(argparse.ArgumentParser):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            kwargs.setdefault("formatter_class", HelpFormatter)
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    return Parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

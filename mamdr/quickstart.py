@@ -1,7 +1,7 @@
 """``mamdr quickstart``: the whole product on one machine, in one command.
 
 ml-latest-small (shipped) → its genre domains in the registry → clicks through the stream (embedded
-``file://`` or ``--kafka``) → the continual trainer (in this process) publishes versions → serving (a
+``file://`` or ``--stream``) → the continual trainer (in this process) publishes versions → serving (a
 ``mamdr serve`` subprocess on a free loopback port) scores a sample request for every domain → a new
 domain is onboarded through the admin API, served by θS at once, then by its own delta after its
 clicks arrive → holdout AUC scored over HTTP → summary, JSON/Markdown report and a plot.
@@ -55,8 +55,9 @@ SHORT = Plan(user_share=10, emb_dim=32, hidden=(64, 32), round_events=15_000, ho
 class QuickstartConfig:
     workdir: Path
     short: bool = False
-    kafka: str | None = None
-    redis: str | None = None
+    stream: str | None = None  # kafka://... instead of the embedded file:// stream
+    feature_store: str | None = None  # redis://... instead of the embedded file:// store
+    registry: str | None = None  # redis://... instead of the embedded sqlite file
     dataset: str = "ml-latest-small"
     new_domain: str = "film-noir"
     seed: int = 0
@@ -88,16 +89,12 @@ def prepare_workdir(workdir: Path) -> Path:
 
 
 def settings_for(cfg: QuickstartConfig, workdir: Path, token: str) -> Settings:
-    stream = cfg.kafka or f"file://{workdir / 'stream' / 'clicks'}"
-    if not stream.startswith(("kafka://", "file://")):
-        raise ConfigError(f"--kafka {stream!r}: write kafka://HOST:PORT/TOPIC")
-    if cfg.redis and not cfg.redis.startswith(("redis://", "rediss://")):
-        raise ConfigError(f"--redis {cfg.redis!r}: write redis://HOST:PORT/DB")
+    stream = cfg.stream or f"file://{workdir / 'stream' / 'clicks'}"
     return load_settings(**{
         "home": str(workdir), "artifacts_url": f"file://{workdir / 'artifacts'}",
         "stream.url": stream, "stream.group": "mamdr-quickstart", "stream.create_topics": True,
-        "feature_store.url": cfg.redis or f"file://{workdir / 'feature_store'}",
-        "registry.url": cfg.redis or f"sqlite://{workdir / 'registry.db'}",
+        "feature_store.url": cfg.feature_store or f"file://{workdir / 'feature_store'}",
+        "registry.url": cfg.registry or f"sqlite://{workdir / 'registry.db'}",
         "registry.admin_token": token,
         "trainer.round_events": cfg.plan.round_events, "trainer.round_seconds": 3600.0,
         "trainer.seed": cfg.seed,

@@ -8,34 +8,50 @@ import sys
 from pathlib import Path
 
 from contracts.errors import ConfigError
+from mamdr.commands import deprecated_alias
+
+# The framework's choices, spelled here so `mamdr --help` needs no torch; tests/unit/test_cli_vocabulary.py
+# fails if they drift from trainer/frameworks/config.py.
+INNER_OPTIMIZERS = ("adam", "sgd")
+OUTER_OPTIMIZERS = ("interp", "sgd", "adagrad", "adam")
+BETA_SCHEDULES = ("constant", "anneal")
+SCHEDULES = ("interleaved", "staged")
+DR_BUDGETS = ("pass", "half")
+DELTA_INITS = ("zeros", "random")
 
 
 def _add_framework_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=30, help="maximum epochs (default 30)")
     p.add_argument("--patience", type=int, default=3, help="early-stopping patience on mean val AUC (3)")
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--inner", default="adam", help="inner optimizer: adam | sgd (default adam)")
+    p.add_argument("--batch-size", type=int, default=1024, help="rows per mini-batch")
+    p.add_argument("--inner", default="adam", choices=INNER_OPTIMIZERS, help="inner optimizer")
     p.add_argument("--lr", type=float, default=1e-3, help="inner learning rate α (default 1e-3)")
-    p.add_argument("--outer", default="interp", help="outer step: interp | sgd | adagrad | adam (interp)")
+    p.add_argument("--outer", default="interp", choices=OUTER_OPTIMIZERS,
+                   help="outer step: interp is Θ ← Θ + β(Θ̃ − Θ), the others are fed (Θ − Θ̃)")
     p.add_argument("--outer-lr", type=float, default=0.1, help="outer optimizer lr (not used by interp)")
     p.add_argument("--beta", type=float, default=0.1, help="DN outer step β (default 0.1)")
-    p.add_argument("--beta-schedule", default="constant", help="constant | anneal (β_e = max(β, 1/(1+e)))")
+    p.add_argument("--beta-schedule", default="constant", choices=BETA_SCHEDULES,
+                   help="anneal: β_e = max(β, 1/(1+e))")
     p.add_argument("--gamma", type=float, default=0.1, help="DR step γ (default 0.1)")
-    p.add_argument("--k", type=int, default=5, help="DR: other domains sampled per target (default 5)")
-    p.add_argument("--inner-steps", type=int, default=None,
+    p.add_argument("--dr-k", dest="k", type=int, default=5, help="DR: other domains sampled per target (default 5)")
+    deprecated_alias(p, "--k", "--dr-k", "k", type=int)
+    p.add_argument("--inner-batches", dest="inner_steps", type=int, default=None,
                    help="mini-batches per inner update (default: a full pass over the domain)")
+    deprecated_alias(p, "--inner-steps", "--inner-batches", "inner_steps", type=int)
     p.add_argument("--dr-steps", type=int, default=None,
                    help="mini-batches per DR update (default: a full pass)")
-    p.add_argument("--dr-budget", default="pass",
+    p.add_argument("--dr-budget", default="pass", choices=DR_BUDGETS,
                    help="DR update size without --dr-steps: pass (paper) | half (MAMDR ≈ (k+2)× Alternate)")
-    p.add_argument("--schedule", default="interleaved", help="DR/MAMDR: interleaved (Alg. 3) | staged")
+    p.add_argument("--schedule", default="interleaved", choices=SCHEDULES,
+                   help="DR/MAMDR: interleaved (Alg. 3) or staged (θS first, then DR)")
     p.add_argument("--dr-epochs", type=int, default=None, help="staged: DR-phase epoch budget (default --epochs)")
     p.add_argument("--dr-patience", type=int, default=None, help="staged: DR-phase patience (default --patience)")
-    p.add_argument("--delta-init", default="zeros", help="θi start: zeros | random")
+    p.add_argument("--delta-init", default="zeros", choices=DELTA_INITS, help="θi start")
     p.add_argument("--l2", type=float, default=1e-5, help="L2 on embeddings (default 1e-5)")
     p.add_argument("--specific", default=None, help="glob patterns of domain-specific parameters")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,13 +59,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Train frameworks × seeds; print a Tables V/VI-style summary.")
     p.add_argument("--dataset", required=True, help="ml-latest-small, amazon, or a preprocessed folder path")
     p.add_argument("--data-dir", type=Path, default=None, help="where the named dataset's files live")
-    p.add_argument("--model", default="mlp")
+    p.add_argument("--model", default="mlp", help="CTR model: mlp, wdl, deepfm, neurfm, autoint, shared_bottom, "
+                   "mmoe, ple or star (an unknown name is refused with the list)")
     p.add_argument("--frameworks", default="alternate,dn,dr,mamdr",
                    help="comma list; NAME+finetune adds the final per-domain finetune")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
-    p.add_argument("--seed-offset", type=int, default=0)
-    p.add_argument("--emb-dim", type=int, default=128)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed-offset", type=int, default=0, help="first seed (seeds are OFFSET..OFFSET+N-1)")
+    p.add_argument("--emb-dim", type=int, default=128, help="user/item/domain embedding size")
+    p.add_argument("--out", type=Path, required=True, help="folder for results.json and the plots")
     p.add_argument("--grid", action="store_true",
                    help="models × frameworks × seeds, resumable; writes Tables V, VI, X to --out")
     p.add_argument("--report-only", action="store_true",
@@ -72,19 +89,24 @@ def _framework_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     )
 
 
-def _run(cfg, threads: int | None) -> int:  # type: ignore[no-untyped-def]
+def _run(cfg, threads: int | None, show: bool = True) -> int:  # type: ignore[no-untyped-def]
     import torch
     from tqdm import tqdm
 
-    from trainer.research.experiment import run_experiment
+    from trainer.research.experiment import FINETUNE_SUFFIX, run_experiment
 
     if threads:
         torch.set_num_threads(threads)
-    bar = tqdm(desc="experiment", unit="epoch", file=sys.stderr, dynamic_ncols=True, delay=1.0)
+    # a run = one framework on one seed; epochs per run are not known ahead (early stopping), runs are: the
+    # bar counts runs (total and ETA) and shows the current epoch beside them
+    runs = len(cfg.seeds) * len({m.removesuffix(FINETUNE_SUFFIX) for m in cfg.methods})
+    bar = tqdm(total=runs, desc="experiment", unit="run", file=sys.stderr, dynamic_ncols=True, delay=1.0,
+               disable=not show)
 
     def progress(message: str) -> None:
         bar.set_postfix_str(message)
-        bar.update(1 if "epoch" in message and "test" not in message else 0)
+        if "test AUC" in message:  # a framework finished on a seed
+            bar.update(1)
 
     try:
         results = run_experiment(cfg, progress)
@@ -108,7 +130,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         seeds=tuple(range(args.seed_offset, args.seed_offset + args.seeds)), out=args.out,
         framework=_framework_config(args), data_dir=args.data_dir, emb_dim=args.emb_dim,
     )
-    return _run(cfg, args.threads)
+    return _run(cfg, args.threads, show=not args.no_progress)
 
 
 
@@ -126,7 +148,7 @@ def _run_grid(args: argparse.Namespace) -> int:
     )
     if args.threads:
         torch.set_num_threads(args.threads)
-    tables = run_grid(cfg, show_progress=not args.report_only, report_only=args.report_only)
+    tables = run_grid(cfg, show_progress=not (args.report_only or args.no_progress), report_only=args.report_only)
     print(f"{len(tables['computed'])} cells trained, {len(tables['skipped'])} resumed from {args.out / 'cells'}"
           + (f", {len(tables['missing'])} not finished (left out)" if tables["missing"] else ""))
     print((args.out / "tables.md").read_text())

@@ -10,6 +10,8 @@ import json
 import time
 from pathlib import Path
 
+from mamdr.commands import add_output, deprecated_alias, emit
+
 
 def _store(args: argparse.Namespace, create: bool = False):
     """The store at --url; only ``load`` may create one (reading a missing file:// store is a typo)."""
@@ -17,9 +19,9 @@ def _store(args: argparse.Namespace, create: bool = False):
     from feature_store import open_store
     from mamdr.commands import require_existing
 
-    settings = load_settings(**{"feature_store.url": args.url, "feature_store.namespace": args.namespace})
+    settings = load_settings(**{"feature_store.url": args.feature_store, "feature_store.namespace": args.namespace})
     if not create:
-        require_existing(settings.feature_store.url, "feature store", "--url")
+        require_existing(settings.feature_store.url, "feature store", "--feature-store")
     return open_store(settings.feature_store.url, settings.feature_store), settings.feature_store
 
 
@@ -35,8 +37,8 @@ def _load(args: argparse.Namespace) -> int:
         for kind, path, ids_path in (("user", args.user, args.user_ids), ("item", args.item, args.item_ids)):
             if path is None:
                 continue
-            ids, vectors = read_embeddings(path, ids_path, progress=not args.quiet)
-            n = bulk_write(store, version, kind, ids, vectors, progress=not args.quiet)
+            ids, vectors = read_embeddings(path, ids_path, progress=not args.no_progress)
+            n = bulk_write(store, version, kind, ids, vectors, progress=not args.no_progress)
             print(f"{kind}: {n} vectors of dimension {vectors.shape[1]} written to version {version}")
         if args.publish:
             store.publish(version)
@@ -60,7 +62,11 @@ def _info(args: argparse.Namespace) -> int:
                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.created)),
                       "current": r.version == current} for r in rows],
     }
-    print(json.dumps(report, indent=2))
+    emit(args, ["version", "current", "created", "dtype", "dims", "counts"],
+         [[v["version"], "*" if v["current"] else "", v["created"], v["dtype"], json.dumps(v["dims"], sort_keys=True),
+           json.dumps(v["counts"], sort_keys=True)] for v in report["versions"]], report)
+    if args.output == "table":
+        print(f"{fs.url} (namespace {fs.namespace}): {'healthy' if healthy else 'UNREACHABLE'}, current {current}")
     return 0 if healthy else 1
 
 
@@ -90,7 +96,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="features_command", metavar="ACTION")
 
     def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--url", help="redis://, file://PATH or memory:// (default MAMDR_FEATURE_STORE__URL)")
+        q.add_argument("--feature-store", metavar="URL",
+                       help="redis://, file://PATH or memory:// (default MAMDR_FEATURE_STORE__URL)")
+        deprecated_alias(q, "--url", "--feature-store", "feature_store")
         q.add_argument("--namespace", help="key namespace (default MAMDR_FEATURE_STORE__NAMESPACE)")
 
     load = sub.add_parser("load", help="write embeddings from files as a new version")
@@ -101,10 +109,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     load.add_argument("--item-ids", type=Path, help="ids for a .npy item file")
     load.add_argument("--version", help="version name (default: UTC timestamp)")
     load.add_argument("--publish", action="store_true", help="make the version current after loading")
-    load.add_argument("--quiet", action="store_true", help="no progress bars")
+    load.add_argument("--no-progress", action="store_true", help="no progress bars")
+    deprecated_alias(load, "--quiet", "--no-progress", "no_progress", flag=True)
     load.set_defaults(func=_load)
 
-    info = sub.add_parser("info", help="health, current version and every version's dims and counts (JSON)")
+    info = add_output(sub.add_parser("info", help="health, current version and every version's dims and counts"))
     common(info)
     info.set_defaults(func=_info)
 

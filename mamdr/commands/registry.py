@@ -242,7 +242,7 @@ def register(subparsers: Any) -> None:
     add.add_argument("--set", action="append", metavar="KEY=VALUE", help="a domain setting, e.g. dr_k=3")
     add.set_defaults(func=cmd_domains_add)
     lst = _common(dsub.add_parser("list", help="list domains"))
-    lst.add_argument("--status", choices=["active", "paused", "retired"])
+    lst.add_argument("--status", choices=["active", "paused", "retired"], help="only domains with this status")
     lst.set_defaults(func=cmd_domains_list)
     for name, func, text in (
         ("show", cmd_domains_show, "show one domain"),

@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from mamdr.commands import deprecated_alias
+
 DEFAULT_QUICKSTART_DIR = Path("runs/quickstart")
 DEFAULT_DEV_DIR = Path.home() / ".mamdr" / "dev"
 
@@ -19,16 +21,18 @@ def register(subparsers: Any) -> None:
         "quickstart", help="the whole product on ml-latest-small: stream → train → serve → onboard → report",
         description="Builds the shipped ml-latest-small benchmark, streams its clicks into the continual trainer, "
         "serves the published versions over HTTP, onboards a new domain and writes a report. Embedded backends "
-        "by default (no servers needed); --kafka/--redis use real servers.")
+        "by default (no servers needed); --stream/--feature-store/--registry use real servers.")
     q.add_argument("--workdir", type=Path, default=DEFAULT_QUICKSTART_DIR,
                    help=f"where everything is written (default {DEFAULT_QUICKSTART_DIR}; a previous quickstart "
                    "there is replaced)")
     q.add_argument("--short", action="store_true", help="a tenth of the users and a smaller model (~1-2 min)")
-    q.add_argument("--kafka", metavar="URL", help="kafka://HOST:PORT/TOPIC instead of the embedded file:// stream")
-    q.add_argument("--redis", metavar="URL",
-                   help="redis://HOST:PORT/DB for the feature store and the registry instead of file:// and sqlite")
+    q.add_argument("--stream", metavar="URL", help="kafka://HOST:PORT/TOPIC instead of the embedded file:// stream")
+    q.add_argument("--feature-store", metavar="URL", help="redis://HOST:PORT/DB instead of the embedded file:// store")
+    q.add_argument("--registry", metavar="URL", help="redis://HOST:PORT/DB instead of the embedded sqlite file")
+    deprecated_alias(q, "--kafka", "--stream", "stream")
+    deprecated_alias(q, "--redis", "--feature-store URL --registry URL", "redis")
     q.add_argument("--new-domain", default="film-noir", help="the domain held back and onboarded (film-noir)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0, help="seed of the data split, sampling and training")
     q.add_argument("--serve", action="store_true", help="keep serving up after the summary until Ctrl-C")
     q.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     q.set_defaults(func=cmd_quickstart)
@@ -57,7 +61,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from mamdr.quickstart import QuickstartConfig, run_quickstart
 
     run_quickstart(QuickstartConfig(
-        workdir=args.workdir, short=args.short, kafka=args.kafka, redis=args.redis, new_domain=args.new_domain,
+        workdir=args.workdir, short=args.short, stream=args.stream,
+        feature_store=args.feature_store or getattr(args, "redis", None),
+        registry=args.registry or getattr(args, "redis", None), new_domain=args.new_domain,
         seed=args.seed, progress=not args.no_progress, keep_serving=args.serve,
     ))
     return 0

@@ -6,6 +6,7 @@ Cheap to import (no torch, no kafka-python until a kafka:// URL is opened).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -69,6 +70,8 @@ def register(subparsers: Any) -> None:
     tail.add_argument("--limit", type=int, default=None, help="stop after N records")
     tail.add_argument("--follow", action="store_true", help="keep waiting for new records (Ctrl-C stops)")
     tail.add_argument("--idle-timeout", type=float, default=1.0, help="without --follow, stop after this idle")
+    tail.add_argument("--output", "-o", choices=("table", "json"), default="table",
+                      help="table: 'partition:offset key value' lines; json: one JSON object per record (JSON Lines)")
     tail.set_defaults(func=cmd_tail)
 
 
@@ -153,7 +156,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     with (
         open_stream(settings.url, settings) as stream,
         stream.producer() as producer,
-        tqdm(total=args.limit, unit="ev", disable=args.no_progress, file=sys.stderr, mininterval=0.5) as bar,
+        tqdm(total=len(events) if args.limit is None else min(args.limit, len(events)), unit="ev",
+             disable=args.no_progress, file=sys.stderr, mininterval=0.5) as bar,
     ):
         for fields in events:
             if args.limit is not None and sent >= args.limit:
@@ -186,6 +190,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record_json(r: Any) -> dict[str, Any]:
+    """One record for ``tail --output json``: the value as JSON when it parses (events, dead letters), else text."""
+    text = r.value.decode(errors="replace")
+    try:
+        value: Any = json.loads(text)
+    except ValueError:
+        value = text
+    return {"topic": r.topic, "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp,
+            "key": r.key.decode(errors="replace") if r.key else None, "value": value}
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     from stream import open_stream
 
@@ -203,7 +218,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
                     records = consumer.poll(want, timeout_s=0.5)
                     for r in records:
                         key = r.key.decode(errors="replace") if r.key else "-"
-                        print(f"{r.partition}:{r.offset} {key} {r.value.decode(errors='replace')}")
+                        if args.output == "json":  # JSON Lines: a follow never ends, so one object per record
+                            print(json.dumps(_record_json(r), sort_keys=True), flush=True)
+                        else:
+                            print(f"{r.partition}:{r.offset} {key} {r.value.decode(errors='replace')}")
                     printed += len(records)
                     if records:
                         idle_since = time.monotonic()

@@ -97,19 +97,20 @@ def test_cli_load_info_gc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     _taobao_json(tmp_path / "item_emb.json", 7, 16, 2)
     url = f"file://{tmp_path / 'fs'}"
     for version in ("a1", "a2", "a3"):
-        assert main(["features", "load", "--url", url, "--user", str(tmp_path / "user_emb.json"),
-                     "--item", str(tmp_path / "item_emb.json"), "--version", version, "--quiet"]) == 0
-    assert main(["features", "publish", "--url", url, "a1"]) == 0
+        assert main(["features", "load", "--feature-store", url, "--user", str(tmp_path / "user_emb.json"),
+                     "--item", str(tmp_path / "item_emb.json"), "--version", version, "--no-progress"]) == 0
+    assert main(["features", "publish", "--url", url, "a1"]) == 0  # the old spelling still works, with a warning
+    assert "--url is deprecated" in capsys.readouterr().err
     capsys.readouterr()
-    assert main(["features", "info", "--url", url]) == 0
+    assert main(["features", "info", "--feature-store", url, "--output", "json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["current"] == "a1" and info["healthy"]
     assert [v["counts"] for v in info["versions"]] == [{"user": 5, "item": 7}] * 3
-    assert main(["features", "gc", "--url", url, "--keep", "1"]) == 0
+    assert main(["features", "gc", "--feature-store", url, "--keep", "1"]) == 0
     assert "a2" in capsys.readouterr().out
     store = open_store(url)
     assert store.versions() == ["a1", "a3"]
     np.testing.assert_array_equal(store.lookup("1000", []).user, users["1000"])
-    assert main(["features", "publish", "--url", url, "zz"]) == 3  # not found: one line, no traceback
+    assert main(["features", "publish", "--feature-store", url, "zz"]) == 3  # not found: one line, no traceback
     assert "does not exist" in capsys.readouterr().err
-    assert main(["features", "load", "--url", url]) == 2
+    assert main(["features", "load", "--feature-store", url]) == 2

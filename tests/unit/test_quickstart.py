@@ -87,13 +87,19 @@ def test_settings_default_to_embedded_backends_in_the_workdir(tmp_path: Path) ->
     assert s.registry.url == f"sqlite://{tmp_path}/registry.db"
     assert s.feature_store.url == f"file://{tmp_path}/feature_store"
     assert s.registry.admin_token.get_secret_value() == "tok"
-    real = settings_for(QuickstartConfig(workdir=tmp_path, kafka="kafka://h:1/t", redis="redis://h:2/0"), tmp_path, "t")
-    assert (real.stream.url, real.registry.url, real.feature_store.url) == ("kafka://h:1/t", "redis://h:2/0",
+    real = settings_for(QuickstartConfig(workdir=tmp_path, stream="kafka://h:1/t", feature_store="redis://h:2/0",
+                                         registry="redis://h:2/1"), tmp_path, "t")
+    assert (real.stream.url, real.registry.url, real.feature_store.url) == ("kafka://h:1/t", "redis://h:2/1",
                                                                              "redis://h:2/0")
-    with pytest.raises(ConfigError, match="kafka://HOST:PORT/TOPIC"):
-        settings_for(QuickstartConfig(workdir=tmp_path, kafka="localhost:9092"), tmp_path, "t")
-    with pytest.raises(ConfigError, match="redis://HOST:PORT/DB"):
-        settings_for(QuickstartConfig(workdir=tmp_path, redis="http://x"), tmp_path, "t")
+    # a URL of the wrong kind fails where every backend URL fails: the one resolver, naming the schemes
+    from feature_store import open_store
+    from stream import open_stream
+
+    with pytest.raises(ConfigError, match="kafka://"):
+        open_stream(settings_for(QuickstartConfig(workdir=tmp_path, stream="localhost:9092"), tmp_path, "t").stream.url)
+    with pytest.raises(ConfigError, match="redis://"):
+        bad = settings_for(QuickstartConfig(workdir=tmp_path, feature_store="http://x"), tmp_path, "t")
+        open_store(bad.feature_store.url, bad.feature_store)
 
 
 def test_stop_terminates_then_kills_a_process_that_ignores_sigterm(tmp_path: Path) -> None:

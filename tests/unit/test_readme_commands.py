@@ -82,7 +82,7 @@ def test_readme_command_exists_and_its_help_works(command: str) -> None:
 def test_the_console_command_runs() -> None:
     done = subprocess.run([sys.executable, "-m", "mamdr.cli", "quickstart", "--help"], capture_output=True,
                           text=True, timeout=60)
-    assert done.returncode == 0 and "--short" in done.stdout and "--kafka" in done.stdout
+    assert done.returncode == 0 and "--short" in done.stdout and "--stream" in done.stdout
 
 
 def test_configuration_reference_matches_the_settings() -> None:

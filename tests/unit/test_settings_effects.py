@@ -104,7 +104,7 @@ def test_read_commands_never_create_a_store(tmp_path: Path) -> None:
     for args in (("models", "list", "--registry", f"sqlite://{missing_db}"),
                  ("domains", "list", "--registry", f"sqlite://{missing_db}"),
                  ("models", "rollback", "--registry", f"sqlite://{missing_db}"),
-                 ("features", "info", "--url", f"file://{tmp_path}/typo-store")):
+                 ("features", "info", "--feature-store", f"file://{tmp_path}/typo-store")):
         run = mamdr(*args)
         assert run.returncode == 3, (args, run.stderr)
         assert "read commands never create" in run.stderr or "no " in run.stderr

@@ -11,6 +11,8 @@ INNER_OPTIMIZERS = ("adam", "sgd")
 OUTER_OPTIMIZERS = ("interp", "sgd", "adagrad", "adam")
 BETA_SCHEDULES = ("constant", "anneal")
 SCHEDULES = ("interleaved", "staged")
+DR_BUDGETS = ("pass", "half")
+DELTA_INITS = ("zeros", "random")
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,8 @@ class FrameworkConfig:
             (self.outer in OUTER_OPTIMIZERS, f"outer optimizer {self.outer!r}: use {OUTER_OPTIMIZERS}"),
             (self.beta_schedule in BETA_SCHEDULES, f"beta_schedule {self.beta_schedule!r}: {BETA_SCHEDULES}"),
             (self.schedule in SCHEDULES, f"schedule {self.schedule!r}: use {SCHEDULES}"),
-            (self.dr_budget in ("pass", "half"), f"dr_budget {self.dr_budget!r}: use pass or half"),
-            (self.delta_init in ("zeros", "random"), f"delta_init {self.delta_init!r}: use zeros or random"),
+            (self.dr_budget in DR_BUDGETS, f"dr_budget {self.dr_budget!r}: use {DR_BUDGETS}"),
+            (self.delta_init in DELTA_INITS, f"delta_init {self.delta_init!r}: use {DELTA_INITS}"),
             (0 < self.beta <= 1, f"beta must be in (0, 1], got {self.beta}"),
             (0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}"),
             (self.k >= 0, f"k must be >= 0, got {self.k}"),
