@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,11 +69,13 @@ def export_version(
     delta_dtype: str = "float32",
     registry: Registry | None = None,
     promote: bool = False,
+    without_delta: Collection[str] = (),
 ) -> Manifest:
     """Publish ``<root>/<version>``: shared.onnx (θS view), one delta per domain, the manifest.
 
-    ``domains`` maps each domain id to its slot (row of the domain-indexed tensors). With a
-    ``registry`` the version is registered as a candidate, and made live if ``promote``.
+    ``domains`` maps each domain id to its slot (row of the domain-indexed tensors); the domains in
+    ``without_delta`` are exported as θS alone (their θi did not graduate). With a ``registry`` the version is
+    registered as a candidate, and made live if ``promote``.
     """
     model = params.model
     if not isinstance(model, CTRModel):
@@ -92,7 +94,7 @@ def export_version(
         in_graph = graph_initializer_names(graph)
         deltas: dict[str, tuple[bytes, dict[str, np.ndarray]]] = {}
         for domain, slot in domains.items():
-            view_d = domain_view_arrays(params, slot)
+            view_d = domain_view_arrays(params, slot, with_delta=domain not in without_delta)
             arrays = {n: a for n, a in delta_arrays(shared, view_d).items() if n in in_graph}
             deltas[domain] = (delta_model(domain, arrays, delta_dtype), arrays)
         contract = InputContract(

@@ -82,13 +82,15 @@ def shared_view_arrays(model: CTRModel) -> Arrays:
     return out
 
 
-def domain_view_arrays(params: DomainParameters, slot: int) -> Arrays:
-    """Θd = θS + θd with domain-indexed tensors cut to row ``slot``."""
+def domain_view_arrays(params: DomainParameters, slot: int, with_delta: bool = True) -> Arrays:
+    """Θd = θS + θd with domain-indexed tensors cut to row ``slot`` (``with_delta=False``: θS alone, still
+    with the domain's own rows: what a domain whose delta has not graduated is served with)."""
     model = params.model
     if not isinstance(model, CTRModel):
         raise TypeError("export needs a CTRModel (it relies on domain_indexed)")
     base = _base_tensors(model)
-    composed: Mapping[str, torch.Tensor] = params.composed(slot) if params.has_delta(slot) else {}
+    composed: Mapping[str, torch.Tensor] = (params.composed(slot) if with_delta and params.has_delta(slot)
+                                            else {})
     out: Arrays = {}
     for name, t in base.items():
         value = composed[name].detach() if name in composed else t

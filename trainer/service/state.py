@@ -93,8 +93,9 @@ class ModelState:
 
     # -- scoring with the live parameters (prequential evaluation) -------------------------------
     @torch.no_grad()
-    def predict(self, domain: str, users: list[str], items: list[str]) -> np.ndarray:
-        """Click probabilities as serving would give them: unknown ids get the mean vector."""
+    def predict(self, domain: str, users: list[str], items: list[str], with_delta: bool = True) -> np.ndarray:
+        """Click probabilities as serving would give them: unknown ids get the mean vector
+        (``with_delta=False``: θS alone, as a domain whose delta has not graduated is served)."""
         self.model.eval()
         slot = self.domains.get(domain)
         urows = self.users.rows(users, add=False)
@@ -107,7 +108,7 @@ class ModelState:
         if slot is None:
             raise DataError(f"domain {domain!r} has no slot yet: it is scored once its first clicks are buffered")
         d = torch.full((len(users),), slot, dtype=torch.long)
-        if self.params.has_delta(slot):
+        if with_delta and self.params.has_delta(slot):
             logits = _call_score(self.model, self.params.composed(slot), u, i, d)
         else:
             logits = self.model.score(u, i, d)

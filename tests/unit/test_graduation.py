@@ -1,0 +1,48 @@
+"""Per-domain graduation: θi is served only while it beats θS on the domain's recent prequential clicks."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tests.support.tiny_model import cached_tiny
+from trainer.export.view import build_view_module, domain_view_arrays
+from trainer.service.graduation import Graduation
+
+
+def test_a_delta_graduates_only_when_it_beats_the_shared_model_on_recent_clicks() -> None:
+    rng = np.random.default_rng(0)
+    g = Graduation(window=1000, min_clicks=100)
+    y = (rng.random(600) < 0.4).astype(np.float32)
+    good = np.clip(0.5 * y + 0.5 * rng.random(600), 0, 1)  # informative
+    noise = rng.random(600)  # uninformative
+    served = g.observe("helps", y, p_shared=noise, p_specific=good)
+    assert np.array_equal(served, noise)  # not graduated yet: served by θS
+    g.observe("hurts", y, p_shared=good, p_specific=noise)
+    g.observe("tiny", y[:50], p_shared=noise[:50], p_specific=good[:50])
+    report = g.decide()
+    assert g.graduated == {"helps"}
+    assert report["helps"]["auc_specific"] > report["helps"]["auc_shared"]
+    assert report["tiny"] == {"graduated": False, "clicks": 50.0}  # too little evidence: no decision
+    served = g.observe("helps", y[:10], p_shared=noise[:10], p_specific=good[:10])
+    assert np.array_equal(served, good[:10])  # graduated: served by Θi
+    g.observe("helps", y, p_shared=good, p_specific=noise)  # the delta went bad: it loses its place
+    g.decide()
+    assert "helps" not in g.graduated
+
+
+def test_a_domain_without_its_delta_is_exported_as_the_shared_model_with_its_own_rows() -> None:
+    tiny = cached_tiny("mlp", steps=8, delta_steps=4, n_domains=4)
+    params, slot = tiny.params, tiny.domains["dom-2"]
+    assert params.has_delta(slot)
+    model = params.model
+    users, items = torch.arange(5), torch.arange(5)
+    u, i = model.user_embedding.weight[users].detach(), model.item_embedding.weight[items].detach()
+    with torch.no_grad():
+        shared_only = build_view_module(model, domain_view_arrays(params, slot, with_delta=False))(u, i)
+        full = build_view_module(model, domain_view_arrays(params, slot))(u, i)
+        want_shared = model.score(u, i, torch.full((5,), slot))  # θS with the domain's own rows, no θi
+        want_full = params.forward_domain(slot, users, items, torch.full((5,), slot))
+    torch.testing.assert_close(shared_only, want_shared, atol=1e-5, rtol=0)
+    torch.testing.assert_close(full, want_full, atol=1e-5, rtol=0)
+    assert not torch.allclose(shared_only, full)

@@ -1,0 +1,67 @@
+"""Per-domain graduation: a domain's delta θi is served only while it beats θS on that domain's recent clicks.
+
+DR trains θi for every domain with fresh clicks, but a delta learned from a few hundred clicks can be worse than
+the shared model it is added to (the paper's θi are judged offline, on validation data; a stream has none). The
+trainer therefore scores every arriving click twice before training on it (prequential, "test, then train"):
+with Θi = θS + θi and with θS alone. Over each domain's last ``window`` scored clicks it compares the two AUCs;
+the delta is *graduated* (exported, served) only when Θi's AUC is at least ``margin`` above θS's on at least
+``min_clicks`` clicks of both classes. Otherwise the domain is exported without its delta and served by θS,
+with its own row of the domain-indexed tensors, exactly the model the trainer scored as "θS". The served score
+of a click (and so the prequential AUC the trainer reports) is the one of whichever model its domain was served
+with when the click arrived.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trainer.evaluation import auc
+
+
+@dataclass
+class _Window:
+    labels: deque[float]
+    shared: deque[float]
+    specific: deque[float]
+
+
+@dataclass
+class Graduation:
+    window: int = 5000
+    min_clicks: int = 200
+    margin: float = 0.0
+    graduated: set[str] = field(default_factory=set)
+    _seen: dict[str, _Window] = field(default_factory=dict)
+
+    def observe(self, domain: str, labels: np.ndarray, p_shared: np.ndarray, p_specific: np.ndarray) -> np.ndarray:
+        """Record one domain's scored clicks; return the scores serving gave them (graduated or not)."""
+        w = self._seen.get(domain)
+        if w is None:
+            w = self._seen[domain] = _Window(deque(maxlen=self.window), deque(maxlen=self.window),
+                                             deque(maxlen=self.window))
+        w.labels.extend(labels.tolist())
+        w.shared.extend(p_shared.tolist())
+        w.specific.extend(p_specific.tolist())
+        return p_specific if domain in self.graduated else p_shared
+
+    def decide(self) -> dict[str, dict[str, float | bool]]:
+        """Re-decide every domain from its window; returns the per-domain figures behind the decision."""
+        report: dict[str, dict[str, float | bool]] = {}
+        for domain, w in self._seen.items():
+            y = np.fromiter(w.labels, dtype=np.float64)
+            positives = int(y.sum())
+            if len(y) < self.min_clicks or positives == 0 or positives == len(y):
+                report[domain] = {"graduated": domain in self.graduated, "clicks": float(len(y))}
+                continue  # too little evidence: keep the last decision
+            a_shared = auc(y, np.fromiter(w.shared, dtype=np.float64))
+            a_specific = auc(y, np.fromiter(w.specific, dtype=np.float64))
+            if a_specific >= a_shared + self.margin and a_specific > a_shared:
+                self.graduated.add(domain)
+            else:
+                self.graduated.discard(domain)
+            report[domain] = {"graduated": domain in self.graduated, "clicks": float(len(y)),
+                              "auc_shared": a_shared, "auc_specific": a_specific}
+        return report
