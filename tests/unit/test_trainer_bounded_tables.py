@@ -54,6 +54,7 @@ def test_vocab_state_survives_a_checkpoint() -> None:
     v.rows(["a", "a", "b", "c", "c"], round_no=4, now=5.0)
     v.expire(9, 9.0, rounds=3)
     v.rows(["d", "d", "e"], round_no=9, now=9.0)
+    assert v.ids == ["d", None]
     w = Vocab.restore(v.ids, v.state(), min_count=2)
     assert w.ids == v.ids and w.live()[0] == v.live()[0]
     assert list(w.rows(["e"])) == [1]  # e's pending count (1) was restored: this is its 2nd sighting
@@ -107,3 +108,29 @@ def test_soak_keeps_tables_feature_store_disk_and_registry_flat(tmp_path: Path) 
     assert late["disk_bytes"] <= early["disk_bytes"] * 1.25, [f["disk_bytes"] for f in figures]
     assert late["ids_seen"] > 4 * early["ids_seen"]  # while the ids kept coming
     assert time.monotonic() - t0 < 850
+
+
+def test_free_rows_and_last_seen_marks_survive_a_restart(tmp_path: Path) -> None:
+    from tests.unit.test_trainer_retention import make_trainer, produce, rounds
+
+    url = f"file://{tmp_path}/stream/clicks"
+    n = produce(url, 0, 300, users=40)
+    trainer = make_trainer(tmp_path, expire_rounds=1)
+    rounds(trainer, 1)
+    n = produce(url, n, 300, users=20)  # u20..u39 are not seen in round 2: expired
+    rounds(trainer, 1)
+    trainer.close()
+    before = trainer.state
+    assert before is not None and before.users.active == 20 and None in before.users.ids
+    resumed = make_trainer(tmp_path, expire_rounds=1)
+    resumed.start()
+    after = resumed.state
+    assert after is not None
+    assert after.users.ids == before.users.ids and after.users.state() == before.users.state()
+    produce(url, n, 300, users=60)  # 40 ids come back or arrive: 20 reuse the free rows first
+    assert rounds(resumed, 1) == ["v000003"]
+    resumed.close()
+    assert len(after.users) == 60 and after.users.active == 60
+    from feature_store import open_store
+
+    assert open_store(f"file://{tmp_path}/fs").describe("v000002").counts["user"] == 20

@@ -42,12 +42,12 @@ class Vocab:
         self._pending: dict[str, tuple[int, int]] = {}
         self._round = 0
         self._now = 0.0
-        for i in ids:
+        for i in ids:  # row r of the table belongs to ids[r] (None: a free row)
+            row = self._append(i)
             if i is None:
-                self._append(None)
-                heapq.heappush(self._free, len(self._ids) - 1)
+                heapq.heappush(self._free, row)
             else:
-                self._assign(i)
+                self._index[i] = row
 
     def __len__(self) -> int:
         """Rows in use or free (the high-water mark: the table needs at least this many rows)."""
