@@ -6,7 +6,8 @@ One round, every ``round_seconds`` or ``round_events`` (whichever comes first):
    DR for every domain with fresh rows (k neighbours from the round, plus itself);
 3. publish version N: trainer checkpoint, embeddings in the feature store under N, ONNX shared model
    + deltas + manifest holding the consumed offsets, registered and promoted in the registry;
-4. only then commit the offsets to the consumer group.
+4. only then commit the offsets to the consumer group;
+5. retention deletes versions beyond the kept ones (trainer/service/retention.py).
 On start the trainer resumes from the live version's checkpoint and seeks to its manifest's offsets,
 so a crash anywhere loses nothing and applies nothing twice to a published model. Every consumed
 record, valid or dead-lettered, is counted in exactly one manifest's ``events_included``.
@@ -323,6 +324,10 @@ class ContinualTrainer:
         """Free rows of ids not seen recently; the version published next no longer holds them."""
         assert self.state is not None
         freed = self.state.expire(self.round_no + 1, time.time(), self.cfg.expire_rounds, self.cfg.expire_seconds)
+        for kind, vocab in (("user", self.state.users), ("item", self.state.items)):
+            self.metrics.expired_ids.labels(kind=kind).inc(len(freed[kind]))
+            self.metrics.embedding_ids.labels(kind=kind).set(vocab.active)
+            self.metrics.embedding_rows.labels(kind=kind).set(len(vocab))
         if len(freed["user"]) or len(freed["item"]):
             self.buffers.forget(freed["user"], freed["item"])
             self._rebuild_framework()  # optimizer moments of freed rows must not carry over to new ids
@@ -333,9 +338,13 @@ class ContinualTrainer:
         from trainer.service.retention import apply_retention
 
         try:
-            apply_retention(self.root, self.registry, self.store, self.cfg.keep_versions, self.cfg.pinned_versions)
+            report = apply_retention(self.root, self.registry, self.store, self.cfg.keep_versions,
+                                     self.cfg.pinned_versions)
         except (BackendUnavailable, OSError) as exc:
             log.warning("retention failed (%s); it runs again after the next publish", exc)
+            return
+        for what in ("records", "feature_store", "checkpoints", "folders", "leftovers"):
+            self.metrics.retention_deleted.labels(what=what).inc(len(getattr(report, what)))
 
     # -- the service loop ---------------------------------------------------------------------------
     def run(self, max_rounds: int | None = None, idle_exit_s: float | None = None) -> list[RoundReport]:
