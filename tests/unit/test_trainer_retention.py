@@ -235,6 +235,10 @@ def test_crash_inside_gc_leaves_a_consistent_state_and_the_next_gc_finishes(tmp_
     n = produce(url, 0, 1500)  # five rounds
     assert run_cli_trainer(tmp_path, "mid_gc:4") == -9  # killed inside the 4th gc, after its record deletes
     assert_consistent(tmp_path, exact=False)
+    restarted = make_trainer(tmp_path, keep_versions=2)
+    restarted.start()  # a start finishes the interrupted gc before any new event arrives
+    restarted.close()
+    assert_consistent(tmp_path)
     root = tmp_path / "artifacts"
     # leftovers of writers killed mid-write: removed once older than the grace period
     stale = [root / ".tmp-v000099-deadbeef", root / CHECKPOINT_DIR / ".tmp-v000099-deadbeef"]

@@ -126,6 +126,7 @@ class ContinualTrainer:
         self._offsets = dict(offsets)
         self._rebuild_framework()
         self._refresh_domains(force=True)
+        self.retain()  # finishes a gc a crash interrupted, without waiting for the next publish
 
     def _rebuild_framework(self) -> None:
         assert self.state is not None
