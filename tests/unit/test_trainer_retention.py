@@ -120,6 +120,13 @@ def test_retention_keeps_newest_live_pinned_rollback_target_and_referenced_files
     assert registry.rollback().id == "v000004"
     with torch.no_grad():
         assert load_version(root / "v000004").read_delta("dom-1")
+    # a kept manifest that cannot be read: retention deletes no file and no embeddings (it cannot know
+    # which files that version uses); the doomed folder waits for a readable manifest
+    (root / "v000003" / "deltas").mkdir(parents=True)
+    (root / "v000003" / "deltas" / "dom-0.onnx").write_bytes(b"x")
+    (root / "v000002" / "manifest.json").write_text("{")
+    assert apply_retention(root, registry, store, keep_versions=2, pinned=("v000002",)).folders == []
+    assert (root / "v000003" / "deltas" / "dom-0.onnx").exists()
     registry.close()
 
 

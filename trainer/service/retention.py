@@ -99,20 +99,27 @@ def _manifest(root: Path, version: str) -> Manifest | None:
         return None
 
 
-def _referenced(root: Path, kept: Collection[str]) -> tuple[set[str], set[str]]:
-    """(files relative to ``root``, feature-store versions) that kept manifests point at."""
+def _referenced(root: Path, kept: Collection[str]) -> tuple[set[str], set[str], list[str]]:
+    """(files relative to ``root``, feature-store versions) that kept manifests point at.
+
+    The third item lists kept versions whose folder exists but whose manifest cannot be read: what
+    they reference is unknown, so the caller must not delete files or embeddings this time.
+    """
     files: set[str] = set()
     fs_versions: set[str] = set()
+    unreadable: list[str] = []
     for version in kept:
         manifest = _manifest(root, version)
         if manifest is None:
+            if (root / version).is_dir():
+                unreadable.append(version)
             continue
         files.add(f"{version}/{MANIFEST_FILE}")
         files.add(manifest.shared_path)
         files.update(e.path for e in manifest.deltas.values())
         if manifest.feature_store_version:
             fs_versions.add(manifest.feature_store_version)
-    return files, fs_versions
+    return files, fs_versions, unreadable
 
 
 def _older_than(path: Path, grace_s: float, now: float) -> bool:
@@ -170,9 +177,12 @@ def apply_retention(root: Path, registry: Registry, store: EmbeddingStore | None
                 kept.add(m.id)
     failpoint("mid_gc")
     report.kept = sorted(kept)
-    files, fs_kept = _referenced(root, kept)
+    files, fs_kept, unreadable = _referenced(root, kept)
+    if unreadable:  # never guess what a damaged kept manifest points at
+        log.warning("retention keeps every file and embedding version this time: the manifests of kept "
+                    "versions %s cannot be read", unreadable)
     # 2. embeddings no kept manifest names (versions with other names are left alone)
-    if store is not None:
+    if store is not None and not unreadable:
         protect = fs_kept | kept | {v for v in store.versions() if not VERSION_RE.match(v)}
         with contextlib.suppress(NotFound):
             report.feature_store = store.gc(0, protect=protect)
@@ -181,7 +191,7 @@ def apply_retention(root: Path, registry: Registry, store: EmbeddingStore | None
         shutil.rmtree(ckpt / version, ignore_errors=True)
         report.checkpoints.append(version)
     # 4. version folders (referenced delta files survive as husks)
-    for version in sorted(_versions_in(root) - kept):
+    for version in sorted(_versions_in(root) - kept) if not unreadable else []:
         if _prune_folder(root, version, files):
             report.folders.append(version)
     # 5. leftovers of writers killed mid-write
