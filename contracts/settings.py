@@ -148,6 +148,20 @@ class TrainerSettings(_Section):
     seed: int = Field(0, ge=0)
     liveness_timeout_s: float = Field(
         1800.0, gt=0, le=86_400, description="/healthz on the metrics port fails after this long without progress")
+    # -- bounded tables (issue 13.4): which ids own an embedding row
+    min_count: int = Field(
+        1, ge=1, description="an id gets its own embedding row once seen this many times (before: cold-start vector)")
+    expire_rounds: int = Field(
+        0, ge=0, description="free the row of an id not seen for this many rounds (0: never)")
+    expire_seconds: float = Field(
+        0.0, ge=0, description="free the row of an id not seen for this long, wall clock (0: never)")
+    filter_capacity: int = Field(
+        1_000_000, ge=1, description="ids counted while below min_count (least recently seen forgotten beyond)")
+    # -- retention (issue 13.5): what stays on disk, in the feature store and in the registry
+    keep_versions: int = Field(
+        5, ge=2, description="newest published versions kept (plus live, pinned, rollback target, referenced)")
+    pinned_versions: tuple[str, ...] = Field(
+        (), description='versions retention never deletes (env: JSON list like ["v000012"]; CLI: --pin)')
 
 
 class Settings(BaseSettings):

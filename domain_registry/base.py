@@ -120,6 +120,15 @@ class Registry(ABC):
     def rollback(self, actor: str = "system") -> ModelVersion:
         """Mark the live version rolled_back and make the previous live one live again."""
 
+    @abstractmethod
+    def delete_model(self, version_id: str, actor: str = "system") -> bool:
+        """Forget a version's record (retention). ``Conflict`` for the live version; False if absent.
+
+        A deleted version can never be promoted or rolled back to again; the audit trail keeps
+        its history (``model.delete``). Deleting an absent id is a no-op (no counter bump), so
+        retention can repeat a delete after a crash.
+        """
+
     # -- change notification and audit
     @abstractmethod
     def change_counter(self) -> int: ...

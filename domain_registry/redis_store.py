@@ -271,6 +271,26 @@ class RedisRegistry(Registry):
         result: ModelVersion = self._transact(body, actor)
         return result
 
+    def delete_model(self, version_id: str, actor: str = "system") -> bool:
+        rules.check_version_id(version_id)
+
+        def body(pipe: Pipeline) -> _Write:
+            raw = pipe.hget(self.k_models, version_id)
+            if raw is None:
+                return _Write(False)
+            status = json.loads(raw)["model"]["status"]
+            rules.check_deletable(version_id, status)
+
+            def queue(p: Pipeline, _seq: int) -> None:
+                p.hdel(self.k_models, version_id)
+                p.zrem(self.k_order, version_id)
+                p.zrem(self.k_superseded, version_id)
+
+            return _Write(True, "model.delete", version_id, {"status": status}, queue)
+
+        result: bool = self._transact(body, actor)
+        return result
+
     # -- change notification and audit
     def change_counter(self) -> int:
         with self._errors():

@@ -162,3 +162,9 @@ def rollback_target(live: ModelVersion | None,
     if best is None:
         raise Conflict(f"model {live.id!r} is live but no earlier live version is left to roll back to")
     return best[1]
+
+
+def check_deletable(version_id: str, status: str) -> None:
+    """Retention may forget any record but the live one (roll back or promote another first)."""
+    if status == "live":
+        raise Conflict(f"model version {version_id!r} is live and cannot be deleted; promote another first")

@@ -287,6 +287,18 @@ class SqliteRegistry(Registry):
                          (now, seq, target.id))
         return target.model_copy(update={"status": "live", "promoted_at": now})
 
+    def delete_model(self, version_id: str, actor: str = "system") -> bool:
+        rules.check_version_id(version_id)
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute("SELECT status FROM models WHERE id = ?", (version_id,)).fetchone()
+            if row is None:
+                return False
+            rules.check_deletable(version_id, row[0])
+            conn.execute("DELETE FROM models WHERE id = ?", (version_id,))
+            self._bump(conn, actor, "model.delete", version_id, {"status": row[0]}, now)
+        return True
+
     # -- change notification and audit
     def change_counter(self) -> int:
         return self._read(lambda conn: int(conn.execute(

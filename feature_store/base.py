@@ -8,7 +8,7 @@ Entities are ``"user"`` or ``"item"``; ids are strings; vectors have a declared 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -97,8 +97,12 @@ class EmbeddingStore(ABC):
         """Versions present (oldest first)."""
 
     @abstractmethod
-    def gc(self, keep: int) -> list[str]:
-        """Delete all but the newest ``keep`` versions (never the current one). Returns deleted."""
+    def gc(self, keep: int, protect: Collection[str] = ()) -> list[str]:
+        """Delete all but the newest ``keep`` versions (never the current one, nor ``protect``).
+
+        Returns the deleted versions. ``gc(0, protect=kept)`` deletes exactly what is not in
+        ``kept`` (model retention: the feature-store versions that kept manifests name).
+        """
 
     @abstractmethod
     def describe(self, version: str | None = None) -> VersionInfo:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,13 +138,13 @@ class MemoryStore(EmbeddingStore):
         with self._space.lock:
             return list(self._space.versions)
 
-    def gc(self, keep: int) -> list[str]:
+    def gc(self, keep: int, protect: Collection[str] = ()) -> list[str]:
         if keep < 0:
             raise DataError(f"keep must be >= 0, got {keep}")
         with self._space.lock:
             names = list(self._space.versions)
             kept = set(names[max(0, len(names) - keep) :] if keep else [])
-            doomed = [n for n in names if n not in kept and n != self._space.current]
+            doomed = [n for n in names if n not in kept and n != self._space.current and n not in protect]
             for n in doomed:
                 del self._space.versions[n]
         return doomed

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -284,7 +284,7 @@ class RedisStore(EmbeddingStore):
             return [v.decode() for v in self._r.zrange(self.keys.versions, 0, -1)]
 
     # -- maintenance --------------------------------------------------------------------------
-    def gc(self, keep: int) -> list[str]:
+    def gc(self, keep: int, protect: Collection[str] = ()) -> list[str]:
         if keep < 0:
             raise DataError(f"keep must be >= 0, got {keep}")
         doomed: list[str] = []
@@ -299,7 +299,7 @@ class RedisStore(EmbeddingStore):
             raw = pipe.get(self.keys.current)
             current = raw.decode() if raw is not None else None
             kept = set(names[max(0, len(names) - keep) :] if keep else [])
-            doomed.extend(n for n in names if n not in kept and n != current)
+            doomed.extend(n for n in names if n not in kept and n != current and n not in protect)
             pipe.multi()
             for name in doomed:
                 pipe.delete(self.keys.live(name))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -211,7 +211,7 @@ class SqliteStore(EmbeddingStore):
         return [str(r[0]) for r in rows]
 
     # -- maintenance --------------------------------------------------------------------------
-    def gc(self, keep: int) -> list[str]:
+    def gc(self, keep: int, protect: Collection[str] = ()) -> list[str]:
         if keep < 0:
             raise DataError(f"keep must be >= 0, got {keep}")
         with self._tx(write=True) as db:
@@ -220,7 +220,7 @@ class SqliteStore(EmbeddingStore):
             row = db.execute("SELECT version FROM pointer WHERE ns=?", (self.ns,)).fetchone()
             current = row[0] if row else None
             kept = set(names[max(0, len(names) - keep) :] if keep else [])
-            doomed = [n for n in names if n not in kept and n != current]
+            doomed = [n for n in names if n not in kept and n != current and n not in protect]
             for n in doomed:
                 db.execute("DELETE FROM vectors WHERE ns=? AND version=?", (self.ns, n))
                 db.execute("DELETE FROM versions WHERE ns=? AND version=?", (self.ns, n))

@@ -30,7 +30,7 @@ NOTES = {
     "feature_store.max_connections": "Redis pool size per process",
     "feature_store.retries": "retries of a failed Redis call",
     "feature_store.retry_backoff_s": "pause between those retries",
-    "feature_store.keep_versions": "embedding versions kept after a publish (rollback reaches back this far)",
+    "feature_store.keep_versions": "embedding versions `mamdr features gc` keeps (the trainer: trainer.keep_versions)",
     "serving.host": "bind address (0.0.0.0 in a container)",
     "serving.port": "HTTP port",
     "serving.max_items": "item ids per scoring request (more: 422)",

@@ -20,13 +20,15 @@ from trainer.data.base import MultiDomainDataset
 from trainer.models.base import CTRModel
 
 
-def table_rows(model: CTRModel, kind: Kind, n_ids: int) -> np.ndarray:
-    """The first ``n_ids`` rows of a model's user or item table as float32 numpy (a copy)."""
+def table_rows(model: CTRModel, kind: Kind, n_ids: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """The first ``n_ids`` rows (or the given ``rows``) of a user or item table as float32 numpy (a copy)."""
     table: torch.nn.Embedding = model.user_embedding if kind == "user" else model.item_embedding
     weight = table.weight.detach()
-    if weight.shape[0] < n_ids:
-        raise DataError(f"model {kind} table has {weight.shape[0]} rows but {n_ids} {kind} ids were given")
-    return weight[:n_ids].to(device="cpu", dtype=torch.float32).numpy().copy()
+    need = n_ids if rows is None or not len(rows) else int(rows.max()) + 1
+    if weight.shape[0] < need:
+        raise DataError(f"model {kind} table has {weight.shape[0]} rows but {need} {kind} rows were asked for")
+    picked = weight[:n_ids] if rows is None else weight[torch.from_numpy(np.asarray(rows, dtype=np.int64))]
+    return picked.to(device="cpu", dtype=torch.float32).numpy().copy()
 
 
 def sync_embeddings(
@@ -38,10 +40,16 @@ def sync_embeddings(
     publish: bool = True,
     keep_versions: int | None = None,
     progress: bool = False,
+    user_rows: np.ndarray | None = None,
+    item_rows: np.ndarray | None = None,
 ) -> VersionInfo:
-    """Write both tables under ``version``; publish it and gc to ``keep_versions`` if asked."""
-    users = table_rows(model, "user", len(user_ids))
-    items = table_rows(model, "item", len(item_ids))
+    """Write both tables under ``version``; publish it and gc to ``keep_versions`` if asked.
+
+    Row r belongs to ``user_ids[r]`` unless ``user_rows`` says which row each id owns (the
+    continual trainer's tables have free rows once ids expire); the same for items.
+    """
+    users = table_rows(model, "user", len(user_ids), user_rows)
+    items = table_rows(model, "item", len(item_ids), item_rows)
     store.declare(version, {"user": users.shape[1], "item": items.shape[1]})
     bulk_write(store, version, "user", list(map(str, user_ids)), users, progress=progress)
     bulk_write(store, version, "item", list(map(str, item_ids)), items, progress=progress)

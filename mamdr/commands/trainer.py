@@ -32,6 +32,16 @@ def register(subparsers: Any) -> None:
     run.add_argument("--beta", type=float, help="DN outer step size")
     run.add_argument("--auto-onboard", action="store_true", default=None,
                      help="create unknown domains in the registry instead of dead-lettering their events")
+    run.add_argument("--min-count", type=int,
+                     help="an id gets its own embedding row once seen this many times (default 1)")
+    run.add_argument("--expire-rounds", type=int, help="free rows of ids not seen for this many rounds (0: never)")
+    run.add_argument("--expire-seconds", type=float, help="free rows of ids not seen for this long (0: never)")
+    run.add_argument("--keep-versions", type=int,
+                     help="newest versions kept on disk, in the feature store and the registry (default 5)")
+    run.add_argument("--pin", action="append", metavar="VERSION",
+                     help="a version retention never deletes (repeatable; env MAMDR_TRAINER__PINNED_VERSIONS)")
+    run.add_argument("--new-lineage", action="store_true",
+                     help="start a new model on purpose although the live version's checkpoint is missing")
     run.add_argument("--max-rounds", type=int, help="stop after this many published rounds")
     run.add_argument("--idle-exit", type=float, help="stop after this many seconds without events")
     run.add_argument("--metrics-port", type=int, default=None,
@@ -57,6 +67,9 @@ def settings_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def
         "trainer.round_seconds": args.round_seconds, "trainer.round_events": args.round_events,
         "trainer.inner_batches": args.inner_batches, "trainer.dr_k": args.dr_k, "trainer.beta": args.beta,
         "trainer.auto_onboard": args.auto_onboard, "trainer.seed": args.seed,
+        "trainer.min_count": args.min_count, "trainer.expire_rounds": args.expire_rounds,
+        "trainer.expire_seconds": args.expire_seconds, "trainer.keep_versions": args.keep_versions,
+        "trainer.pinned_versions": tuple(args.pin) if args.pin else None,
     })
 
 
@@ -84,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         store=open_store(settings.feature_store.url, settings.feature_store),
         registry=open_registry(settings.registry.url, settings.registry),
         artifacts=open_artifacts(settings.artifacts_url).root, model=args.model, model_config=model_config,
-        metrics=metrics,
+        metrics=metrics, new_lineage=args.new_lineage,
     )
     if args.metrics_port is not None:  # /metrics, and /healthz that fails when the loop stops making progress
         from trainer.service.health import serve

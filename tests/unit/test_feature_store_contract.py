@@ -140,6 +140,18 @@ class StoreContract:
         with pytest.raises(DataError):
             store.gc(keep=-1)
 
+    def test_gc_never_deletes_protected_versions(self, make_store: MakeStore) -> None:
+        store = make_store()
+        for n in range(1, 6):
+            fill(store, f"v{n}", float(n), n_users=2, n_items=3)
+            time.sleep(0.002)
+        store.publish("v5")
+        # model retention: keep exactly the versions kept manifests name (v2 is a rollback target)
+        assert sorted(store.gc(keep=0, protect={"v2", "v4"})) == ["v1", "v3"]
+        assert store.versions() == ["v2", "v4", "v5"]
+        assert store.gc(keep=0, protect={"v2", "v4"}) == []  # idempotent
+        assert store.lookup("u0", ["i0"], version="v2").items[0, 0] == 2.0
+
     def test_float16_round_trip(self, make_store: MakeStore) -> None:
         store = make_store(dtype="float16")
         store.declare("h1", {"user": 4, "item": 4})

@@ -251,6 +251,32 @@ class RegistrySuite:
         assert registry.promote("v3").status == "live"
         assert registry.rollback().id == "v0"
 
+    def test_delete_model_forgets_a_record_but_never_the_live_one(self, registry: Registry) -> None:
+        for i in range(4):
+            registry.register_model(model(f"v{i}"))
+            registry.promote(f"v{i}")
+        with pytest.raises(Conflict, match="live"):
+            registry.delete_model("v3")
+        before = registry.change_counter()
+        assert registry.delete_model("v2", actor="retention") is True
+        assert registry.change_counter() == before + 1
+        entry = registry.audit(1)[0]
+        assert (entry.action, entry.target, entry.actor) == ("model.delete", "v2", "retention")
+        assert registry.delete_model("v2") is False  # idempotent: no write, no counter bump
+        assert registry.change_counter() == before + 1
+        with pytest.raises(NotFound):
+            registry.get_model("v2")
+        assert [m.id for m in registry.list_models()] == ["v3", "v1", "v0"]
+        # a deleted version is no rollback target: the rollback skips to the one live before it
+        assert registry.rollback().id == "v1"
+        registry.delete_model("v0")
+        with pytest.raises(Conflict, match="no earlier"):
+            registry.rollback()
+        with pytest.raises(NotFound):
+            registry.promote("v0")
+        with pytest.raises(DataError):
+            registry.delete_model("../v1")
+
     def test_promote_edge_cases(self, registry: Registry) -> None:
         with pytest.raises(Conflict, match="no live"):
             registry.rollback()

@@ -46,7 +46,9 @@ def run_trainer(tmp: Path, failpoints: str | None) -> int:
            "--stream", f"file://{tmp}/stream/clicks", "--feature-store", f"file://{tmp}/fs",
            "--registry", f"sqlite://{tmp}/registry.db", "--artifacts", f"file://{tmp}/artifacts",
            "--emb-dim", "8", "--hidden", "16,8", "--round-events", "400", "--inner-batches", "2",
-           "--idle-exit", "1.0"]
+           "--idle-exit", "1.0",
+           # the count walks every manifest of the lineage back to its root: retention must keep them all
+           "--keep-versions", "1000"]
     proc = subprocess.run(cmd, env=env, capture_output=True, timeout=240)
     if proc.returncode not in (0, -9):
         raise AssertionError(proc.stderr.decode()[-3000:])

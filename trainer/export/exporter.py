@@ -70,12 +70,14 @@ def export_version(
     registry: Registry | None = None,
     promote: bool = False,
     without_delta: Collection[str] = (),
+    cold_start: Mapping[str, list[float]] | None = None,
 ) -> Manifest:
     """Publish ``<root>/<version>``: shared.onnx (θS view), one delta per domain, the manifest.
 
     ``domains`` maps each domain id to its slot (row of the domain-indexed tensors); the domains in
     ``without_delta`` are exported as θS alone (their θi did not graduate). With a ``registry`` the version is
-    registered as a candidate, and made live if ``promote``.
+    registered as a candidate, and made live if ``promote``. ``cold_start`` overrides the mean of the whole
+    tables (the continual trainer passes the mean of the rows ids own, which its prequential scoring uses too).
     """
     model = params.model
     if not isinstance(model, CTRModel):
@@ -103,7 +105,8 @@ def export_version(
         )
         manifest = publish_version(
             Path(root), version, model_bytes(graph), deltas, contract, parent=parent, domains=sorted(domains),
-            feature_store_version=feature_store_version, cold_start=cold_start_vectors(model),
+            feature_store_version=feature_store_version,
+            cold_start=dict(cold_start) if cold_start is not None else cold_start_vectors(model),
             offsets=offsets,
             events_included=events_included, metrics=metrics, delta_dtype=delta_dtype,
         )

@@ -73,3 +73,14 @@ class DomainBuffers:
     def replay_rows(self, domain: int) -> np.ndarray:
         r = self.replay.get(domain)
         return r.rows if r is not None else np.empty(0, dtype=ROW_DTYPE)
+
+    def forget(self, users: np.ndarray, items: np.ndarray) -> int:
+        """Drop buffered rows that use a freed user or item row (it may soon belong to another id)."""
+        dropped = 0
+        for buffers in (self.fresh, self.replay):
+            for res in buffers.values():
+                gone = np.isin(res.rows["user"], users) | np.isin(res.rows["item"], items)
+                if gone.any():
+                    res.rows = res.rows[~gone]
+                    dropped += int(gone.sum())
+        return dropped

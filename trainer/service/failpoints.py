@@ -17,7 +17,7 @@ for _part in filter(None, os.environ.get("MAMDR_FAILPOINTS", "").split(",")):
     _ARMED[_name.strip()] = int(_count or 1)
 _HITS: Counter[str] = Counter()
 
-POINTS = ("mid_round", "after_checkpoint", "mid_publish", "after_export", "after_commit")
+POINTS = ("mid_round", "after_checkpoint", "mid_publish", "after_export", "after_commit", "mid_gc")
 
 
 def failpoint(name: str) -> None:

@@ -6,7 +6,8 @@ One round, every ``round_seconds`` or ``round_events`` (whichever comes first):
    DR for every domain with fresh rows (k neighbours from the round, plus itself);
 3. publish version N: trainer checkpoint, embeddings in the feature store under N, ONNX shared model
    + deltas + manifest holding the consumed offsets, registered and promoted in the registry;
-4. only then commit the offsets to the consumer group.
+4. only then commit the offsets to the consumer group;
+5. retention deletes versions beyond the kept ones (trainer/service/retention.py).
 On start the trainer resumes from the live version's checkpoint and seeks to its manifest's offsets,
 so a crash anywhere loses nothing and applies nothing twice to a published model. Every consumed
 record, valid or dead-lettered, is counted in exactly one manifest's ``events_included``.
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from contracts.errors import BackendUnavailable, Conflict, NotFound
+from contracts.errors import BackendUnavailable, ConfigError, Conflict
 from contracts.events import ClickEvent
 from contracts.settings import Settings
 from domain_registry.base import Registry
@@ -45,7 +46,7 @@ from trainer.service.failpoints import failpoint
 from trainer.service.health import Heartbeat
 from trainer.service.metrics import TrainerMetrics
 from trainer.service.prequential import Prequential
-from trainer.service.state import CHECKPOINT_DIR, ModelState
+from trainer.service.state import CHECKPOINT_DIR, META_FILE, ModelState
 
 log = logging.getLogger("mamdr.trainer")
 VERSION_RE = re.compile(r"^v(\d{6})$")
@@ -68,8 +69,9 @@ class ContinualTrainer:
 
     def __init__(self, settings: Settings, *, stream: Stream, store: EmbeddingStore, registry: Registry,
                  artifacts: Path, model: str = "mlp", model_config: dict | None = None,
-                 metrics: TrainerMetrics | None = None) -> None:
+                 metrics: TrainerMetrics | None = None, new_lineage: bool = False) -> None:
         self.settings = settings
+        self.new_lineage = new_lineage  # start over on purpose although a live version exists
         self.cfg = settings.trainer
         self.stream = stream
         self.store = store
@@ -103,7 +105,8 @@ class ContinualTrainer:
     def start(self) -> None:
         live = self.registry.live_model()
         offsets: dict[str, int] = {}
-        if live is not None and (self.root / CHECKPOINT_DIR / live.id).exists():
+        if live is not None and not self.new_lineage:
+            check_resumable(self.root, live.id)
             self.state, meta = ModelState.load(self.root, live.id)
             offsets = dict(read_manifest(self.root / live.id).offsets)
             self.live_version = live.id
@@ -114,7 +117,9 @@ class ContinualTrainer:
             base = {k: v for k, v in self.model_config.items() if k in ModelConfig.__dataclass_fields__}
             config = ModelConfig(**{"n_users": 1024, "n_items": 1024, "n_domains": 0, **base, "extra": extra})
             self.state = ModelState(self.model_name, config)
-            log.info("no live version with a checkpoint: starting a new model lineage (%s)", self.model_name)
+            log.info("%s: starting a new model lineage (%s)", "--new-lineage" if live is not None else
+                     "no live version", self.model_name)
+        self._bound_tables()
         if self.distributed is not None:  # this rank's partitions plus those the workers forward
             self.consumer = self.distributed.open_consumer(self.stream, self.settings.stream.group, offsets)
         else:
@@ -124,6 +129,7 @@ class ContinualTrainer:
         self._offsets = dict(offsets)
         self._rebuild_framework()
         self._refresh_domains(force=True)
+        self.retain()  # finishes a gc a crash interrupted, without waiting for the next publish
 
     def _rebuild_framework(self) -> None:
         assert self.state is not None
@@ -195,11 +201,13 @@ class ContinualTrainer:
             if self.state.domains.get(domain) is not None:  # test, then train
                 probs = self.state.predict(domain, users, items)
                 self.prequential.update(domain, labels, probs)
-            if self.state.ensure(users, items, [domain]):
+            if self.state.ensure(users, items, [domain], round_no=self.round_no + 1, now=time.time()):
                 self._rebuild_framework()
             slot = self.state.domains.get(domain)
             assert slot is not None
-            self.buffers.add(slot, self.state.users.rows(users), self.state.items.rows(items), labels)
+            urows, irows = self.state.users.rows(users, add=False), self.state.items.rows(items, add=False)
+            own = (urows >= 0) & (irows >= 0)  # ids the frequency filter holds back train no embedding
+            self.buffers.add(slot, urows[own], irows[own], labels[own])
             self.metrics.events_consumed.labels(domain=domain).inc(len(events))
             self._round_valid += len(events)
         if self.buffers.dropped > self._dropped_seen:  # training fell behind: sampled, not lost
@@ -231,6 +239,7 @@ class ContinualTrainer:
         fresh = self.buffers.take_fresh()
         trained = self._train(fresh)
         self.buffers.retire(fresh)
+        self._expire()
         report = self._publish(trained, t0)
         self._round_started = time.monotonic()
         return report
@@ -279,7 +288,9 @@ class ContinualTrainer:
         offsets = dict(self._offsets)
         events = len(self._pending)
         # embeddings first, under the new version (serving reads the version its manifest names)
-        sync_embeddings(state.model, state.users.ids, state.items.ids, self.store, version, publish=True)
+        (user_ids, user_rows), (item_ids, item_rows) = state.users.live(), state.items.live()
+        sync_embeddings(state.model, user_ids, item_ids, self.store, version, publish=True, user_rows=user_rows,
+                        item_rows=item_rows)
         failpoint("mid_publish")
         round_figs = self.prequential.cumulative()
         # the registry caps a version's metrics at 16 KiB of JSON: per-domain figures only up to
@@ -292,15 +303,12 @@ class ContinualTrainer:
         domains = {d: s for d, s in state.slots().items() if self._known.get(d, "active") != "retired"}
         export_version(state.params, domains, self.root, version, parent=self.live_version,
                        feature_store_version=version, offsets=offsets, events_included=events,
-                       metrics=_finite(metrics), registry=self.registry, promote=True)
+                       metrics=_finite(metrics), registry=self.registry, promote=True,
+                       cold_start=state.cold_start())
         failpoint("after_export")
         self.consumer.commit(offsets)
         failpoint("after_commit")
-        # a restart (or a rollback then restart) resumes from one of the newest registered versions
-        recent = {v.id for v in self.registry.list_models(limit=self.settings.feature_store.keep_versions)}
-        ModelState.prune(self.root, recent | {version})
-        with contextlib.suppress(NotFound):
-            self.store.gc(self.settings.feature_store.keep_versions)
+        self.retain()  # after the commit: a crash inside gc loses nothing
         now = time.time()
         for ts in self._event_ts[-5000:]:
             self.metrics.freshness.observe(max(0.0, now - ts))
@@ -323,6 +331,42 @@ class ContinualTrainer:
                  "prequential mean AUC %.4f", version, events, report.valid, report.rejected,
                  len(trained), report.seconds, self.prequential.mean_auc())
         return report
+
+    # -- bounded tables (issue 13.4: trainer/service/vocab.py) -----------------------------------------
+    def _bound_tables(self) -> None:
+        assert self.state is not None
+        cfg = self.cfg
+        bounded = cfg.min_count > 1 or cfg.expire_rounds > 0 or cfg.expire_seconds > 0
+        if bounded and self.distributed is not None:
+            raise ConfigError("min_count > 1 and id expiry are not supported with --world-size > 1 yet; "
+                              "unset MAMDR_TRAINER__MIN_COUNT/EXPIRE_ROUNDS/EXPIRE_SECONDS")
+        self.state.bound(cfg.min_count, cfg.filter_capacity)
+
+    def _expire(self) -> None:
+        """Free rows of ids not seen recently; the version published next no longer holds them."""
+        assert self.state is not None
+        freed = self.state.expire(self.round_no + 1, time.time(), self.cfg.expire_rounds, self.cfg.expire_seconds)
+        for kind, vocab in (("user", self.state.users), ("item", self.state.items)):
+            self.metrics.expired_ids.labels(kind=kind).inc(len(freed[kind]))
+            self.metrics.embedding_ids.labels(kind=kind).set(vocab.active)
+            self.metrics.embedding_rows.labels(kind=kind).set(len(vocab))
+        if len(freed["user"]) or len(freed["item"]):
+            self.buffers.forget(freed["user"], freed["item"])
+            self._rebuild_framework()  # optimizer moments of freed rows must not carry over to new ids
+            log.info("expired %d user and %d item rows", len(freed["user"]), len(freed["item"]))
+
+    def retain(self) -> None:
+        """Retention (trainer/service/retention.py); a failed gc is retried after the next publish."""
+        from trainer.service.retention import apply_retention
+
+        try:
+            report = apply_retention(self.root, self.registry, self.store, self.cfg.keep_versions,
+                                     self.cfg.pinned_versions)
+        except (BackendUnavailable, OSError) as exc:
+            log.warning("retention failed (%s); it runs again after the next publish", exc)
+            return
+        for what in ("records", "feature_store", "checkpoints", "folders", "leftovers"):
+            self.metrics.retention_deleted.labels(what=what).inc(len(getattr(report, what)))
 
     # -- the service loop ---------------------------------------------------------------------------
     def run(self, max_rounds: int | None = None, idle_exit_s: float | None = None) -> list[RoundReport]:
@@ -369,3 +413,12 @@ def _finite(obj: object) -> object:
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     return obj
+
+
+def check_resumable(root: Path, version: str) -> None:
+    """Refuse to reset silently: the live version must have its checkpoint to resume from."""
+    if not (Path(root) / CHECKPOINT_DIR / version / META_FILE).exists():
+        raise ConfigError(f"live version {version} has no trainer checkpoint in {Path(root) / CHECKPOINT_DIR}: "
+                          "restore it, promote a version that has one, or pass --new-lineage to start a new "
+                          "model lineage on purpose")
+

@@ -45,6 +45,17 @@ class TrainerMetrics:
         self.prequential_logloss = Gauge(
             "mamdr_trainer_prequential_logloss", "Cumulative prequential log loss per domain", ["domain"],
             registry=r)
+        self.embedding_ids = Gauge(
+            "mamdr_trainer_embedding_ids", "Ids owning an embedding row (bounded by min_count and expiry)", ["kind"],
+            registry=r)
+        self.embedding_rows = Gauge(
+            "mamdr_trainer_embedding_rows", "Rows of the embedding table in use or free (high-water mark)", ["kind"],
+            registry=r)
+        self.expired_ids = Counter(
+            "mamdr_trainer_expired_ids_total", "Ids whose row was freed after they went unseen", ["kind"], registry=r)
+        self.retention_deleted = Counter(
+            "mamdr_trainer_retention_deleted_total", "What retention deleted, by kind (records, feature_store, "
+            "checkpoints, folders, leftovers)", ["what"], registry=r)
         self.freshness = Histogram(
             "mamdr_trainer_freshness_seconds", "Event time to the version that includes it being live",
             buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800), registry=r)

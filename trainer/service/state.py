@@ -1,9 +1,10 @@
 """The continual trainer's model state: model, θi deltas, id vocabularies, and its checkpoint.
 
 Tables grow as the stream brings new users, items and domains: user/item tables by doubling their
-capacity (rows beyond the vocabulary are unused), domain-indexed tensors by exactly the new domains
-(``CTRModel.grow_domains``). Parameters keep their identity, so only optimizer state shaped like
-the old tensors has to be rebuilt (the caller rebuilds its framework after a growth).
+capacity (rows beyond the vocabulary are unused; rows freed by expiry are reused first, see
+vocab.py), domain-indexed tensors by exactly the new domains (``CTRModel.grow_domains``).
+Parameters keep their identity, so only optimizer state shaped like the old tensors has to be
+rebuilt (the caller rebuilds its framework after a growth).
 
 The checkpoint of version V lives in ``<artifacts>/.trainer/V/`` (tensors via ``torch.save`` and
 loaded with ``weights_only=True``; vocabularies and config as JSON), written atomically before V is
@@ -60,11 +61,17 @@ class ModelState:
         self.specific = specific
 
     # -- growth ---------------------------------------------------------------------------------
-    def ensure(self, users: list[str], items: list[str], domains: list[str]) -> bool:
-        """Give rows to new ids; returns True when a table grew (optimizers must be rebuilt)."""
+    def bound(self, min_count: int = 1, filter_capacity: int = 1_000_000) -> None:
+        """The frequency filter of the user and item vocabularies (trainer/service/vocab.py)."""
+        for vocab in (self.users, self.items):
+            vocab.min_count, vocab.filter_capacity = max(1, min_count), max(1, filter_capacity)
+
+    def ensure(self, users: list[str], items: list[str], domains: list[str], round_no: int | None = None,
+               now: float | None = None) -> bool:
+        """Count a sighting of each id, giving rows as due; True when a table grew (rebuild optimizers)."""
         grew = False
-        self.users.rows(users)
-        self.items.rows(items)
+        self.users.rows(users, round_no=round_no, now=now)
+        self.items.rows(items, round_no=round_no, now=now)
         self.domains.rows(domains)
         cfg = self.model.config
         if len(self.users) > cfg.n_users:
@@ -88,6 +95,33 @@ class ModelState:
             grew = True
         return grew
 
+    @torch.no_grad()
+    def expire(self, round_no: int, now: float, rounds: int = 0, seconds: float = 0.0) -> dict[str, np.ndarray]:
+        """Free the rows of ids not seen recently (``Vocab.expire``) and re-initialise them like new rows.
+
+        Returns the freed rows per table ("user", "item"): training rows that use them must be dropped.
+        """
+        freed = {"user": self.users.expire(round_no, now, rounds, seconds),
+                 "item": self.items.expire(round_no, now, rounds, seconds)}
+        for kind, rows in freed.items():
+            if len(rows):
+                weight = (self.model.user_embedding if kind == "user" else self.model.item_embedding).weight
+                weight[torch.from_numpy(rows)] = torch.randn(len(rows), weight.shape[1], dtype=weight.dtype) * 0.01
+        return freed
+
+    @torch.no_grad()
+    def cold_start(self) -> dict[str, list[float]]:
+        """Mean vector of the rows ids own: what serving and ``predict`` give ids without a row."""
+        return {kind: self._mean(kind).float().tolist() for kind in ("user", "item")}
+
+    def _mean(self, kind: str) -> torch.Tensor:
+        vocab, table = (self.users, self.model.user_embedding) if kind == "user" else (self.items,
+                                                                                     self.model.item_embedding)
+        weight = table.weight.detach()
+        if len(vocab) == vocab.active:  # no free rows: the first rows, as before
+            return weight[: max(len(vocab), 1)].mean(0)
+        return weight[torch.from_numpy(vocab.live()[1])].mean(0) if vocab.active else weight[:1].mean(0)
+
     def slots(self) -> dict[str, int]:
         return {d: i for i, d in enumerate(self.domains.ids)}
 
@@ -101,8 +135,7 @@ class ModelState:
         urows = self.users.rows(users, add=False)
         irows = self.items.rows(items, add=False)
         u_table, i_table = self.model.user_embedding.weight, self.model.item_embedding.weight
-        u_mean = u_table[: max(len(self.users), 1)].mean(0)
-        i_mean = i_table[: max(len(self.items), 1)].mean(0)
+        u_mean, i_mean = self._mean("user"), self._mean("item")
         u = torch.where(torch.from_numpy(urows >= 0)[:, None], u_table[np.maximum(urows, 0)], u_mean)
         i = torch.where(torch.from_numpy(irows >= 0)[:, None], i_table[np.maximum(irows, 0)], i_mean)
         if slot is None:
@@ -126,7 +159,8 @@ class ModelState:
         torch.save(tensors, tmp / TENSORS_FILE)
         meta = {
             "model": self.model_name, "config": self.model.config.to_json(), "specific": self.specific,
-            "users": self.users.ids, "items": self.items.ids, "domains": self.domains.ids, **extra,
+            "users": self.users.ids, "items": self.items.ids, "domains": self.domains.ids,
+            "vocab_state": {"users": self.users.state(), "items": self.items.state()}, **extra,
         }
         (tmp / META_FILE).write_text(json.dumps(meta))
         final = base / version
@@ -152,7 +186,10 @@ class ModelState:
                             "start from scratch with a new artifacts folder or restore the checkpoint")
         meta = json.loads((folder / META_FILE).read_text())
         state = cls(meta["model"], ModelConfig.from_json(meta["config"]), meta.get("specific"))
-        state.users, state.items, state.domains = Vocab(meta["users"]), Vocab(meta["items"]), Vocab(meta["domains"])
+        vocab_state = meta.get("vocab_state", {})
+        state.users = Vocab.restore(meta["users"], vocab_state.get("users"))
+        state.items = Vocab.restore(meta["items"], vocab_state.get("items"))
+        state.domains = Vocab(meta["domains"])
         tensors = torch.load(folder / TENSORS_FILE, weights_only=True)
         state.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
         state.params.load_state({k: v for k, v in tensors.items() if k.startswith("delta/")})
