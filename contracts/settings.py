@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -88,6 +88,11 @@ class TrainerSettings(_Section):
     beta: float = 0.1
     gamma: float = 0.1
     lr: float = 1e-3
+    table_optimizer: Literal["sparse_adam", "rowwise_adagrad", "dense"] = "sparse_adam"
+    table_lr: float | None = None
+    replay_ratio: float = Field(0.5, ge=0)
+    overload_policy: Literal["backpressure", "sample"] = "backpressure"
+    max_lag_events: int = Field(200_000, ge=0)
     auto_onboard: bool = False
     seed: int = 0
 
