@@ -5,7 +5,8 @@ One round, every ``round_seconds`` or ``round_events`` (whichever comes first):
 2. DN over the domains in the round: one pass over every fresh row plus ``replay_ratio`` replay rows
    per fresh row (uniform over the reservoirs, so old domains are not forgotten), domains chained in
    a shuffled order and packed into mini-batches (``round_batches``); DR for every domain with fresh
-   rows (k neighbours from the round, plus itself), at most K mini-batches per update;
+   rows (k neighbours from the round, plus itself), at most K mini-batches per update, all targets
+   advanced together (``BatchedDR``, vmapped);
 3. publish version N: trainer checkpoint, embeddings in the feature store under N, ONNX shared model
    + deltas + manifest holding the consumed offsets, registered and promoted in the registry;
 4. only then commit the offsets to the consumer group.
@@ -48,6 +49,7 @@ from trainer.export.publish import read_manifest
 from trainer.feature_sync import sync_embeddings
 from trainer.frameworks.config import FrameworkConfig
 from trainer.frameworks.dr import MAMDR
+from trainer.frameworks.dr_batched import BatchedDR
 from trainer.frameworks.sparse import carry_table_state
 from trainer.models import ModelConfig
 from trainer.service.buffers import DomainBuffers, round_batches
@@ -285,13 +287,14 @@ class ContinualTrainer:
             return self.distributed.train_round(self, train, sorted(fresh), order)
         fw.negotiate([(-1, round_batches(train, order, self.cfg.batch_size, rng))])
         failpoint("mid_round")
-        bs, k = self.cfg.batch_size, self.cfg.inner_batches
-        for target in sorted(fresh):  # Algorithm 2; a domain smaller than K batches takes one pass
-            pairs = [(fw.domain_batches(j, rng, min(k, -(-len(train[j]) // bs))),
-                      fw.domain_batches(target, rng, min(k, -(-len(train[target]) // bs))))
-                     for j in fw.sample_sequence(target, rng)]
-            fw.regularize(target, pairs)
-        return sorted(fresh)
+        # Algorithm 2 for every target at once (vmapped; a domain smaller than K batches takes one pass)
+        targets = sorted(fresh)
+        sequences = {t: fw.sample_sequence(t, rng) for t in targets}
+        cfg = fw.config
+        BatchedDR(fw.params, lr=cfg.inner_lr, gamma=cfg.gamma, batch_size=cfg.batch_size,
+                  max_steps=self.cfg.inner_batches, l2=cfg.l2).run(
+            targets, sequences, train, seed=self.cfg.seed * 1_000_003 + self.round_no)
+        return targets
 
     def _next_version(self) -> str:
         numbers = [0]
