@@ -56,6 +56,8 @@ NOTES = {
                                "(Adam over the whole table: O(table) per step)",
     "trainer.table_lr": "learning rate of the table optimizer (unset: trainer.lr)",
     "trainer.replay_ratio": "replay rows mixed into a round per fresh row (uniform over the reservoirs)",
+    "trainer.min_batches": "DN takes at least this many mini-batches per round (extra passes over a small "
+                           "round's rows; DR makes as many passes per domain, at most K batches)",
     "trainer.overload_policy": "when lag > max_lag_events: backpressure (poll only what a round trains, "
                                "lag grows, nothing dropped) or sample (consume the excess, train on a "
                                "uniform sample of round_events, count the rest as sampled out)",

@@ -35,11 +35,12 @@ class BatchedDR:
     """Algorithm 2 over groups of targets; ``run(targets, sequences, splits)`` updates their θi."""
 
     def __init__(self, params: DomainParameters, lr: float, gamma: float, batch_size: int, max_steps: int,
-                 l2: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+                 l2: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 passes: int = 1) -> None:
         self.params = params
         self.model = params.model
         self.lr, self.gamma, self.bs, self.max_steps, self.l2 = lr, gamma, batch_size, max_steps, l2
-        self.betas, self.eps = betas, eps
+        self.betas, self.eps, self.passes = betas, eps, passes
         self.names = list(params.specific_names)
         self.rows = [n for n in self.names if n in params.row_names]
         self.indexed = set(getattr(self.model, "domain_indexed", ()))
@@ -73,7 +74,8 @@ class BatchedDR:
         return split.user[idx], split.item[idx], split.label[idx]
 
     def _steps(self, split: Split) -> int:
-        return max(1, min(self.max_steps, -(-len(split) // self.bs)))
+        """Mini-batches of one update on ``split``: ``passes`` passes over it, at most ``max_steps`` (K)."""
+        return max(1, min(self.max_steps, -(-self.passes * len(split) // self.bs)))
 
     @torch.no_grad()
     def run(self, targets: Sequence[int], sequences: Mapping[int, Sequence[int]], splits: Mapping[int, Split],

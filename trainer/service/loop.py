@@ -4,9 +4,11 @@ One round, every ``round_seconds`` or ``round_events`` (whichever comes first):
 1. the round's events were already scored by the live model when they arrived (prequential);
 2. DN over the domains in the round: one pass over every fresh row plus ``replay_ratio`` replay rows
    per fresh row (uniform over the reservoirs, so old domains are not forgotten), domains chained in
-   a shuffled order and packed into mini-batches (``round_batches``); DR for every domain with fresh
-   rows (k neighbours from the round, plus itself), at most K mini-batches per update, all targets
-   advanced together (``BatchedDR``, vmapped);
+   a shuffled order and packed into mini-batches (``round_batches``); a small round makes more
+   passes, up to ``min_batches`` mini-batches (a constant per round: learning per round does not
+   collapse when traffic is low); DR for every domain with fresh rows (k neighbours from the round,
+   plus itself), as many passes over each domain's rows, at most K mini-batches per update, all
+   targets advanced together (``BatchedDR``, vmapped);
 3. publish version N: trainer checkpoint, embeddings in the feature store under N, ONNX shared model
    + deltas + manifest holding the consumed offsets, registered and promoted in the registry;
 4. only then commit the offsets to the consumer group.
@@ -261,7 +263,10 @@ class ContinualTrainer:
                         lag, self.cfg.max_lag_events, self.cfg.overload_policy,
                         ": the next round samples" if self.cfg.overload_policy == "sample" else
                         ": polling paused until rounds catch up")
-        self._catch_up = min(excess, 9 * self.cfg.round_events) if self.cfg.overload_policy == "sample" else 0
+        if self.cfg.overload_policy == "sample":  # the next round brings the lag back to max_lag_events
+            self._catch_up = min(max(0, excess - self.cfg.round_events), 9 * self.cfg.round_events)
+        else:
+            self._catch_up = 0
         return lag
 
     def _train(self, fresh: dict[int, np.ndarray]) -> list[int]:
@@ -285,14 +290,20 @@ class ContinualTrainer:
         self._last_train = {"fresh": n_fresh, "rows": sum(len(s) for s in train.values())}
         if self.distributed is not None:  # data-parallel DN + domain-partitioned DR (trainer/distributed)
             return self.distributed.train_round(self, train, sorted(fresh), order)
-        fw.negotiate([(-1, round_batches(train, order, self.cfg.batch_size, rng))])
+        # one pass over the round's rows, more when it holds fewer than min_batches mini-batches
+        bs = self.cfg.batch_size
+        passes = max(1, -(-self.cfg.min_batches * bs // max(1, self._last_train["rows"])))
+        batches = [b for p in range(passes)
+                   for b in round_batches(train, order if p == 0 else fw.shuffled_domains(rng), bs, rng)]
+        self._last_train["passes"] = passes
+        fw.negotiate([(-1, batches)])
         failpoint("mid_round")
         # Algorithm 2 for every target at once (vmapped; a domain smaller than K batches takes one pass)
         targets = sorted(fresh)
         sequences = {t: fw.sample_sequence(t, rng) for t in targets}
         cfg = fw.config
         BatchedDR(fw.params, lr=cfg.inner_lr, gamma=cfg.gamma, batch_size=cfg.batch_size,
-                  max_steps=self.cfg.inner_batches, l2=cfg.l2).run(
+                  max_steps=self.cfg.inner_batches, l2=cfg.l2, passes=passes).run(
             targets, sequences, train, seed=self.cfg.seed * 1_000_003 + self.round_no)
         return targets
 
