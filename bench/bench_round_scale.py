@@ -118,7 +118,7 @@ def one_run(n_ids: int, n_domains: int, n_clicks: int, model: str, trainer_knobs
             out = {"round": time.perf_counter() - t0, "train": timings["train"], "publish": timings["publish"],
                    "rss": rss0, "peak": _status("VmHWM"), "fresh": consumed,
                    "trained_rows": getattr(report, "trained_rows", 0), "domains": len(report.domains_trained),
-                   "grow_s": grow_s}
+                   "grow_s": grow_s, **{k: v for k, v in getattr(trainer, "_last_train", {}).items()}}
         out["peak_increase"] = out["peak"] - out["rss"]
         trainer.close()
         return out
@@ -172,14 +172,17 @@ def main() -> int:
             print(f"  N={n:>9,} ids/table: round {r['round']:6.2f} s (train {r['train']:5.2f} s, publish "
                   f"{r['publish']:5.2f} s); RSS before {r['rss'] / mb:6.0f} MB, peak {r['peak'] / mb:6.0f} MB, "
                   f"round's peak increase {r['peak_increase'] / mb:5.0f} MB; {r['fresh']} clicks, "
-                  f"{r['trained_rows']} rows in the DN pass", flush=True)
+                  f"{r['trained_rows']} rows in the DN pass; DN {r.get('dn_ms', 0) / 1000:.2f} s, "
+                  f"DR {r.get('dr_ms', 0) / 1000:.2f} s", flush=True)
         lo, hi = runs[sizes[0]], runs[sizes[-1]]
         print(f"  ratio N={sizes[-1]:,} / N={sizes[0]:,}: train {hi['train'] / lo['train']:.2f}x, "
               f"round {hi['round'] / lo['round']:.2f}x, publish {hi['publish'] / lo['publish']:.2f}x, "
               f"round's peak RSS increase {hi['peak_increase'] / max(lo['peak_increase'], 1):.2f}x, "
               f"peak RSS {hi['peak'] / lo['peak']:.2f}x", flush=True)
+        dn = lo.get("dn_ms", 0) / 1000
         print(f"  clicks learned per second (N={sizes[0]:,}, one core): {lo['fresh'] / lo['train']:,.0f} "
-              f"(train only; {lo['fresh'] / lo['round']:,.0f} including publish)", flush=True)
+              f"(DN + DR; {lo['fresh'] / lo['round']:,.0f} including publish"
+              + (f"; DN's pass alone {lo['fresh'] / dn:,.0f}" if dn else "") + ")", flush=True)
     if "domains" not in skip:
         counts = [int(x) for x in args.domains.split(",")]
         dom = {}

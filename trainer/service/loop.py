@@ -296,7 +296,9 @@ class ContinualTrainer:
         batches = [b for p in range(passes)
                    for b in round_batches(train, order if p == 0 else fw.shuffled_domains(rng), bs, rng)]
         self._last_train["passes"] = passes
+        t_dn = time.perf_counter()
         fw.negotiate([(-1, batches)])
+        self._last_train["dn_ms"] = round((time.perf_counter() - t_dn) * 1000)
         failpoint("mid_round")
         # Algorithm 2 for every target at once (vmapped; a domain smaller than K batches takes one pass)
         targets = sorted(fresh)
@@ -305,6 +307,7 @@ class ContinualTrainer:
         BatchedDR(fw.params, lr=cfg.inner_lr, gamma=cfg.gamma, batch_size=cfg.batch_size,
                   max_steps=self.cfg.inner_batches, l2=cfg.l2, passes=passes).run(
             targets, sequences, train, seed=self.cfg.seed * 1_000_003 + self.round_no)
+        self._last_train["dr_ms"] = round((time.perf_counter() - t_dn) * 1000) - self._last_train["dn_ms"]
         return targets
 
     def _next_version(self) -> str:
