@@ -91,7 +91,7 @@ class TrainerSettings(_Section):
     table_optimizer: Literal["sparse_adam", "rowwise_adagrad", "dense"] = "sparse_adam"
     table_lr: float | None = None
     replay_ratio: float = Field(0.5, ge=0)
-    min_batches: int = Field(24, ge=1)
+    min_batches: int = Field(32, ge=1)
     overload_policy: Literal["backpressure", "sample"] = "backpressure"
     max_lag_events: int = Field(200_000, ge=0)
     auto_onboard: bool = False
