@@ -88,10 +88,10 @@ class TrainerSettings(_Section):
     beta: float = 0.1
     gamma: float = 0.1
     lr: float = 1e-3
-    table_optimizer: Literal["sparse_adam", "rowwise_adagrad", "dense"] = "sparse_adam"
+    table_optimizer: Literal["sparse_adam", "rowwise_adagrad", "dense"] = "rowwise_adagrad"
     table_lr: float | None = None
     replay_ratio: float = Field(0.5, ge=0)
-    min_batches: int = Field(32, ge=1)
+    min_batches: int = Field(16, ge=1)
     overload_policy: Literal["backpressure", "sample"] = "backpressure"
     max_lag_events: int = Field(200_000, ge=0)
     auto_onboard: bool = False

@@ -52,9 +52,9 @@ NOTES = {
     "trainer.beta": "DN outer step size β",
     "trainer.gamma": "DR outer step size γ",
     "trainer.lr": "inner learning rate α (Adam)",
-    "trainer.table_optimizer": "user/item tables: sparse_adam (lazy Adam), rowwise_adagrad, or dense "
-                               "(Adam over the whole table: O(table) per step)",
-    "trainer.table_lr": "learning rate of the table optimizer (unset: trainer.lr)",
+    "trainer.table_optimizer": "user/item tables: rowwise_adagrad (one accumulator per row), sparse_adam "
+                               "(lazy Adam) or dense (Adam over the whole table: O(table) per step)",
+    "trainer.table_lr": "learning rate of the table optimizer (unset: 0.05 for rowwise_adagrad, else trainer.lr)",
     "trainer.replay_ratio": "replay rows mixed into a round per fresh row (uniform over the reservoirs)",
     "trainer.min_batches": "DN takes at least this many mini-batches per round (extra passes over a small "
                            "round's rows; DR makes as many passes per domain, at most K batches)",

@@ -19,7 +19,13 @@ from torch.nn import functional as F
 from contracts.errors import ConfigError
 from trainer.data.base import MultiDomainDataset
 from trainer.frameworks.config import FrameworkConfig
-from trainer.frameworks.sparse import SplitOptimizer, make_table_optimizer, set_sparse_tables, table_names
+from trainer.frameworks.sparse import (
+    SplitOptimizer,
+    make_table_optimizer,
+    set_sparse_tables,
+    table_lr,
+    table_names,
+)
 from trainer.models.base import CTRModel
 from trainer.params import DomainParameters
 
@@ -78,7 +84,7 @@ class Framework:
         cfg = self.config
         if tables is None:
             tables = make_table_optimizer(cfg.table_optimizer, list(self.table_params().values()),
-                                          cfg.table_lr if cfg.table_lr is not None else lr)
+                                          table_lr(cfg.table_optimizer, cfg.table_lr, lr))
         return SplitOptimizer(make_optimizer(kind, self.dense_params().values(), lr), tables)
 
     # -- optimisation primitives ----------------------------------------------------------------

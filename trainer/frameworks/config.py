@@ -29,8 +29,8 @@ class FrameworkConfig:
     mini-batches as a pass over the target T_i, so DR costs (k + 1) target passes and MAMDR ≈ (k + 2)×.
     ``table_optimizer``: ``dense`` keeps the user/item tables in the inner optimizer (the paper);
     ``sparse_adam`` (lazy Adam) or ``rowwise_adagrad`` give them sparse gradients and a row-wise
-    optimizer with learning rate ``table_lr`` (default ``inner_lr``), so a step, DN's outer step and
-    DR cost O(rows touched) instead of O(table) (``trainer/frameworks/sparse.py``).
+    optimizer with learning rate ``table_lr`` (default: 0.05 for row-wise Adagrad, else ``inner_lr``),
+    so a step, DN's outer step and DR cost O(rows touched) instead of O(table) (``sparse.py``).
     ``schedule`` (DR, MAMDR): ``interleaved`` runs DR on every domain after each shared epoch
     (Algorithm 3); ``staged`` trains θS to convergence first, then only DR rounds on the fixed θS,
     with their own budget ``dr_epochs`` and ``dr_patience`` (a DR epoch costs ≈ k + 1 shared ones).

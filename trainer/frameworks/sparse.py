@@ -32,6 +32,8 @@ from torch import nn
 from contracts.errors import ConfigError
 
 TABLE_OPTIMIZERS = ("sparse_adam", "rowwise_adagrad", "dense")
+# a table learning rate left unset: the inner lr for lazy Adam, FBGEMM's usual order for row-wise Adagrad
+DEFAULT_TABLE_LR = {"rowwise_adagrad": 0.05}
 
 
 def table_names(model: nn.Module) -> tuple[str, ...]:
@@ -102,6 +104,11 @@ class SplitOptimizer:
     @property
     def param_groups(self) -> list[dict]:
         return [g for o in self.optimizers for g in o.param_groups]
+
+
+def table_lr(kind: str, table_lr: float | None, inner_lr: float) -> float:
+    """``table_lr`` if set, else the optimizer's default (``DEFAULT_TABLE_LR``, or the inner lr)."""
+    return table_lr if table_lr is not None else DEFAULT_TABLE_LR.get(kind, inner_lr)
 
 
 def make_table_optimizer(kind: str, tables: Sequence[nn.Parameter], lr: float) -> torch.optim.Optimizer | None:
