@@ -144,6 +144,21 @@ class TrainerSettings(_Section):
     beta: float = Field(0.1, gt=0, le=1)
     gamma: float = Field(0.1, gt=0, le=1)
     lr: float = Field(1e-3, gt=0, le=10)
+    table_optimizer: Literal["sparse_adam", "rowwise_adagrad", "dense"] = "rowwise_adagrad"
+    table_lr: float | None = Field(None, gt=0, le=10)
+    replay_ratio: float = Field(0.5, ge=0, le=100)
+    min_batches: int = Field(16, ge=1, le=100_000)
+    overload_policy: Literal["backpressure", "sample"] = "backpressure"
+    max_lag_events: int = Field(200_000, ge=0)
+    framework: Literal["mamdr", "dn", "alternate"] = Field(
+        "mamdr",
+        description="mamdr (DN + DR), dn (shared model only) or alternate (plain online training: β = 1, no DR)")
+    graduation_window: int = Field(
+        5000, ge=10, le=1_000_000,
+        description="recent prequential clicks per domain that decide whether its delta is served")
+    graduation_min_clicks: int = Field(
+        200, ge=1, le=1_000_000,
+        description="clicks (of both classes) a domain needs before its delta can be served")
     auto_onboard: bool = False
     seed: int = Field(0, ge=0)
     liveness_timeout_s: float = Field(

@@ -58,6 +58,7 @@ class QuickstartConfig:
     stream: str | None = None  # kafka://... instead of the embedded file:// stream
     feature_store: str | None = None  # redis://... instead of the embedded file:// store
     registry: str | None = None  # redis://... instead of the embedded sqlite file
+    framework: str = "mamdr"  # or dn, or alternate (plain online training: the baseline)
     dataset: str = "ml-latest-small"
     new_domain: str = "film-noir"
     seed: int = 0
@@ -97,7 +98,7 @@ def settings_for(cfg: QuickstartConfig, workdir: Path, token: str) -> Settings:
         "registry.url": cfg.registry or f"sqlite://{workdir / 'registry.db'}",
         "registry.admin_token": token,
         "trainer.round_events": cfg.plan.round_events, "trainer.round_seconds": 3600.0,
-        "trainer.seed": cfg.seed,
+        "trainer.seed": cfg.seed, "trainer.framework": cfg.framework,
     })
 
 

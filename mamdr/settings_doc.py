@@ -42,14 +42,24 @@ NOTES = {
     "stream.max_poll_records": "records per consumer poll",
     "trainer.round_seconds": "publish at least this often while events arrive",
     "trainer.round_events": "publish after this many events",
-    "trainer.inner_batches": "K mini-batches per inner update (DN and DR)",
+    "trainer.inner_batches": "K: at most this many mini-batches per DR update (a smaller domain takes fewer)",
     "trainer.batch_size": "mini-batch size",
-    "trainer.buffer_per_domain": "fresh events buffered per domain between rounds (beyond: sampled)",
+    "trainer.buffer_per_domain": "fresh events buffered per domain between rounds (beyond: sampled, counted)",
     "trainer.reservoir_size": "replayed past events per domain (reservoir sample)",
     "trainer.dr_k": "DR: other domains sampled per target domain",
     "trainer.beta": "DN outer step size β",
     "trainer.gamma": "DR outer step size γ",
     "trainer.lr": "inner learning rate α (Adam)",
+    "trainer.table_optimizer": "user/item tables: rowwise_adagrad (one accumulator per row), sparse_adam "
+                               "(lazy Adam) or dense (Adam over the whole table: O(table) per step)",
+    "trainer.table_lr": "learning rate of the table optimizer (unset: 0.05 for rowwise_adagrad, else trainer.lr)",
+    "trainer.replay_ratio": "replay rows mixed into a round per fresh row (uniform over the reservoirs)",
+    "trainer.min_batches": "DN takes at least this many mini-batches per round (extra passes over a small "
+                           "round's rows; DR makes as many passes per domain, at most K batches)",
+    "trainer.overload_policy": "when lag > max_lag_events: backpressure (poll only what a round trains, "
+                               "lag grows, nothing dropped) or sample (consume the excess, train on a "
+                               "uniform sample of round_events, count the rest as sampled out)",
+    "trainer.max_lag_events": "consumer lag above which the trainer is overloaded (logged, metric)",
     "trainer.auto_onboard": "create unknown domains instead of dead-lettering their events",
     "trainer.seed": "seed of sampling and batch order",
 }

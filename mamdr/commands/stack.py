@@ -33,6 +33,8 @@ def register(subparsers: Any) -> None:
     deprecated_alias(q, "--redis", "--feature-store URL --registry URL", "redis")
     q.add_argument("--new-domain", default="film-noir", help="the domain held back and onboarded (film-noir)")
     q.add_argument("--seed", type=int, default=0, help="seed of the data split, sampling and training")
+    q.add_argument("--framework", choices=("mamdr", "dn", "alternate"), default="mamdr",
+                   help="what the trainer runs: alternate is plain online training, the baseline to compare with")
     q.add_argument("--serve", action="store_true", help="keep serving up after the summary until Ctrl-C")
     q.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     q.set_defaults(func=cmd_quickstart)
@@ -64,7 +66,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         workdir=args.workdir, short=args.short, stream=args.stream,
         feature_store=args.feature_store or getattr(args, "redis", None),
         registry=args.registry or getattr(args, "redis", None), new_domain=args.new_domain,
-        seed=args.seed, progress=not args.no_progress, keep_serving=args.serve,
+        seed=args.seed, progress=not args.no_progress, keep_serving=args.serve, framework=args.framework,
     ))
     return 0
 

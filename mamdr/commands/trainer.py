@@ -30,6 +30,15 @@ def register(subparsers: Any) -> None:
     run.add_argument("--inner-batches", type=int, help="K mini-batches per inner update (DN and DR)")
     run.add_argument("--dr-k", type=int, help="DR neighbours per domain")
     run.add_argument("--beta", type=float, help="DN outer step size")
+    run.add_argument("--framework", choices=("mamdr", "dn", "alternate"),
+                     help="mamdr (DN + DR, default), dn (shared model only) or alternate (plain online training)")
+    run.add_argument("--table-optimizer", choices=("sparse_adam", "rowwise_adagrad", "dense"),
+                     help="optimizer of the user/item tables (env MAMDR_TRAINER__TABLE_OPTIMIZER)")
+    run.add_argument("--replay-ratio", type=float, help="replay rows per fresh row in a round")
+    run.add_argument("--overload-policy", choices=("backpressure", "sample"),
+                     help="when the consumer lag exceeds --max-lag-events: stop polling past a round "
+                          "(backpressure) or train on a counted uniform sample (sample)")
+    run.add_argument("--max-lag-events", type=int, help="consumer lag that counts as overloaded")
     run.add_argument("--auto-onboard", action="store_true", default=None,
                      help="create unknown domains in the registry instead of dead-lettering their events")
     run.add_argument("--min-count", type=int,
@@ -66,10 +75,13 @@ def settings_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def
         "artifacts_url": args.artifacts, "stream.group": args.group,
         "trainer.round_seconds": args.round_seconds, "trainer.round_events": args.round_events,
         "trainer.inner_batches": args.inner_batches, "trainer.dr_k": args.dr_k, "trainer.beta": args.beta,
+        "trainer.framework": args.framework,
         "trainer.auto_onboard": args.auto_onboard, "trainer.seed": args.seed,
         "trainer.min_count": args.min_count, "trainer.expire_rounds": args.expire_rounds,
         "trainer.expire_seconds": args.expire_seconds, "trainer.keep_versions": args.keep_versions,
         "trainer.pinned_versions": tuple(args.pin) if args.pin else None,
+        "trainer.table_optimizer": args.table_optimizer, "trainer.replay_ratio": args.replay_ratio,
+        "trainer.overload_policy": args.overload_policy, "trainer.max_lag_events": args.max_lag_events,
     })
 
 

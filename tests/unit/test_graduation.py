@@ -46,3 +46,48 @@ def test_a_domain_without_its_delta_is_exported_as_the_shared_model_with_its_own
     torch.testing.assert_close(shared_only, want_shared, atol=1e-5, rtol=0)
     torch.testing.assert_close(full, want_full, atol=1e-5, rtol=0)
     assert not torch.allclose(shared_only, full)
+
+
+def test_the_trainer_serves_a_delta_only_once_it_graduated(tmp_path) -> None:
+    """Through the continual trainer: versions name the graduated domains and the framework; a domain that has
+    not graduated is exported without θi (serving scores it as the trainer's θS), one that has, with it."""
+    from contracts.artifacts import load_version
+    from tests.unit.test_trainer_retention import make_trainer, produce, rounds
+
+    url = f"file://{tmp_path}/stream/clicks"
+    produce(url, 0, 1200)
+    trainer = make_trainer(tmp_path, graduation_min_clicks=50, round_events=300)
+    versions = rounds(trainer, 4)
+    trainer.close()
+    assert len(versions) == 4
+    last = load_version(tmp_path / "artifacts" / versions[-1])
+    metrics = last.manifest.metrics
+    assert metrics["framework"] == "mamdr" and metrics["graduated_domains"] == len(metrics["graduated"])
+    graduated = set(metrics["graduated"])
+    assert graduated == trainer.graduation.graduated
+    state = trainer.state
+    for domain in ("alpha", "beta", "gamma"):
+        slot = state.domains.get(domain)
+        delta = last.manifest.deltas[domain]
+        if domain in graduated:
+            assert state.params.has_delta(slot) and delta.tensors  # its θi is in the delta file
+        else:
+            view = domain_view_arrays(state.params, slot, with_delta=False)
+            # the exported delta is θS's own domain rows only: no tensor that θi alone touches
+            assert all(name in state.model.domain_indexed for name in (t.name for t in delta.tensors)), domain
+            assert view  # and θS with its own rows is what it is served with
+
+
+def test_alternate_is_plain_online_training(tmp_path) -> None:
+    from tests.unit.test_trainer_retention import make_trainer, produce, rounds
+
+    url = f"file://{tmp_path}/stream/clicks"
+    produce(url, 0, 600)
+    trainer = make_trainer(tmp_path, framework="alternate")
+    rounds(trainer, 2)
+    trainer.close()
+    assert trainer.framework.config.beta == 1.0  # DN with β = 1 is alternate training (tested in theory)
+    params = trainer.state.params
+    assert not any(params.has_delta(s) and any(float(t.abs().sum()) for t in params.delta(s).values())
+                   for s in trainer.state.slots().values())  # no θi was trained
+    assert trainer.graduation.graduated == set()

@@ -16,8 +16,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from contracts.errors import ConfigError
 from trainer.data.base import MultiDomainDataset
 from trainer.frameworks.config import FrameworkConfig
+from trainer.frameworks.sparse import (
+    SplitOptimizer,
+    make_table_optimizer,
+    set_sparse_tables,
+    table_lr,
+    table_names,
+)
 from trainer.models.base import CTRModel
 from trainer.params import DomainParameters
 
@@ -25,13 +33,14 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # user, i
 
 
 def make_optimizer(kind: str, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """A dense optimizer; ``foreach``: one multi-tensor kernel per op instead of a Python loop per tensor."""
     params = list(params)
     if kind == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, foreach=True)
     if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, foreach=True)
     if kind == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr)
+        return torch.optim.Adagrad(params, lr=lr, foreach=True)
     raise ValueError(kind)
 
 
@@ -49,7 +58,34 @@ class Framework:
         self.dataset = dataset
         self.params = params if params is not None else DomainParameters(model, config.specific)
         self.domains = list(range(dataset.n_domains))
-        self._inner: torch.optim.Optimizer | None = None
+        self._inner: torch.optim.Optimizer | SplitOptimizer | None = None
+        set_sparse_tables(self.model, config.sparse_tables)
+        if config.sparse_tables and set(table_names(self.model)) & set(self.params.specific_names):
+            raise ConfigError("row-sparse tables cannot have per-domain deltas: leave the user/item "
+                              "tables out of `specific` or use table_optimizer='dense'")
+
+    def table_params(self) -> dict[str, nn.Parameter]:
+        """The row-sparse user/item tables by name (empty with ``table_optimizer='dense'``)."""
+        if not self.config.sparse_tables:
+            return {}
+        shared = self.params.shared()
+        return {n: shared[n] for n in table_names(self.model)}
+
+    def dense_params(self) -> dict[str, nn.Parameter]:
+        """θS without the row-sparse tables."""
+        tables = self.table_params()
+        return {n: p for n, p in self.params.shared().items() if n not in tables}
+
+    def make_inner(self, kind: str, lr: float,
+                   tables: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer | SplitOptimizer:
+        """``kind`` over θS; row-sparse tables get their own row-wise optimizer (or ``tables``)."""
+        if not self.config.sparse_tables:
+            return make_optimizer(kind, self.params.shared().values(), lr)
+        cfg = self.config
+        if tables is None:
+            tables = make_table_optimizer(cfg.table_optimizer, list(self.table_params().values()),
+                                          table_lr(cfg.table_optimizer, cfg.table_lr, lr))
+        return SplitOptimizer(make_optimizer(kind, self.dense_params().values(), lr), tables)
 
     # -- optimisation primitives ----------------------------------------------------------------
     def loss(self, batch: Batch) -> torch.Tensor:
@@ -64,11 +100,10 @@ class Framework:
     def inner_optimizer(self) -> torch.optim.Optimizer:
         """The inner optimizer over θS; one instance whose state persists unless configured not to."""
         if self._inner is None or not self.config.persist_inner_state:
-            cfg = self.config
-            self._inner = make_optimizer(cfg.inner, self.params.shared().values(), cfg.inner_lr)
+            self._inner = self.make_inner(self.config.inner, self.config.inner_lr)
         return self._inner
 
-    def update(self, optimizer: torch.optim.Optimizer, batches: Iterable[Batch]) -> int:
+    def update(self, optimizer: torch.optim.Optimizer | SplitOptimizer, batches: Iterable[Batch]) -> int:
         """One inner "update": optimizer steps over the given batches; returns the number of steps."""
         self.model.train()
         steps = 0

@@ -8,6 +8,7 @@ from typing import Any
 from contracts.errors import ConfigError
 
 INNER_OPTIMIZERS = ("adam", "sgd")
+TABLE_OPTIMIZERS = ("dense", "sparse_adam", "rowwise_adagrad")
 OUTER_OPTIMIZERS = ("interp", "sgd", "adagrad", "adam")
 BETA_SCHEDULES = ("constant", "anneal")
 SCHEDULES = ("interleaved", "staged")
@@ -28,6 +29,10 @@ class FrameworkConfig:
     ``dr_budget`` (when ``dr_steps`` is None): ``pass`` = full passes over T_j and T_i (the paper; an
     epoch of MAMDR costs ≈ (2k + 3)× Alternate); ``half`` = each of the two updates takes half as many
     mini-batches as a pass over the target T_i, so DR costs (k + 1) target passes and MAMDR ≈ (k + 2)×.
+    ``table_optimizer``: ``dense`` keeps the user/item tables in the inner optimizer (the paper);
+    ``sparse_adam`` (lazy Adam) or ``rowwise_adagrad`` give them sparse gradients and a row-wise
+    optimizer with learning rate ``table_lr`` (default: 0.05 for row-wise Adagrad, else ``inner_lr``),
+    so a step, DN's outer step and DR cost O(rows touched) instead of O(table) (``sparse.py``).
     ``schedule`` (DR, MAMDR): ``interleaved`` runs DR on every domain after each shared epoch
     (Algorithm 3); ``staged`` trains θS to convergence first, then only DR rounds on the fixed θS,
     with their own budget ``dr_epochs`` and ``dr_patience`` (a DR epoch costs ≈ k + 1 shared ones).
@@ -39,6 +44,8 @@ class FrameworkConfig:
     inner: str = "adam"
     inner_lr: float = 1e-3
     persist_inner_state: bool = True
+    table_optimizer: str = "dense"
+    table_lr: float | None = None
     inner_steps: int | None = None
     outer: str = "interp"
     beta: float = 0.1
@@ -66,6 +73,10 @@ class FrameworkConfig:
         checks = [
             (self.inner in INNER_OPTIMIZERS, f"inner optimizer {self.inner!r}: use {INNER_OPTIMIZERS}"),
             (self.outer in OUTER_OPTIMIZERS, f"outer optimizer {self.outer!r}: use {OUTER_OPTIMIZERS}"),
+            (self.table_optimizer in TABLE_OPTIMIZERS,
+             f"table_optimizer {self.table_optimizer!r}: use {TABLE_OPTIMIZERS}"),
+            (self.table_optimizer == "dense" or self.outer == "interp",
+             "a row-sparse table_optimizer needs outer='interp' (an outer optimizer would move every row)"),
             (self.beta_schedule in BETA_SCHEDULES, f"beta_schedule {self.beta_schedule!r}: {BETA_SCHEDULES}"),
             (self.schedule in SCHEDULES, f"schedule {self.schedule!r}: use {SCHEDULES}"),
             (self.dr_budget in DR_BUDGETS, f"dr_budget {self.dr_budget!r}: use {DR_BUDGETS}"),
@@ -82,6 +93,10 @@ class FrameworkConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    @property
+    def sparse_tables(self) -> bool:
+        return self.table_optimizer != "dense"
 
     def beta_at(self, epoch: int) -> float:
         if self.beta_schedule == "anneal":

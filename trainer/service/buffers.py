@@ -1,9 +1,13 @@
-"""Bounded per-domain buffers of fresh events plus a replay reservoir of older ones.
+"""Per-domain buffers of fresh events plus a replay reservoir of older ones, all numpy, no per-row loops.
 
-Fresh rows wait for the next round; after a round they move into a reservoir (uniform reservoir
-sampling, per domain) so that DN keeps seeing old domains and the model does not forget them.
-Memory is bounded: when training falls behind, a full buffer keeps a uniform sample of what arrived
-(reservoir sampling again) and counts what it had to drop, which the trainer reports as lag.
+Fresh rows wait for the next round, which trains on every one of them at least once; after a round
+they move into a reservoir (uniform reservoir sampling, per domain) from which later rounds mix
+replay rows in, so that DN keeps seeing old domains and the model does not forget them.
+
+Memory is bounded twice: a round holds at most ``round_events`` events (the loop stops polling
+there), and ``per_domain`` caps one domain's fresh rows; beyond the cap a uniform sample is kept
+and the excess is counted in ``dropped`` (never silent: the trainer exports it as a metric and
+logs it). ``sample_fresh`` is the ``sample`` overload policy's down-sampling of a whole round.
 """
 
 from __future__ import annotations
@@ -11,8 +15,32 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+
+from trainer.data.base import Split
+from trainer.frameworks.base import Batch
 
 ROW_DTYPE = np.dtype([("user", np.int64), ("item", np.int64), ("label", np.float32)])
+
+
+def _reservoir_add(rows: np.ndarray, seen: int, capacity: int, new: np.ndarray,
+                   rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
+    """Algorithm R over a whole chunk at once: returns (rows, seen, rows not kept).
+
+    Row k of ``new`` (the (seen+k+1)-th ever) replaces slot j ~ U[0, seen+k] when j < capacity; a
+    later row that draws the same slot wins, exactly as the one-at-a-time loop would."""
+    free = capacity - len(rows)
+    if free > 0:
+        take = new[:free]
+        rows = np.concatenate([rows, take])
+        seen += len(take)
+        new = new[free:]
+    if not len(new):
+        return rows, seen, 0
+    slots = rng.integers(0, seen + np.arange(1, len(new) + 1))
+    keep = slots < capacity
+    rows[slots[keep]] = new[keep]  # numpy assigns repeated indices in order: the last one wins
+    return rows, seen + len(new), len(new)
 
 
 @dataclass
@@ -23,19 +51,7 @@ class _Reservoir:
 
     def add(self, new: np.ndarray, rng: np.random.Generator) -> int:
         """Reservoir-sample ``new`` into the buffer; returns how many rows were not kept."""
-        dropped = 0
-        free = self.capacity - len(self.rows)
-        if free > 0:
-            take = new[:free]
-            self.rows = np.concatenate([self.rows, take])
-            self.seen += len(take)
-            new = new[free:]
-        for row in new:  # only runs once full: bounded work per event
-            self.seen += 1
-            j = int(rng.integers(0, self.seen))
-            if j < self.capacity:
-                self.rows[j] = row
-            dropped += 1
+        self.rows, self.seen, dropped = _reservoir_add(self.rows, self.seen, self.capacity, new, rng)
         return dropped
 
 
@@ -65,6 +81,23 @@ class DomainBuffers:
         self.fresh = {}
         return out
 
+    def sample_fresh(self, fresh: dict[int, np.ndarray], keep: int) -> tuple[dict[int, np.ndarray], int]:
+        """A uniform sample of ``keep`` rows over all domains of ``fresh``; returns it and the rows dropped."""
+        total = sum(len(r) for r in fresh.values())
+        if total <= keep:
+            return fresh, 0
+        domains = list(fresh)
+        sizes = np.array([len(fresh[d]) for d in domains])
+        chosen = np.sort(self.rng.choice(total, size=keep, replace=False))
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        out = {}
+        for k, d in enumerate(domains):
+            lo, hi = np.searchsorted(chosen, bounds[k]), np.searchsorted(chosen, bounds[k + 1])
+            if hi > lo:
+                out[d] = fresh[d][chosen[lo:hi] - bounds[k]]
+        self.dropped += total - keep
+        return out, total - keep
+
     def retire(self, fresh: dict[int, np.ndarray]) -> None:
         """After a round, keep a uniform sample of what was trained on for replay."""
         for d, rows in fresh.items():
@@ -84,3 +117,40 @@ class DomainBuffers:
                     res.rows = res.rows[~gone]
                     dropped += int(gone.sum())
         return dropped
+    def replay_sample(self, n: int) -> dict[int, np.ndarray]:
+        """``n`` replay rows (fewer if the reservoirs hold fewer), uniform over every reservoir's rows so
+        old domains keep appearing in proportion to their reservoirs; without replacement."""
+        domains = [d for d, r in self.replay.items() if len(r.rows)]
+        if n <= 0 or not domains:
+            return {}
+        sizes = np.array([len(self.replay[d].rows) for d in domains], dtype=np.float64)
+        counts = self.rng.multinomial(min(n, int(sizes.sum())), sizes / sizes.sum())
+        out = {}
+        for d, c in zip(domains, counts, strict=True):
+            if c:
+                rows = self.replay[d].rows
+                c = min(int(c), len(rows))
+                out[d] = rows[self.rng.choice(len(rows), size=c, replace=False)] if c < len(rows) else rows.copy()
+        return out
+
+
+def round_batches(train: dict[int, Split], order: list[int], batch_size: int,
+                  rng: torch.Generator) -> list[Batch]:
+    """DN's inner batches for a round: every row of ``train`` exactly once, domains in ``order``.
+
+    Each domain's rows are shuffled and laid end to end in the chained order, then cut into
+    mini-batches of ``batch_size``: a domain with many rows gets its own consecutive batches (the
+    per-domain chaining of Algorithm 1), while domains smaller than a batch share one with their
+    neighbours in the order (those are joint steps within the chain). The number of optimizer steps
+    is ⌈rows / batch_size⌉, however many domains the round holds: a domain costs one slice, not K
+    steps of its own."""
+    parts = [(d, train[d]) for d in order if len(train[d])]
+    if not parts:
+        return []
+    perm = [torch.randperm(len(s), generator=rng) for _, s in parts]
+    user = torch.cat([torch.from_numpy(s.user)[p] for (_, s), p in zip(parts, perm, strict=True)])
+    item = torch.cat([torch.from_numpy(s.item)[p] for (_, s), p in zip(parts, perm, strict=True)])
+    label = torch.cat([torch.from_numpy(s.label)[p] for (_, s), p in zip(parts, perm, strict=True)])
+    domain = torch.repeat_interleave(torch.tensor([d for d, _ in parts]), torch.tensor([len(s) for _, s in parts]))
+    return [(user[a:a + batch_size], item[a:a + batch_size], domain[a:a + batch_size], label[a:a + batch_size])
+            for a in range(0, user.shape[0], batch_size)]

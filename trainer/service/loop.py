@@ -2,8 +2,13 @@
 
 One round, every ``round_seconds`` or ``round_events`` (whichever comes first):
 1. the round's events were already scored by the live model when they arrived (prequential);
-2. DN over the domains in the round (fresh rows plus a replay sample), K mini-batches per domain;
-   DR for every domain with fresh rows (k neighbours from the round, plus itself);
+2. DN over the domains in the round: one pass over every fresh row plus ``replay_ratio`` replay rows
+   per fresh row (uniform over the reservoirs, so old domains are not forgotten), domains chained in
+   a shuffled order and packed into mini-batches (``round_batches``); a small round makes more
+   passes, up to ``min_batches`` mini-batches (a constant per round: learning per round does not
+   collapse when traffic is low); DR for every domain with fresh rows (k neighbours from the round,
+   plus itself), as many passes over each domain's rows, at most K mini-batches per update, all
+   targets advanced together (``BatchedDR``, vmapped);
 3. publish version N: trainer checkpoint, embeddings in the feature store under N, ONNX shared model
    + deltas + manifest holding the consumed offsets, registered and promoted in the registry;
 4. only then commit the offsets to the consumer group;
@@ -11,6 +16,13 @@ One round, every ``round_seconds`` or ``round_events`` (whichever comes first):
 On start the trainer resumes from the live version's checkpoint and seeks to its manifest's offsets,
 so a crash anywhere loses nothing and applies nothing twice to a published model. Every consumed
 record, valid or dead-lettered, is counted in exactly one manifest's ``events_included``.
+
+Overload (traffic faster than training): the consumer lag is measured after every round, exported
+(``mamdr_trainer_consumer_lag_events``) and logged as a warning above ``max_lag_events``. Policy
+``backpressure``: a round never polls past ``round_events``, so the lag grows in the broker and no
+event is dropped. Policy ``sample``: the next round consumes the excess lag too and trains on a
+uniform sample of ``round_events`` of its events; the rest are counted
+(``mamdr_trainer_events_sampled_out_total``, the round report's ``sampled_out``) and logged.
 """
 
 from __future__ import annotations
@@ -40,9 +52,12 @@ from trainer.export.publish import read_manifest
 from trainer.feature_sync import sync_embeddings
 from trainer.frameworks.config import FrameworkConfig
 from trainer.frameworks.dr import MAMDR
+from trainer.frameworks.dr_batched import BatchedDR
+from trainer.frameworks.sparse import carry_table_state
 from trainer.models import ModelConfig
-from trainer.service.buffers import DomainBuffers
+from trainer.service.buffers import DomainBuffers, round_batches
 from trainer.service.failpoints import failpoint
+from trainer.service.graduation import Graduation
 from trainer.service.health import Heartbeat
 from trainer.service.metrics import TrainerMetrics
 from trainer.service.prequential import Prequential
@@ -62,6 +77,9 @@ class RoundReport:
     domains_trained: list[str]
     seconds: float
     prequential: dict[str, dict[str, float]] = field(default_factory=dict)
+    trained_rows: int = 0  # rows of the round's DN pass (every fresh row once, plus replay rows)
+    sampled_out: int = 0  # fresh rows not trained on (overload policy ``sample`` or a full buffer)
+    lag: int = 0  # consumer lag after the round's commit
 
 
 class ContinualTrainer:
@@ -99,6 +117,9 @@ class ContinualTrainer:
         self._domains_read_at = float("-inf")
         self._dropped_seen = 0
         self.heartbeat = Heartbeat()  # /healthz: the loop is alive while it keeps beating
+        self.graduation = Graduation(self.cfg.graduation_window, self.cfg.graduation_min_clicks)
+        self._catch_up = 0  # extra events the next round consumes (overload policy ``sample``)
+        self._last_train: dict[str, int] = {}
         self.distributed: Any = None  # a trainer.distributed Coordinator on rank 0 of a multi-process run
 
     # -- start / resume -----------------------------------------------------------------------------
@@ -135,12 +156,18 @@ class ContinualTrainer:
         assert self.state is not None
         cfg = FrameworkConfig(
             inner="adam", inner_lr=self.cfg.lr, inner_steps=self.cfg.inner_batches, dr_steps=self.cfg.inner_batches,
-            beta=self.cfg.beta, gamma=self.cfg.gamma, k=self.cfg.dr_k, batch_size=self.cfg.batch_size,
-            seed=self.cfg.seed,
+            beta=1.0 if self.cfg.framework == "alternate" else self.cfg.beta,  # β = 1: DN is alternate training
+            gamma=self.cfg.gamma, k=self.cfg.dr_k, batch_size=self.cfg.batch_size,
+            seed=self.cfg.seed, table_optimizer=self.cfg.table_optimizer, table_lr=self.cfg.table_lr,
         )
         dataset = self._dataset({})
+        old = self.framework
         self.framework = MAMDR(self.state.model, dataset, cfg, params=self.state.params)
         self.framework.domains = []
+        # tables grow in place (same Parameter objects): keep their row-wise optimizer state, padded
+        tables = getattr(old._inner, "tables", None) if old is not None else None
+        if tables is not None and carry_table_state(tables, list(self.framework.table_params().values())):
+            self.framework._inner = self.framework.make_inner(cfg.inner, cfg.inner_lr, tables=tables)
 
     def _dataset(self, train: dict[int, Split]) -> MultiDomainDataset:
         assert self.state is not None
@@ -198,8 +225,14 @@ class ContinualTrainer:
             users = [e.user_id for e in events]
             items = [e.item_id for e in events]
             labels = np.array([e.clicked for e in events], dtype=np.float32)
-            if self.state.domains.get(domain) is not None:  # test, then train
-                probs = self.state.predict(domain, users, items)
+            slot = self.state.domains.get(domain)
+            if slot is not None:  # test, then train: scored as serving scores it (graduated delta or θS)
+                if self.state.params.has_delta(slot):
+                    probs = self.graduation.observe(
+                        domain, labels, self.state.predict(domain, users, items, with_delta=False),
+                        self.state.predict(domain, users, items))
+                else:
+                    probs = self.state.predict(domain, users, items)
                 self.prequential.update(domain, labels, probs)
             if self.state.ensure(users, items, [domain], round_no=self.round_no + 1, now=time.time()):
                 self._rebuild_framework()
@@ -210,9 +243,6 @@ class ContinualTrainer:
             self.buffers.add(slot, urows[own], irows[own], labels[own])
             self.metrics.events_consumed.labels(domain=domain).inc(len(events))
             self._round_valid += len(events)
-        if self.buffers.dropped > self._dropped_seen:  # training fell behind: sampled, not lost
-            self.metrics.events_dropped.inc(self.buffers.dropped - self._dropped_seen)
-            self._dropped_seen = self.buffers.dropped
 
     def _reject(self, record: Record, reason: str, kind: str) -> None:
         self.stream.dead_letter(record, reason)
@@ -229,44 +259,97 @@ class ContinualTrainer:
     def round_due(self) -> bool:
         if not self._pending:
             return False
-        return (len(self._pending) >= self.cfg.round_events
+        return (len(self._pending) >= self.round_budget()
                 or time.monotonic() - self._round_started >= self.cfg.round_seconds)
+
+    def round_budget(self) -> int:
+        """Events a round consumes: ``round_events``, plus the excess lag under the ``sample`` policy."""
+        return self.cfg.round_events + self._catch_up
 
     def run_round(self) -> RoundReport:
         assert self.state is not None and self.framework is not None and self.consumer is not None
         self.heartbeat.beat()
         t0 = time.monotonic()
         fresh = self.buffers.take_fresh()
+        sampled_out = self.buffers.dropped - self._dropped_seen  # a full per-domain buffer's excess
+        if self.cfg.overload_policy == "sample":
+            fresh, dropped = self.buffers.sample_fresh(fresh, self.cfg.round_events)
+            sampled_out += dropped
+        if sampled_out:
+            self.metrics.events_dropped.inc(sampled_out)
+            self._dropped_seen = self.buffers.dropped
+            log.warning("training behind: %d fresh events sampled out of this round (overload policy %s)",
+                        sampled_out, self.cfg.overload_policy)
         trained = self._train(fresh)
         self.buffers.retire(fresh)
         self._expire()
         report = self._publish(trained, t0)
+        report.trained_rows = self._last_train.get("rows", 0)
+        report.sampled_out = sampled_out
+        report.lag = self._check_lag()
         self._round_started = time.monotonic()
         return report
 
+    def _check_lag(self) -> int:
+        """Consumer lag after a round: exported, warned about above ``max_lag_events``; under the
+        ``sample`` policy the next round also consumes the excess (and trains on a sample)."""
+        assert self.consumer is not None
+        lag = int(self.consumer.lag())
+        self.metrics.consumer_lag.set(lag)
+        excess = max(0, lag - self.cfg.max_lag_events)
+        if excess:
+            log.warning("training behind: consumer lag %d events > max_lag_events %d (policy %s%s)",
+                        lag, self.cfg.max_lag_events, self.cfg.overload_policy,
+                        ": the next round samples" if self.cfg.overload_policy == "sample" else
+                        ": polling paused until rounds catch up")
+        if self.cfg.overload_policy == "sample":  # the next round brings the lag back to max_lag_events
+            self._catch_up = min(max(0, excess - self.cfg.round_events), 9 * self.cfg.round_events)
+        else:
+            self._catch_up = 0
+        return lag
+
     def _train(self, fresh: dict[int, np.ndarray]) -> list[int]:
         assert self.state is not None and self.framework is not None
+        self._last_train = {}
         if not fresh:
             return []
-        rows: dict[int, np.ndarray] = {}
-        for slot in set(fresh) | set(self.buffers.replay):
-            parts = [p for p in (fresh.get(slot), self.buffers.replay_rows(slot)) if p is not None and len(p)]
-            if parts:
-                rows[slot] = np.concatenate(parts)
-        train = {s: Split(user=r["user"].copy(), item=r["item"].copy(), label=r["label"].copy())
-                 for s, r in rows.items()}
+        n_fresh = sum(len(r) for r in fresh.values())
+        replay = self.buffers.replay_sample(round(self.cfg.replay_ratio * n_fresh))
+        train: dict[int, Split] = {}
+        for slot in sorted(set(fresh) | set(replay)):
+            parts = [p for p in (fresh.get(slot), replay.get(slot)) if p is not None and len(p)]
+            rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            train[slot] = Split(user=np.ascontiguousarray(rows["user"]), item=np.ascontiguousarray(rows["item"]),
+                                label=np.ascontiguousarray(rows["label"]))
         fw = self.framework
         fw.dataset = self._dataset(train)
         fw.domains = sorted(train)
         rng = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.round_no)
         order = fw.shuffled_domains(rng)
+        self._last_train = {"fresh": n_fresh, "rows": sum(len(s) for s in train.values())}
         if self.distributed is not None:  # data-parallel DN + domain-partitioned DR (trainer/distributed)
             return self.distributed.train_round(self, train, sorted(fresh), order)
-        fw.negotiate([(d, fw.domain_batches(d, rng, self.cfg.inner_batches)) for d in order])
+        # one pass over the round's rows, more when it holds fewer than min_batches mini-batches
+        bs = self.cfg.batch_size
+        passes = max(1, -(-self.cfg.min_batches * bs // max(1, self._last_train["rows"])))
+        batches = [b for p in range(passes)
+                   for b in round_batches(train, order if p == 0 else fw.shuffled_domains(rng), bs, rng)]
+        self._last_train["passes"] = passes
+        t_dn = time.perf_counter()
+        fw.negotiate([(-1, batches)])
+        self._last_train["dn_ms"] = round((time.perf_counter() - t_dn) * 1000)
         failpoint("mid_round")
-        for target in sorted(fresh):
-            fw.dr_round(target, rng)
-        return sorted(fresh)
+        targets = sorted(fresh)
+        if self.cfg.framework != "mamdr":  # dn / alternate: the shared model only, every θi stays zero
+            return targets
+        # Algorithm 2 for every target at once (vmapped; a domain smaller than K batches takes one pass)
+        sequences = {t: fw.sample_sequence(t, rng) for t in targets}
+        cfg = fw.config
+        BatchedDR(fw.params, lr=cfg.inner_lr, gamma=cfg.gamma, batch_size=cfg.batch_size,
+                  max_steps=self.cfg.inner_batches, l2=cfg.l2, passes=passes).run(
+            targets, sequences, train, seed=self.cfg.seed * 1_000_003 + self.round_no)
+        self._last_train["dr_ms"] = round((time.perf_counter() - t_dn) * 1000) - self._last_train["dn_ms"]
+        return targets
 
     def _next_version(self) -> str:
         numbers = [0]
@@ -295,16 +378,24 @@ class ContinualTrainer:
         round_figs = self.prequential.cumulative()
         # the registry caps a version's metrics at 16 KiB of JSON: per-domain figures only up to
         # METRIC_DOMAINS domains (≈120 bytes each); Prometheus always has them all
-        metrics = {"prequential": round_figs if len(round_figs) <= METRIC_DOMAINS else {},
+        decisions = self.graduation.decide() if self.cfg.framework == "mamdr" else {}
+        graduated = sorted(self.graduation.graduated) if self.cfg.framework == "mamdr" else []
+        for d, figs in decisions.items():
+            if d in self._known:
+                self.metrics.graduated.labels(domain=d).set(1.0 if figs["graduated"] else 0.0)
+        metrics = {"graduated": graduated if len(graduated) <= METRIC_DOMAINS else graduated[:METRIC_DOMAINS],
+                   "graduated_domains": len(graduated), "framework": self.cfg.framework,
+                   "prequential": round_figs if len(round_figs) <= METRIC_DOMAINS else {},
                    "prequential_domains": len(round_figs), "prequential_mean_auc": self.prequential.mean_auc(),
                    "round": self.round_no, "valid": self._round_valid, "rejected": self._round_rejected}
         state.save(self.root, version, {"round": self.round_no, "offsets": offsets})
         failpoint("after_checkpoint")
         domains = {d: s for d, s in state.slots().items() if self._known.get(d, "active") != "retired"}
+        without_delta = [d for d in domains if d not in graduated]  # served by θS (with their own rows)
         export_version(state.params, domains, self.root, version, parent=self.live_version,
                        feature_store_version=version, offsets=offsets, events_included=events,
                        metrics=_finite(metrics), registry=self.registry, promote=True,
-                       cold_start=state.cold_start())
+                       cold_start=state.cold_start(), without_delta=without_delta)
         failpoint("after_export")
         self.consumer.commit(offsets)
         failpoint("after_commit")
@@ -380,7 +471,8 @@ class ContinualTrainer:
         while not self.stop_event.is_set():
             self.heartbeat.beat()
             # never past round_events: a busy stream gives rounds of exactly round_events events
-            room = max(1, self.cfg.round_events - len(self._pending))
+            # (backpressure: what is not polled waits in the broker as lag, measured after each round)
+            room = max(1, self.round_budget() - len(self._pending))
             records = self.consumer.poll(max_records=min(5000, room), timeout_s=0.5)
             if records:
                 last_event = time.monotonic()
@@ -393,6 +485,9 @@ class ContinualTrainer:
                 lag = self.consumer.lag()
                 self.metrics.consumer_lag.set(lag)
                 last_log = time.monotonic()
+                if lag > self.cfg.max_lag_events:
+                    log.warning("training behind: consumer lag %d events > max_lag_events %d (policy %s)",
+                                lag, self.cfg.max_lag_events, self.cfg.overload_policy)
                 log.info("pending %d events, lag %d, buffered %d", len(self._pending), lag, self.buffers.pending())
             if idle_exit_s is not None and not records and time.monotonic() - last_event > idle_exit_s:
                 if self._pending:

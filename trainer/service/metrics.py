@@ -40,6 +40,9 @@ class TrainerMetrics:
         self.rounds = Counter("mamdr_trainer_rounds_total", "Rounds by outcome", ["outcome"], registry=r)
         self.published_version = Gauge(
             "mamdr_trainer_published_version", "Number of the last published model version", registry=r)
+        self.graduated = Gauge(
+            "mamdr_trainer_domain_graduated", "1 when the domain's delta is served (it beats θS on its recent "
+            "prequential clicks), 0 when the domain is served by θS", ["domain"], registry=r)
         self.prequential_auc = Gauge(
             "mamdr_trainer_prequential_auc", "Cumulative prequential AUC per domain", ["domain"], registry=r)
         self.prequential_logloss = Gauge(

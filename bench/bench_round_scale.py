@@ -1,0 +1,202 @@
+"""A continual-trainer round at production scale: cost against table size and against active domains.
+
+1. scale: one round of ``--round-clicks`` clicks on 2,000 hot users and items over 8 domains, after the
+   user and item tables have seen N distinct ids each (N in ``--sizes``): round time (train = DN + DR,
+   publish = feature store + checkpoint + ONNX) and peak RSS of the round (VmHWM, reset before it),
+   each N in a fresh subprocess. The second round is measured (the first pays the ONNX exporter's
+   warm-up and the optimizer's state). Target: train time and the round's peak-RSS increase flat
+   within 1.5× from the smallest to the largest N.
+2. throughput: clicks learned per second on one core = fresh clicks the round's DN pass trained on
+   (each exactly once, plus ``replay_ratio`` replay rows each) / train seconds, for the N = smallest run.
+3. per-domain cost: ``--domain-clicks`` clicks over 10/100/1000 domains (``--domains``); the fixed cost
+   per active domain is the slope of train time between the smallest and largest count.
+
+    PYTHONPATH=$PWD ~/.cache/mamdr/venv/bin/python bench/bench_round_scale.py \
+        [--sizes 10000,100000,1000000] [--model paper|small] [--table-optimizer sparse_adam]
+
+Settings the code under test does not know are skipped, so the same script measures an older tree
+(``--skip scale`` etc.). One torch thread; every loop is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from bench_trainer import make_trainer, produce
+
+from contracts.events import ClickEvent
+from contracts.settings import TrainerSettings, load_settings
+
+MODELS = {"paper": {"emb_dim": 128, "hidden": (256, 128, 64)}, "small": {"emb_dim": 16, "hidden": (32, 16)}}
+HOT = 2000
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak() -> None:
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux)
+
+
+def clicks(n: int, n_domains: int, start: int, hot: int = HOT) -> list[bytes]:
+    return [json.dumps(ClickEvent(event_id=f"e{i}", ts=1.7e9 + i, domain=f"d{i % n_domains}",
+                                  user_id=f"x{(i * 7919) % hot}", item_id=f"y{(i * 104729) % hot}",
+                                  clicked=int((i * 2654435761) % 7 < 3)).model_dump(),
+                       separators=(",", ":")).encode() for i in range(start, start + n)]
+
+
+def one_run(n_ids: int, n_domains: int, n_clicks: int, model: str, trainer_knobs: dict[str, Any],
+            store: str) -> dict[str, float]:
+    """One trainer whose tables saw ``n_ids`` ids; two rounds of ``n_clicks``; figures of the second."""
+    known = set(TrainerSettings.model_fields)
+    knobs = {k: v for k, v in trainer_knobs.items() if k in known and v is not None}
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as d:
+        tmp = Path(d)
+        url = f"file://{tmp}/stream/clicks"
+        settings = load_settings(**{"home": str(tmp), "artifacts_url": f"file://{tmp}/artifacts",
+                                    "stream.url": url, "stream.group": "bench", "stream.partitions": 4,
+                                    "stream.fsync": False,
+                                    "trainer.round_events": n_clicks, "trainer.round_seconds": 3600.0,
+                                    **{f"trainer.{k}": v for k, v in knobs.items()}})
+        store_url = {"file": f"file://{tmp}/fs", "memory": "memory://scale"}[store]
+        import bench_trainer
+
+        bench_trainer.MODEL = MODELS[model]
+        trainer = make_trainer(tmp, settings, n_domains, store_url=store_url)
+        state = trainer.state
+        assert state is not None
+        # the tables have seen n_ids users and n_ids items (the hot ones among them)
+        t0 = time.perf_counter()
+        state.ensure([f"x{k}" for k in range(n_ids)], [f"y{k}" for k in range(n_ids)], [])
+        trainer._rebuild_framework()
+        grow_s = time.perf_counter() - t0
+        timings: dict[str, float] = {}
+        orig_train, orig_publish = trainer._train, trainer._publish
+
+        def timed_train(*a: Any) -> Any:
+            s = time.perf_counter()
+            out = orig_train(*a)
+            timings["train"] = time.perf_counter() - s
+            return out
+
+        def timed_publish(*a: Any) -> Any:
+            s = time.perf_counter()
+            out = orig_publish(*a)
+            timings["publish"] = time.perf_counter() - s
+            return out
+
+        trainer._train, trainer._publish = timed_train, timed_publish  # type: ignore[method-assign]
+        out: dict[str, float] = {}
+        for r in range(2):
+            produce(url, settings, clicks(n_clicks, n_domains, start=r * n_clicks))
+            consumed, deadline = 0, time.monotonic() + 300
+            assert trainer.consumer is not None
+            while consumed < n_clicks and time.monotonic() < deadline:
+                records = trainer.consumer.poll(max_records=5000, timeout_s=0.5)
+                trainer.ingest(records)
+                consumed += len(records)
+            rss0 = _status("VmRSS")
+            _reset_peak()
+            t0 = time.perf_counter()
+            report = trainer.run_round()
+            out = {"round": time.perf_counter() - t0, "train": timings["train"], "publish": timings["publish"],
+                   "rss": rss0, "peak": _status("VmHWM"), "fresh": consumed,
+                   "trained_rows": getattr(report, "trained_rows", 0), "domains": len(report.domains_trained),
+                   "grow_s": grow_s, **{k: v for k, v in getattr(trainer, "_last_train", {}).items()}}
+        out["peak_increase"] = out["peak"] - out["rss"]
+        trainer.close()
+        return out
+
+
+def _child(args: argparse.Namespace, n_ids: int, n_domains: int, n_clicks: int) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--one", f"{n_ids},{n_domains},{n_clicks}", "--model", args.model,
+           "--store", args.store]
+    for flag in ("table_optimizer", "inner_batches", "replay_ratio", "dr_k"):
+        value = getattr(args, flag)
+        if value is not None:
+            cmd += [f"--{flag.replace('_', '-')}", str(value)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{cmd}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--round-clicks", type=int, default=20_000)
+    parser.add_argument("--domains", default="10,100,1000")
+    parser.add_argument("--domain-clicks", type=int, default=5000)
+    parser.add_argument("--model", choices=sorted(MODELS), default="paper")
+    parser.add_argument("--store", choices=("file", "memory"), default="file")
+    parser.add_argument("--table-optimizer", dest="table_optimizer", default=None)
+    parser.add_argument("--inner-batches", dest="inner_batches", type=int, default=None)
+    parser.add_argument("--replay-ratio", dest="replay_ratio", type=float, default=None)
+    parser.add_argument("--dr-k", dest="dr_k", type=int, default=None)
+    parser.add_argument("--skip", default="", help="comma list of scale,domains to skip")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per measured run")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.ERROR)
+    knobs = {k: getattr(args, k) for k in ("table_optimizer", "inner_batches", "replay_ratio", "dr_k")}
+    if args.one:
+        n_ids, n_domains, n_clicks = (int(x) for x in args.one.split(","))
+        print(json.dumps(one_run(n_ids, n_domains, n_clicks, args.model, knobs, args.store)))
+        return 0
+    skip = set(args.skip.split(","))
+    mb = 1024 * 1024
+    print(f"model {args.model} {MODELS[args.model]}, knobs {knobs}, store {args.store}://, 1 torch thread",
+          flush=True)
+    if "scale" not in skip:
+        sizes = [int(x) for x in args.sizes.split(",")]
+        runs = {}
+        for n in sizes:
+            r = runs[n] = _child(args, n, 8, args.round_clicks)
+            print(f"  N={n:>9,} ids/table: round {r['round']:6.2f} s (train {r['train']:5.2f} s, publish "
+                  f"{r['publish']:5.2f} s); RSS before {r['rss'] / mb:6.0f} MB, peak {r['peak'] / mb:6.0f} MB, "
+                  f"round's peak increase {r['peak_increase'] / mb:5.0f} MB; {r['fresh']} clicks, "
+                  f"{r['trained_rows']} rows in the DN pass; DN {r.get('dn_ms', 0) / 1000:.2f} s, "
+                  f"DR {r.get('dr_ms', 0) / 1000:.2f} s", flush=True)
+        lo, hi = runs[sizes[0]], runs[sizes[-1]]
+        print(f"  ratio N={sizes[-1]:,} / N={sizes[0]:,}: train {hi['train'] / lo['train']:.2f}x, "
+              f"round {hi['round'] / lo['round']:.2f}x, publish {hi['publish'] / lo['publish']:.2f}x, "
+              f"round's peak RSS increase {hi['peak_increase'] / max(lo['peak_increase'], 1):.2f}x, "
+              f"peak RSS {hi['peak'] / lo['peak']:.2f}x", flush=True)
+        dn = lo.get("dn_ms", 0) / 1000
+        print(f"  clicks learned per second (N={sizes[0]:,}, one core): {lo['fresh'] / lo['train']:,.0f} "
+              f"(DN + DR; {lo['fresh'] / lo['round']:,.0f} including publish"
+              + (f"; DN's pass alone {lo['fresh'] / dn:,.0f}" if dn else "") + ")", flush=True)
+    if "domains" not in skip:
+        counts = [int(x) for x in args.domains.split(",")]
+        dom = {}
+        for n in counts:
+            r = dom[n] = _child(args, 10_000, n, args.domain_clicks)
+            print(f"  {args.domain_clicks} clicks over {n:5d} domains: train {r['train']:6.2f} s, round "
+                  f"{r['round']:6.2f} s ({r['domains']} domains trained)", flush=True)
+        a, b = counts[0], counts[-1]
+        per = (dom[b]["train"] - dom[a]["train"]) / (b - a) * 1000
+        per_round = (dom[b]["round"] - dom[a]["round"]) / (b - a) * 1000
+        print(f"  fixed cost per active domain ({a} -> {b} domains): train {per:.2f} ms, "
+              f"whole round {per_round:.2f} ms", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
