@@ -70,7 +70,8 @@ def one_run(n_ids: int, n_domains: int, n_clicks: int, model: str, trainer_knobs
         tmp = Path(d)
         url = f"file://{tmp}/stream/clicks"
         settings = load_settings(**{"home": str(tmp), "artifacts_url": f"file://{tmp}/artifacts",
-                                    "stream.url": url, "stream.group": "bench", "stream.partitions": 4,
+                                    "stream.url": url,
+                                        "stream.create_topics": True, "stream.group": "bench", "stream.partitions": 4,
                                     "stream.fsync": False,
                                     "trainer.round_events": n_clicks, "trainer.round_seconds": 3600.0,
                                     **{f"trainer.{k}": v for k, v in knobs.items()}})

@@ -56,7 +56,8 @@ def payloads(n: int, n_domains: int, start: int = 0, ts: float | None = None) ->
 
 def settings_for(tmp: Path, stream_url: str, partitions: int = 4, **trainer: Any) -> Settings:
     return load_settings(**{"home": str(tmp), "artifacts_url": f"file://{tmp}/artifacts",
-                            "stream.url": stream_url, "stream.group": f"bench-{uuid.uuid4().hex[:6]}",
+                            "stream.url": stream_url,
+                                "stream.create_topics": True, "stream.group": f"bench-{uuid.uuid4().hex[:6]}",
                             "stream.partitions": partitions,
                             **{f"trainer.{k}": v for k, v in trainer.items()}})
 

@@ -122,6 +122,7 @@ def test_prequential_auc_rises_over_rounds_and_ends_near_offline_mamdr(tmp_path:
             # one partition: the replay stays in time order across domains (partitions are keyed by domain,
             # and a backlog is polled partition by partition)
             "home": str(tmp_path), "stream.url": f"file://{tmp_path}/stream/clicks", "stream.group": "preq",
+            "stream.create_topics": True,
             "stream.partitions": 1,
             "trainer.round_events": ROUND_EVENTS, "trainer.round_seconds": 3600.0, "trainer.seed": 0,
         })

@@ -30,6 +30,7 @@ DOMAINS = ("a", "b", "c")
 def _trainer(tmp: Path, **knobs: object) -> tuple[ContinualTrainer, str]:
     url = f"file://{tmp}/stream/clicks"
     settings = load_settings(**{"home": str(tmp), "artifacts_url": f"file://{tmp}/artifacts", "stream.url": url,
+                                "stream.create_topics": True,
                                 "stream.group": "scale", "stream.partitions": 1, "stream.fsync": False,
                                 "trainer.round_seconds": 3600.0, "trainer.batch_size": 64,
                                 "trainer.inner_batches": 2, **{f"trainer.{k}": v for k, v in knobs.items()}})
@@ -43,7 +44,7 @@ def _trainer(tmp: Path, **knobs: object) -> tuple[ContinualTrainer, str]:
 
 
 def _produce(url: str, start: int, n: int) -> None:
-    stream = open_stream(url, load_settings(**{"stream.partitions": 1}).stream)
+    stream = open_stream(url, load_settings(**{"stream.partitions": 1, "stream.create_topics": True}).stream)
     with stream.producer() as p:
         for k in range(start, start + n):
             p.send(json.dumps(ClickEvent(event_id=f"e{k}", ts=time.time(), domain=DOMAINS[k % 3],
