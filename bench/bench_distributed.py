@@ -78,7 +78,7 @@ def ingest_rate(tmp: Path, n: int) -> float:
     from trainer.service.loop import ContinualTrainer
 
     settings = load_settings(**{"stream.url": f"file://{tmp}/stream/clicks",
-        "stream.create_topics": True, "trainer.round_events": 10**9})
+                                "stream.create_topics": True, "trainer.round_events": 10**9})
     registry = open_registry(f"sqlite://{tmp}/registry.db")
     for d in ("a", "b", "c", "d"):
         registry.create_domain(d)

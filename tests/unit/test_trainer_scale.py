@@ -16,7 +16,7 @@ from contracts.settings import load_settings
 from domain_registry import open_registry
 from feature_store import open_store
 from stream import open_stream
-from tests.unit.frameworks_toy import toy_dataset
+from tests.support.frameworks_toy import toy_dataset
 from trainer.frameworks import MAMDR, DomainNegotiation, FrameworkConfig
 from trainer.frameworks.dr_batched import BatchedDR
 from trainer.frameworks.sparse import RowWiseAdagrad
