@@ -11,8 +11,15 @@ from contracts.errors import ConfigError
 
 
 def _add_framework_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, default=30, help="maximum epochs (default 30)")
-    p.add_argument("--patience", type=int, default=3, help="early-stopping patience on mean val AUC (3)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="hard epoch budget per phase (default: none, train until early stopping; a run that "
+                        "hits a budget while still improving is flagged CAPPED)")
+    p.add_argument("--patience", type=int, default=3,
+                   help="early-stopping patience on mean val AUC, in epochs of Alternate-equivalent progress "
+                        "(DN waits patience/β epochs; default 3)")
+    p.add_argument("--min-delta", type=float, default=0.0,
+                   help="a rise of the mean val AUC counts as improvement only above this (default 0)")
+    p.add_argument("--patience-unit", default="progress", help="progress (default: scaled by β) | epoch")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--inner", default="adam", help="inner optimizer: adam | sgd (default adam)")
     p.add_argument("--lr", type=float, default=1e-3, help="inner learning rate α (default 1e-3)")
@@ -63,7 +70,8 @@ def _framework_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from trainer.frameworks import FrameworkConfig
 
     return FrameworkConfig(
-        epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, inner=args.inner,
+        epochs=args.epochs, patience=args.patience, min_delta=args.min_delta,
+        patience_unit=args.patience_unit, batch_size=args.batch_size, inner=args.inner,
         inner_lr=args.lr, outer=args.outer, outer_lr=args.outer_lr, beta=args.beta,
         beta_schedule=args.beta_schedule, gamma=args.gamma, k=args.k, inner_steps=args.inner_steps,
         dr_steps=args.dr_steps, dr_budget=args.dr_budget, schedule=args.schedule,

@@ -11,6 +11,8 @@ INNER_OPTIMIZERS = ("adam", "sgd")
 OUTER_OPTIMIZERS = ("interp", "sgd", "adagrad", "adam")
 BETA_SCHEDULES = ("constant", "anneal")
 SCHEDULES = ("interleaved", "staged")
+PATIENCE_UNITS = ("progress", "epoch")
+SAFETY_EPOCHS = 300  # per phase, when no budget is set: only a guard against a run that never settles
 
 
 @dataclass(frozen=True)
@@ -29,10 +31,21 @@ class FrameworkConfig:
     ``schedule`` (DR, MAMDR): ``interleaved`` runs DR on every domain after each shared epoch
     (Algorithm 3); ``staged`` trains θS to convergence first, then only DR rounds on the fixed θS,
     with their own budget ``dr_epochs`` and ``dr_patience`` (a DR epoch costs ≈ k + 1 shared ones).
+
+    Stopping (``fit``): a run stops when the mean validation AUC has not risen by more than
+    ``min_delta`` for ``patience`` epochs *of Alternate-equivalent progress*: with
+    ``patience_unit="progress"`` a framework whose outer step moves θS only β of the way per epoch
+    (DN, MAMDR's shared phase) waits ceil(patience / β) epochs, so DN at β = 0.1 is not stopped on
+    the popularity plateau it crosses ~1/β times slower (MAMDR-NOTES, "the convergence pitfall");
+    ``"epoch"`` counts plain epochs. ``epochs`` is a hard budget only when set; ``None`` means
+    "until converged" with a safety ceiling of ``SAFETY_EPOCHS`` per phase, and a run that reaches
+    either while still improving is flagged (``FitResult.capped``) and shown in the table.
     """
 
-    epochs: int = 30
+    epochs: int | None = None
     patience: int = 3
+    min_delta: float = 0.0
+    patience_unit: str = "progress"
     batch_size: int = 1024
     inner: str = "adam"
     inner_lr: float = 1e-3
@@ -71,7 +84,9 @@ class FrameworkConfig:
             (0 < self.beta <= 1, f"beta must be in (0, 1], got {self.beta}"),
             (0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}"),
             (self.k >= 0, f"k must be >= 0, got {self.k}"),
-            (self.epochs >= 1 and self.patience >= 1, "epochs and patience must be >= 1"),
+            ((self.epochs or 1) >= 1 and self.patience >= 1, "epochs and patience must be >= 1"),
+            (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
+            (self.patience_unit in PATIENCE_UNITS, f"patience_unit {self.patience_unit!r}: {PATIENCE_UNITS}"),
             ((self.dr_epochs or 1) >= 1 and (self.dr_patience or 1) >= 1, "dr_epochs and dr_patience must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.inner_steps is None or self.inner_steps >= 1, "inner_steps must be >= 1 (None: full pass)"),

@@ -40,3 +40,7 @@ class DomainNegotiation(Framework):
 
     def train_epoch(self, epoch: int, rng: torch.Generator) -> None:
         self.train_shared_epoch(epoch, rng)
+
+    def progress_rate(self, epoch: int) -> float:
+        """Interpolation moves Θ only β of the way to Θ̃: DN crosses a plateau ~1/β times slower."""
+        return self.config.beta_at(epoch) if self.config.outer == "interp" else 1.0
