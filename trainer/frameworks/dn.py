@@ -12,6 +12,7 @@ import torch
 
 from trainer.frameworks.base import Batch, Framework
 from trainer.frameworks.outer import OuterStep
+from trainer.frameworks.telemetry import MAX_DOMAINS, ConflictTelemetry, dense_parameters
 
 
 class DomainNegotiation(Framework):
@@ -20,6 +21,9 @@ class DomainNegotiation(Framework):
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         self.outer = OuterStep(list(self.params.shared().values()), self.config.outer, self.config.outer_lr)
+        # conflict telemetry (telemetry.py): cosine of the domains' updates, set by each negotiate()
+        self.telemetry = ConflictTelemetry(dense_parameters(self.model, self.params.shared()))
+        self.conflict_matrix: list[list[float]] | None = None
 
     def negotiate(self, rounds: Sequence[tuple[int, Iterable[Batch]]], beta: float | None = None) -> int:
         """One outer iteration over (domain, batches) pairs in the given order; returns inner steps.
@@ -29,8 +33,18 @@ class DomainNegotiation(Framework):
         """
         self.outer.begin()
         optimizer = self.inner_optimizer()
-        steps = sum(self.update(optimizer, batches) for _, batches in rounds)
+        record = len(self.domains) <= MAX_DOMAINS
+        self.telemetry.begin()
+        steps = 0
+        for domain, batches in rounds:
+            if record:
+                self.telemetry.before()
+            steps += self.update(optimizer, batches)
+            if record:
+                self.telemetry.after(domain)  # u_i = Θ̃_after_i − Θ̃_before_i
         self.outer.finish(self.config.beta if beta is None else beta)
+        if record:
+            self.conflict_matrix = self.telemetry.cosine(self.domains)
         return steps
 
     def train_shared_epoch(self, epoch: int, rng: torch.Generator) -> None:
