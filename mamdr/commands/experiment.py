@@ -11,6 +11,7 @@ from contracts.errors import ConfigError
 
 
 def _add_framework_flags(p: argparse.ArgumentParser) -> None:
+    """Flags default to None = FrameworkConfig's default (one source of truth for the defaults)."""
     p.add_argument("--epochs", type=int, default=None,
                    help="hard epoch budget per phase (default: none, train until early stopping; a run that "
                         "hits a budget while still improving is flagged CAPPED)")
@@ -25,22 +26,27 @@ def _add_framework_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="inner learning rate α (default 1e-3)")
     p.add_argument("--outer", default="interp", help="outer step: interp | sgd | adagrad | adam (interp)")
     p.add_argument("--outer-lr", type=float, default=0.1, help="outer optimizer lr (not used by interp)")
-    p.add_argument("--beta", type=float, default=0.1, help="DN outer step β (default 0.1)")
+    p.add_argument("--beta", type=float, default=None, help="DN outer step β (default 0.5; paper 0.1)")
     p.add_argument("--beta-schedule", default="constant", help="constant | anneal (β_e = max(β, 1/(1+e)))")
-    p.add_argument("--gamma", type=float, default=0.1, help="DR step γ (default 0.1)")
-    p.add_argument("--k", type=int, default=5, help="DR: other domains sampled per target (default 5)")
+    p.add_argument("--gamma", type=float, default=None, help="DR step γ (default 1: staged; paper 0.1)")
+    p.add_argument("--k", type=int, default=None, help="DR: other domains sampled per target (default 3)")
     p.add_argument("--inner-steps", type=int, default=None,
                    help="mini-batches per inner update (default: a full pass over the domain)")
     p.add_argument("--dr-steps", type=int, default=None,
                    help="mini-batches per DR update (default: a full pass)")
-    p.add_argument("--dr-budget", default="pass",
-                   help="DR update size without --dr-steps: pass (paper) | half (MAMDR ≈ (k+2)× Alternate)")
-    p.add_argument("--schedule", default="interleaved", help="DR/MAMDR: interleaved (Alg. 3) | staged")
+    p.add_argument("--dr-budget", default=None,
+                   help="DR update size without --dr-steps: pass (paper) | half (default: a DR epoch ≈ (k+1)× "
+                        "an Alternate epoch)")
+    p.add_argument("--schedule", default=None,
+                   help="DR/MAMDR: staged (default: θS to convergence, then DR) | interleaved (Alg. 3)")
     p.add_argument("--dr-epochs", type=int, default=None, help="staged: DR-phase epoch budget (default --epochs)")
-    p.add_argument("--dr-patience", type=int, default=None, help="staged: DR-phase patience (default --patience)")
+    p.add_argument("--dr-patience", type=int, default=None, help="staged: DR-phase patience (default 1)")
+    p.add_argument("--dr-select", default=None,
+                   help="staged: domain (default: each domain keeps θi from its best DR epoch, or none) | mean")
     p.add_argument("--delta-init", default="zeros", help="θi start: zeros | random")
     p.add_argument("--l2", type=float, default=1e-5, help="L2 on embeddings (default 1e-5)")
-    p.add_argument("--specific", default=None, help="glob patterns of domain-specific parameters")
+    p.add_argument("--specific", default=None,
+                   help="domain-specific parameters: all (default) | default (all but user/item tables) | globs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
 
@@ -69,14 +75,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _framework_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from trainer.frameworks import FrameworkConfig
 
+    given = {
+        "beta": args.beta, "gamma": args.gamma, "k": args.k, "dr_budget": args.dr_budget,
+        "schedule": args.schedule, "dr_patience": args.dr_patience, "dr_select": args.dr_select,
+        "specific": args.specific,
+    }
     return FrameworkConfig(
         epochs=args.epochs, patience=args.patience, min_delta=args.min_delta,
         patience_unit=args.patience_unit, batch_size=args.batch_size, inner=args.inner,
-        inner_lr=args.lr, outer=args.outer, outer_lr=args.outer_lr, beta=args.beta,
-        beta_schedule=args.beta_schedule, gamma=args.gamma, k=args.k, inner_steps=args.inner_steps,
-        dr_steps=args.dr_steps, dr_budget=args.dr_budget, schedule=args.schedule,
-        dr_epochs=args.dr_epochs, dr_patience=args.dr_patience, delta_init=args.delta_init, l2=args.l2,
-        specific=args.specific, device=args.device,
+        inner_lr=args.lr, outer=args.outer, outer_lr=args.outer_lr,
+        beta_schedule=args.beta_schedule, inner_steps=args.inner_steps,
+        dr_steps=args.dr_steps, dr_epochs=args.dr_epochs, delta_init=args.delta_init, l2=args.l2,
+        device=args.device, **{k: v for k, v in given.items() if v is not None},
     )
 
 

@@ -25,6 +25,36 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class DeltaSelection:
+    """``dr_select="domain"``: per domain, the best validation AUC seen in the DR phase and its θi.
+    The baseline (epoch -1) is θS alone: a domain whose θi never beat it serves θS."""
+
+    best: dict[int, float]
+    epoch: dict[int, int]
+    deltas: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, fw: Framework, epoch: int) -> DeltaSelection:
+        saved = dict(fw.params.deltas)
+        fw.params.deltas.clear()
+        try:
+            base = domain_auc(fw.score, fw.dataset.val, fw.config.eval_batch_size)
+        finally:
+            fw.params.deltas.update(saved)
+        return cls(best=dict(base), epoch={d: epoch for d in base})
+
+    def observe(self, fw: Framework, per_domain: dict[int, float], epoch: int) -> None:
+        for d, value in per_domain.items():
+            if value == value and value > self.best.get(d, -float("inf")):
+                self.best[d], self.epoch[d] = value, epoch
+                self.deltas[d] = {n: t.detach().clone() for n, t in fw.params.delta(d).items()}
+
+    def install(self, fw: Framework) -> None:
+        fw.params.deltas.clear()
+        fw.params.deltas.update({d: {n: t.clone() for n, t in delta.items()} for d, delta in self.deltas.items()})
+
+
+@dataclass
 class FitState:
     stopper: EarlyStopping
     best_state: dict[str, torch.Tensor]
@@ -34,6 +64,7 @@ class FitState:
     history: list[float] = field(default_factory=list)
     phases: list[str] = field(default_factory=list)
     capped: list[str] = field(default_factory=list)  # phases that hit a budget while still improving
+    selection: DeltaSelection | None = None
     conflict: list[list[list[float]]] = field(default_factory=list)  # DN: per-epoch domain cosine matrix
 
 
@@ -51,6 +82,7 @@ class FitResult:
     state: FitState | None = field(default=None, repr=False)
     capped: list[str] = field(default_factory=list)
     conflict: list[list[list[float]]] = field(default_factory=list)
+    kept_deltas: int | None = None  # dr_select="domain": domains that keep their θi
 
     @property
     def time_to_best_s(self) -> float:
@@ -107,6 +139,7 @@ def fit(fw: Framework, progress: Callable[[int, float], None] | None = None,
         if next_phase is None or not next_phase():
             raise ValueError(f"{fw.name} has no phase after the shared one")
         _enter_next_phase(state.stopper, cfg)
+        state.selection = _selection(fw, state.stopper.best_epoch)
     stopper = state.stopper
     epoch = len(state.times)
     phase_start = epoch  # ``epochs`` is a budget per phase
@@ -127,7 +160,10 @@ def fit(fw: Framework, progress: Callable[[int, float], None] | None = None,
             fw.train_epoch(epoch, rng)
             state.times.append(time.perf_counter() - start)
             state.phases.append(str(getattr(fw, "phase", fw.name)))
-            value = mean_auc(domain_auc(fw.score, fw.dataset.val, cfg.eval_batch_size))
+            per_domain = domain_auc(fw.score, fw.dataset.val, cfg.eval_batch_size)
+            value = mean_auc(per_domain)
+            if state.selection is not None and getattr(fw, "phase", None) == "dr":
+                state.selection.observe(fw, per_domain, epoch)
             state.history.append(value)
             if progress is not None:
                 progress(epoch, value)
@@ -145,11 +181,18 @@ def fit(fw: Framework, progress: Callable[[int, float], None] | None = None,
             if next_phase is not None and next_phase():
                 fw.restore(state.best_state)  # the next phase starts from the best θS
                 _enter_next_phase(stopper, cfg)
+                state.selection = _selection(fw, stopper.best_epoch)
                 phase_start = epoch
                 continue
             break
     state.rng_state, state.torch_rng_state = rng.get_state(), torch.get_rng_state()
     fw.restore(state.best_state)
+    best_epoch, best_val, kept = stopper.best_epoch, stopper.best, None
+    if state.selection is not None:  # per-domain θi (or θS alone) from each domain's best DR epoch
+        sel = state.selection
+        state.selection.install(fw)
+        best_val, kept = mean_auc(sel.best), len(sel.deltas)
+        best_epoch = max(sel.epoch.values(), default=best_epoch)
     test = domain_auc(fw.score, fw.dataset.test, cfg.eval_batch_size)
     tuned = None
     if cfg.finetune and fw.name != "separate":
@@ -160,6 +203,12 @@ def fit(fw: Framework, progress: Callable[[int, float], None] | None = None,
         tuned = domain_auc(fw.score, fw.dataset.test, cfg.eval_batch_size)
         fw.params.deltas.clear()
         fw.params.deltas.update(saved)
-    return FitResult(fw.name, stopper.best_epoch, len(state.times), stopper.best, list(state.times),
+    return FitResult(fw.name, best_epoch, len(state.times), best_val, list(state.times),
                      list(state.history), test, tuned, list(state.phases), state, list(state.capped),
-                     list(state.conflict))
+                     list(state.conflict), kept)
+
+
+def _selection(fw: Framework, epoch: int) -> DeltaSelection | None:
+    if fw.config.dr_select != "domain" or getattr(fw, "phase", None) != "dr":
+        return None
+    return DeltaSelection.start(fw, epoch)
