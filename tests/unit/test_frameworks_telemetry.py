@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tests.support.frameworks_toy import toy_model
+from tests.support.frameworks_toy import toy_dataset, toy_model
 from trainer.data.base import MultiDomainDataset, Split
-from trainer.frameworks import DomainNegotiation, FrameworkConfig, fit
+from trainer.evaluation import domain_auc
+from trainer.frameworks import DomainNegotiation, FrameworkConfig, build_framework, fit
 
 
 def _two_domains(opposite: bool, rows: int = 256, seed: int = 0) -> MultiDomainDataset:
@@ -49,3 +50,19 @@ def test_fit_records_one_matrix_per_dn_epoch() -> None:
     fw = DomainNegotiation(toy_model(ds), ds, FrameworkConfig(batch_size=64, beta=0.5, epochs=3, patience=5))
     result = fit(fw)
     assert len(result.conflict) == 3 and all(np.asarray(m).shape == (2, 2) for m in result.conflict)
+
+
+def test_staged_dr_keeps_theta_i_only_where_it_helps_that_domain() -> None:
+    """dr_select="domain": on validation every domain is at least as good as θS alone (graduation)."""
+    ds = toy_dataset(n_domains=3, rows=96)
+    torch.manual_seed(0)
+    dr = build_framework("dr", toy_model(ds), ds, FrameworkConfig(batch_size=32, k=1, epochs=3, dr_epochs=3,
+                                                                 patience=2))
+    result = fit(dr)
+    with_deltas = domain_auc(dr.score, ds.val)
+    saved = dict(dr.params.deltas)
+    dr.params.deltas.clear()
+    shared_only = domain_auc(dr.score, ds.val)
+    dr.params.deltas.update(saved)
+    assert all(with_deltas[d] >= shared_only[d] - 1e-12 for d in with_deltas)
+    assert result.kept_deltas == len(saved) and set(saved) <= {0, 1, 2}
