@@ -21,34 +21,48 @@ DELTA_INITS = ("zeros", "random")
 
 
 def _add_framework_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, default=30, help="maximum epochs (default 30)")
-    p.add_argument("--patience", type=int, default=3, help="early-stopping patience on mean val AUC (3)")
+    """Flags default to None = FrameworkConfig's default (one source of truth for the defaults)."""
+    p.add_argument("--epochs", type=int, default=None,
+                   help="hard epoch budget per phase (default: none, train until early stopping; a run that "
+                        "hits a budget while still improving is flagged CAPPED)")
+    p.add_argument("--patience", type=int, default=3,
+                   help="early-stopping patience on mean val AUC, in epochs of Alternate-equivalent progress "
+                        "(DN waits patience/β epochs; default 3)")
+    p.add_argument("--min-delta", type=float, default=0.0,
+                   help="a rise of the mean val AUC counts as improvement only above this (default 0)")
+    p.add_argument("--patience-unit", default="progress", choices=("progress", "epoch"),
+                   help="progress: patience scaled by β; epoch: plain epochs")
     p.add_argument("--batch-size", type=int, default=1024, help="rows per mini-batch")
     p.add_argument("--inner", default="adam", choices=INNER_OPTIMIZERS, help="inner optimizer")
     p.add_argument("--lr", type=float, default=1e-3, help="inner learning rate α (default 1e-3)")
     p.add_argument("--outer", default="interp", choices=OUTER_OPTIMIZERS,
                    help="outer step: interp is Θ ← Θ + β(Θ̃ − Θ), the others are fed (Θ − Θ̃)")
     p.add_argument("--outer-lr", type=float, default=0.1, help="outer optimizer lr (not used by interp)")
-    p.add_argument("--beta", type=float, default=0.1, help="DN outer step β (default 0.1)")
+    p.add_argument("--beta", type=float, default=None, help="DN outer step β (default 0.5; paper 0.1)")
     p.add_argument("--beta-schedule", default="constant", choices=BETA_SCHEDULES,
                    help="anneal: β_e = max(β, 1/(1+e))")
-    p.add_argument("--gamma", type=float, default=0.1, help="DR step γ (default 0.1)")
-    p.add_argument("--dr-k", dest="k", type=int, default=5, help="DR: other domains sampled per target (default 5)")
+    p.add_argument("--gamma", type=float, default=None, help="DR step γ (default 1: staged; paper 0.1)")
+    p.add_argument("--dr-k", dest="k", type=int, default=None,
+                   help="DR: other domains sampled per target (default 3)")
     deprecated_alias(p, "--k", "--dr-k", "k", type=int)
     p.add_argument("--inner-batches", dest="inner_steps", type=int, default=None,
                    help="mini-batches per inner update (default: a full pass over the domain)")
     deprecated_alias(p, "--inner-steps", "--inner-batches", "inner_steps", type=int)
     p.add_argument("--dr-steps", type=int, default=None,
                    help="mini-batches per DR update (default: a full pass)")
-    p.add_argument("--dr-budget", default="pass", choices=DR_BUDGETS,
-                   help="DR update size without --dr-steps: pass (paper) | half (MAMDR ≈ (k+2)× Alternate)")
-    p.add_argument("--schedule", default="interleaved", choices=SCHEDULES,
-                   help="DR/MAMDR: interleaved (Alg. 3) or staged (θS first, then DR)")
+    p.add_argument("--dr-budget", default=None, choices=DR_BUDGETS,
+                   help="DR update size without --dr-steps: pass (paper) | half (default: a DR epoch ≈ (k+1)× "
+                        "an Alternate epoch)")
+    p.add_argument("--schedule", default=None, choices=SCHEDULES,
+                   help="DR/MAMDR: staged (default: θS to convergence, then DR) | interleaved (Alg. 3)")
     p.add_argument("--dr-epochs", type=int, default=None, help="staged: DR-phase epoch budget (default --epochs)")
-    p.add_argument("--dr-patience", type=int, default=None, help="staged: DR-phase patience (default --patience)")
+    p.add_argument("--dr-patience", type=int, default=None, help="staged: DR-phase patience (default 1)")
+    p.add_argument("--dr-select", default=None, choices=("domain", "mean"),
+                   help="staged: domain (default: each domain keeps θi from its best DR epoch, or none) | mean")
     p.add_argument("--delta-init", default="zeros", choices=DELTA_INITS, help="θi start")
     p.add_argument("--l2", type=float, default=1e-5, help="L2 on embeddings (default 1e-5)")
-    p.add_argument("--specific", default=None, help="glob patterns of domain-specific parameters")
+    p.add_argument("--specific", default=None,
+                   help="domain-specific parameters: all (default) | default (all but user/item tables) | globs")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -79,13 +93,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _framework_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from trainer.frameworks import FrameworkConfig
 
+    given = {
+        "beta": args.beta, "gamma": args.gamma, "k": args.k, "dr_budget": args.dr_budget,
+        "schedule": args.schedule, "dr_patience": args.dr_patience, "dr_select": args.dr_select,
+        "specific": args.specific,
+    }
     return FrameworkConfig(
-        epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, inner=args.inner,
-        inner_lr=args.lr, outer=args.outer, outer_lr=args.outer_lr, beta=args.beta,
-        beta_schedule=args.beta_schedule, gamma=args.gamma, k=args.k, inner_steps=args.inner_steps,
-        dr_steps=args.dr_steps, dr_budget=args.dr_budget, schedule=args.schedule,
-        dr_epochs=args.dr_epochs, dr_patience=args.dr_patience, delta_init=args.delta_init, l2=args.l2,
-        specific=args.specific, device=args.device,
+        epochs=args.epochs, patience=args.patience, min_delta=args.min_delta,
+        patience_unit=args.patience_unit, batch_size=args.batch_size, inner=args.inner,
+        inner_lr=args.lr, outer=args.outer, outer_lr=args.outer_lr,
+        beta_schedule=args.beta_schedule, inner_steps=args.inner_steps,
+        dr_steps=args.dr_steps, dr_epochs=args.dr_epochs, delta_init=args.delta_init, l2=args.l2,
+        device=args.device, **{k: v for k, v in given.items() if v is not None},
     )
 
 

@@ -22,7 +22,8 @@ OPTIONS = {"n_domains": 3, "n_users": 40, "n_items": 30, "rows_per_domain": 100}
 
 def _cfg(out: Path, epochs: int = 1) -> GridConfig:
     return GridConfig(dataset="synthetic", models=MODELS, methods=METHODS, seeds=SEEDS, out=out, emb_dim=8,
-                      framework=FrameworkConfig(epochs=epochs, batch_size=64, k=1, finetune_epochs=1),
+                      framework=FrameworkConfig(epochs=epochs, batch_size=64, k=1, finetune_epochs=1,
+                                                schedule="interleaved"),
                       dataset_options=OPTIONS)
 
 

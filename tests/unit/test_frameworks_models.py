@@ -62,7 +62,7 @@ def test_adding_a_domain_changes_no_other_domain() -> None:
 def _auc_table(model_name: str, framework: str) -> tuple[dict[int, float], torch.Tensor]:
     ds = toy_dataset(n_domains=3, rows=48)
     torch.manual_seed(5)
-    cfg = FrameworkConfig(epochs=1, batch_size=32, k=1, seed=5, finetune=framework == "mamdr",
+    cfg = FrameworkConfig(epochs=1, batch_size=32, k=1, seed=5, schedule="interleaved", finetune=framework == "mamdr",
                           finetune_epochs=1)
     fw = build_framework(framework, toy_model(ds, model_name, dropout=0.5), ds, cfg)
     result = fit(fw)

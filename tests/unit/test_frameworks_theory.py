@@ -94,7 +94,8 @@ def test_one_dr_step_matches_eqs_5_to_8() -> None:
     model = toy_model(ds)
     alpha, gamma, target, other = 0.05, 0.1, 0, 2
     fw = DomainRegularization(model, ds, FrameworkConfig(inner="sgd", inner_lr=alpha, gamma=gamma, l2=0.0,
-                                                         batch_size=10_000, delta_init="random", seed=1))
+                                                         batch_size=10_000, delta_init="random", seed=1,
+                                                         specific="default"))
     names = fw.params.specific_names
     assert "user_embedding.weight" not in names  # θS tables stay shared
     theta_s = {n: p.detach().clone() for n, p in model.named_parameters()}

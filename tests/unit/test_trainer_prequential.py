@@ -97,7 +97,10 @@ def offline_mamdr(events: list[dict[str, Any]], test: list[dict[str, Any]], doma
     torch.manual_seed(0)  # initial weights
     model = build_model("mlp", ModelConfig(n_users=len(users), n_items=len(items), n_domains=len(domains),
                                            emb_dim=EMB, hidden=HIDDEN))
-    cfg = FrameworkConfig(epochs=epochs, patience=epochs, inner_steps=k_batches, dr_steps=k_batches, k=3, seed=0)
+    # the offline reference runs the streaming trainer's algorithm: Algorithm 3 interleaved, the paper's β/γ
+    # (pinned: FrameworkConfig's defaults became the staged, offline-tuned ones in issue 14)
+    cfg = FrameworkConfig(epochs=epochs, patience=epochs, inner_steps=k_batches, dr_steps=k_batches, k=3, seed=0,
+                          beta=0.1, gamma=0.1, schedule="interleaved", specific="default", patience_unit="epoch")
     fw = MAMDR(model, ds, cfg)
     fw.domains = present
     result = fit(fw)

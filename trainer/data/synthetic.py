@@ -66,6 +66,16 @@ def make_synthetic(n_domains: int = 10, n_users: int = 1000, n_items: int = 500,
         affinity = np.einsum("nk,nk->n", user_vec[user[lo:hi]] * item_vec[item[lo:hi]], direction[d])
         prob = 1.0 / (1.0 + np.exp(-(bias[d] + signal * affinity)))
         label[lo:hi] = (rng.random(hi - lo) < prob).astype(np.float32)
+    info = {"seed": seed, "skew": skew, "conflict": conflict, "signal": signal,
+            "user_latent": user_vec, "item_latent": item_vec, "direction": direction, "bias": bias}
+    return _assemble("synthetic", domain, user, item, label, sizes, n_users, n_items, rng, split, info)
+
+
+def _assemble(name: str, domain: np.ndarray, user: np.ndarray, item: np.ndarray, label: np.ndarray,
+              sizes: np.ndarray, n_users: int, n_items: int, rng: np.random.Generator,
+              split: tuple[float, float, float], info: dict) -> MultiDomainDataset:
+    """Rows (sorted by domain) → per-domain train/val/test splits."""
+    n_domains = len(sizes)
     codes = split_groups(domain, rng, split)
     click_rate = np.bincount(domain, weights=label, minlength=n_domains) / sizes
 
@@ -80,7 +90,7 @@ def make_synthetic(n_domains: int = 10, n_users: int = 1000, n_items: int = 500,
             parts[s][d] = Split(user=user[a:b], item=item[a:b], label=label[a:b])
     width = len(str(n_domains - 1))
     return MultiDomainDataset(
-        name="synthetic",
+        name=name,
         domains=[f"d{k:0{width}d}" for k in range(n_domains)],
         user_ids=[f"u{k}" for k in range(n_users)],
         item_ids=[f"i{k}" for k in range(n_items)],
@@ -88,9 +98,65 @@ def make_synthetic(n_domains: int = 10, n_users: int = 1000, n_items: int = 500,
         val=parts[1],
         test=parts[2],
         ctr_ratio={d: float(r) for d, r in enumerate(click_rate)},  # observed click rate
-        info={"seed": seed, "skew": skew, "conflict": conflict, "signal": signal,
-              "user_latent": user_vec, "item_latent": item_vec, "direction": direction, "bias": bias},
+        info=info,
     )
+
+
+def make_conflict(n_domains: int = 6, n_users: int = 300, n_items: int = 120, rows_per_domain: int = 4000,
+                  *, conflict: float = 0.5, seed: int = 0, signal: float = 2.5, user_signal: float = 1.0,
+                  groups: int = 0, split: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> MultiDomainDataset:
+    """A benchmark whose domains share structure and conflict by a controlled amount, learnt in few epochs.
+
+    Every item has a shared appeal ``a_i`` ~ N(0, 1) and, per domain, a domain-specific taste ``t_{d,i}``
+    ~ N(0, 1); users have a shared activity ``b_u`` ~ N(0, 1):
+
+        logit(click | u, i, d) = bias_d + user_signal * b_u + signal * ((1 - c) * a_i + c * t_{d,i})
+
+    ``conflict`` c = 0: every domain wants the same items (no conflict); c = 1: only the domain's own taste
+    matters, uncorrelated between domains, so on every item about half of the domain pairs pull its shared
+    embedding in opposite directions. In between, the domains share the appeal and conflict on the rest
+    (the correlation of two domains' item preferences is (1 - c)² / ((1 - c)² + c²)). ``groups`` = G > 0
+    instead gives G taste groups whose tastes are s_g * h_i with signs s_g spread over [-1, 1] (G = 2:
+    opposite tastes); domain d is in group d % G. The signal lives in per-item and per-user terms with
+    ``rows_per_domain / n_items`` rows per item and domain, so a CTR model learns it in a few epochs.
+    ``info`` holds the ground truth.
+    """
+    if n_domains < 1 or n_users < 1 or n_items < 1 or rows_per_domain < 1:
+        raise ConfigError("n_domains, n_users, n_items and rows_per_domain must all be >= 1")
+    if not 0.0 <= conflict <= 1.0:
+        raise ConfigError(f"conflict must be in [0, 1], got {conflict}")
+    if groups < 0:
+        raise ConfigError(f"groups must be >= 0, got {groups}")
+    rng = np.random.default_rng(seed)
+    appeal = rng.standard_normal(n_items)
+    activity = rng.standard_normal(n_users)
+    if groups == 0:
+        taste = rng.standard_normal((n_domains, n_items))
+    else:
+        signs = np.linspace(1.0, -1.0, groups) if groups > 1 else np.ones(1)
+        taste = signs[np.arange(n_domains) % groups, None] * rng.standard_normal(n_items)[None, :]
+    base_ctr = rng.uniform(0.2, 0.5, size=n_domains)
+    bias = np.log(base_ctr / (1.0 - base_ctr))
+    sizes = np.full(n_domains, rows_per_domain, dtype=np.int64)
+    domain = np.repeat(np.arange(n_domains, dtype=np.int64), sizes)
+    total = int(sizes.sum())
+    user = rng.integers(0, n_users, size=total, dtype=np.int64)
+    item = rng.integers(0, n_items, size=total, dtype=np.int64)
+    logit = (bias[domain] + user_signal * activity[user]
+             + signal * ((1.0 - conflict) * appeal[item] + conflict * taste[domain, item]))
+    label = (rng.random(total) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+    info = {"seed": seed, "conflict": conflict, "signal": signal, "user_signal": user_signal, "groups": groups,
+            "appeal": appeal, "taste": taste, "activity": activity, "bias": bias}
+    return _assemble("synthetic-conflict", domain, user, item, label, sizes, n_users, n_items, rng, split, info)
+
+
+def conflict_true_logit(ds: MultiDomainDataset, user: np.ndarray, item: np.ndarray, domain: np.ndarray
+                        ) -> np.ndarray:
+    """The ground-truth logit of a ``make_conflict`` dataset (the Bayes-optimal scorer)."""
+    f = ds.info
+    c = f["conflict"]
+    return (f["bias"][domain] + f["user_signal"] * f["activity"][user]
+            + f["signal"] * ((1.0 - c) * f["appeal"][item] + c * f["taste"][domain, item]))
 
 
 def true_logit(ds: MultiDomainDataset, user: np.ndarray, item: np.ndarray, domain: np.ndarray) -> np.ndarray:

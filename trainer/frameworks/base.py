@@ -136,6 +136,11 @@ class Framework:
     def train_epoch(self, epoch: int, rng: torch.Generator) -> None:
         raise NotImplementedError
 
+    def progress_rate(self, epoch: int) -> float:
+        """How far one epoch moves θS relative to an Alternate epoch (1 here; DN: β). ``fit`` divides
+        the patience by it, so a slow-stepping framework is not stopped for being slow."""
+        return 1.0
+
     @torch.no_grad()
     def score(self, user: torch.Tensor, item: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         """Logits for a mixed-domain batch, each sample with its own domain's parameters."""

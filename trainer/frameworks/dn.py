@@ -14,6 +14,7 @@ import torch
 from trainer.frameworks.base import Batch, Framework
 from trainer.frameworks.outer import OuterStep
 from trainer.frameworks.sparse import touched_rows
+from trainer.frameworks.telemetry import MAX_DOMAINS, ConflictTelemetry, dense_parameters
 
 
 class DomainNegotiation(Framework):
@@ -23,6 +24,9 @@ class DomainNegotiation(Framework):
         super().__init__(*args, **kwargs)
         self.outer = OuterStep(list(self.dense_params().values()), self.config.outer, self.config.outer_lr,
                                tables=self.table_params())
+        # conflict telemetry (telemetry.py): cosine of the domains' updates, set by each negotiate()
+        self.telemetry = ConflictTelemetry(dense_parameters(self.model, self.params.shared()))
+        self.conflict_matrix: list[list[float]] | None = None
 
     def negotiate(self, rounds: Sequence[tuple[int, Iterable[Batch]]], beta: float | None = None) -> int:
         """One outer iteration over (domain, batches) pairs in the given order; returns inner steps.
@@ -36,8 +40,18 @@ class DomainNegotiation(Framework):
             rows = touched_rows(b for _, batches in rounds for b in batches)
         self.outer.begin(rows)
         optimizer = self.inner_optimizer()
-        steps = sum(self.update(optimizer, batches) for _, batches in rounds)
+        record = len(self.domains) <= MAX_DOMAINS and all(d >= 0 for d, _ in rounds)  # -1: a mixed chain
+        self.telemetry.begin()
+        steps = 0
+        for domain, batches in rounds:
+            if record:
+                self.telemetry.before()
+            steps += self.update(optimizer, batches)
+            if record:
+                self.telemetry.after(domain)  # u_i = Θ̃_after_i − Θ̃_before_i
         self.outer.finish(self.config.beta if beta is None else beta)
+        if record:
+            self.conflict_matrix = self.telemetry.cosine(self.domains)
         return steps
 
     def train_shared_epoch(self, epoch: int, rng: torch.Generator) -> None:
@@ -47,3 +61,7 @@ class DomainNegotiation(Framework):
 
     def train_epoch(self, epoch: int, rng: torch.Generator) -> None:
         self.train_shared_epoch(epoch, rng)
+
+    def progress_rate(self, epoch: int) -> float:
+        """Interpolation moves Θ only β of the way to Θ̃: DN crosses a plateau ~1/β times slower."""
+        return self.config.beta_at(epoch) if self.config.outer == "interp" else 1.0

@@ -99,6 +99,10 @@ class DomainRegularization(Framework):
             for d in self.shuffled_domains(rng):
                 self.dr_round(d, rng)
 
+    def progress_rate(self, epoch: int) -> float:
+        """The shared phase moves θS like its base (Alternate 1, DN β); the DR phase has its own patience."""
+        return 1.0 if self.phase == "dr" else super().progress_rate(epoch)
+
     def next_phase(self) -> bool:
         """``staged``: after θS converged, continue with DR rounds only. False when nothing is left."""
         if self.phase == "shared":

@@ -8,6 +8,8 @@ resume from the finished Alternate/DN run whose trajectory its first stage would
 from __future__ import annotations
 
 import copy
+import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,8 +18,40 @@ import torch
 
 from trainer.evaluation import EarlyStopping, domain_auc, mean_auc
 from trainer.frameworks.base import Framework
-from trainer.frameworks.config import FrameworkConfig
+from trainer.frameworks.config import SAFETY_EPOCHS, FrameworkConfig
 from trainer.frameworks.finetune import finetune_deltas
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DeltaSelection:
+    """``dr_select="domain"``: per domain, the best validation AUC seen in the DR phase and its θi.
+    The baseline (epoch -1) is θS alone: a domain whose θi never beat it serves θS."""
+
+    best: dict[int, float]
+    epoch: dict[int, int]
+    deltas: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, fw: Framework, epoch: int) -> DeltaSelection:
+        saved = dict(fw.params.deltas)
+        fw.params.deltas.clear()
+        try:
+            base = domain_auc(fw.score, fw.dataset.val, fw.config.eval_batch_size)
+        finally:
+            fw.params.deltas.update(saved)
+        return cls(best=dict(base), epoch={d: epoch for d in base})
+
+    def observe(self, fw: Framework, per_domain: dict[int, float], epoch: int) -> None:
+        for d, value in per_domain.items():
+            if value == value and value > self.best.get(d, -float("inf")):
+                self.best[d], self.epoch[d] = value, epoch
+                self.deltas[d] = {n: t.detach().clone() for n, t in fw.params.delta(d).items()}
+
+    def install(self, fw: Framework) -> None:
+        fw.params.deltas.clear()
+        fw.params.deltas.update({d: {n: t.clone() for n, t in delta.items()} for d, delta in self.deltas.items()})
 
 
 @dataclass
@@ -29,6 +63,9 @@ class FitState:
     times: list[float] = field(default_factory=list)
     history: list[float] = field(default_factory=list)
     phases: list[str] = field(default_factory=list)
+    capped: list[str] = field(default_factory=list)  # phases that hit a budget while still improving
+    selection: DeltaSelection | None = None
+    conflict: list[list[list[float]]] = field(default_factory=list)  # DN: per-epoch domain cosine matrix
 
 
 @dataclass
@@ -43,6 +80,14 @@ class FitResult:
     test_finetuned: dict[int, float] | None = None
     phases: list[str] = field(default_factory=list)
     state: FitState | None = field(default=None, repr=False)
+    capped: list[str] = field(default_factory=list)
+    conflict: list[list[list[float]]] = field(default_factory=list)
+    kept_deltas: int | None = None  # dr_select="domain": domains that keep their θi
+
+    @property
+    def time_to_best_s(self) -> float:
+        """Wall time of every epoch up to and including the best one (a staged run counts its first stage)."""
+        return float(sum(self.epoch_times[: self.best_epoch + 1]))
 
     @property
     def test_auc(self) -> float:
@@ -59,6 +104,17 @@ def _enter_next_phase(stopper: EarlyStopping, cfg: FrameworkConfig) -> None:
         stopper.patience = cfg.dr_patience
 
 
+def patience_at(fw: Framework, epoch: int, second_phase: bool) -> int:
+    """Patience in epochs for this epoch: ``patience`` (``dr_patience`` in a staged second phase) in units
+    of Alternate-equivalent progress, i.e. divided by the framework's ``progress_rate`` (DN: β)."""
+    cfg = fw.config
+    base = cfg.dr_patience if second_phase and cfg.dr_patience is not None else cfg.patience
+    if cfg.patience_unit == "epoch":
+        return base
+    rate = min(1.0, max(1e-6, fw.progress_rate(epoch)))
+    return max(base, math.ceil(base / rate - 1e-9))
+
+
 def fit(fw: Framework, progress: Callable[[int, float], None] | None = None,
         resume_shared: FitState | None = None) -> FitResult:
     """Train ``fw`` until early stopping (patience on mean validation AUC) or ``epochs``.
@@ -71,7 +127,8 @@ def fit(fw: Framework, progress: Callable[[int, float], None] | None = None,
     if resume_shared is None:
         torch.manual_seed(cfg.seed)  # dropout draws
         rng.manual_seed(cfg.seed)
-        state = FitState(EarlyStopping(cfg.patience), fw.snapshot(), rng.get_state(), torch.get_rng_state())
+        state = FitState(EarlyStopping(cfg.patience, cfg.min_delta), fw.snapshot(), rng.get_state(),
+                         torch.get_rng_state())
     else:
         state = copy.deepcopy(resume_shared)
         rng.set_state(state.rng_state)
@@ -82,22 +139,40 @@ def fit(fw: Framework, progress: Callable[[int, float], None] | None = None,
         if next_phase is None or not next_phase():
             raise ValueError(f"{fw.name} has no phase after the shared one")
         _enter_next_phase(state.stopper, cfg)
+        state.selection = _selection(fw, state.stopper.best_epoch)
     stopper = state.stopper
     epoch = len(state.times)
     phase_start = epoch  # ``epochs`` is a budget per phase
     while True:
-        budget = cfg.epochs if phase_start == 0 or cfg.dr_epochs is None else cfg.dr_epochs
+        second = phase_start > 0 or resume_shared is not None
+        hard = cfg.dr_epochs if second and cfg.dr_epochs is not None else cfg.epochs
+        budget = SAFETY_EPOCHS if hard is None else hard
         stop = epoch - phase_start >= budget
+        if stop and stopper.bad < stopper.patience and len(state.history) > phase_start:
+            phase = str(getattr(fw, "phase", fw.name))
+            kind = "the hard budget" if hard is not None else f"the safety ceiling of {SAFETY_EPOCHS} epochs"
+            state.capped.append(phase)
+            log.warning("%s (%s phase) stopped by %s after %d epochs while the validation AUC was still "
+                        "improving (best at epoch %d): the result is not converged", fw.name, phase, kind,
+                        epoch - phase_start, stopper.best_epoch + 1)
         if not stop:
             start = time.perf_counter()
             fw.train_epoch(epoch, rng)
             state.times.append(time.perf_counter() - start)
             state.phases.append(str(getattr(fw, "phase", fw.name)))
-            value = mean_auc(domain_auc(fw.score, fw.dataset.val, cfg.eval_batch_size))
+            per_domain = domain_auc(fw.score, fw.dataset.val, cfg.eval_batch_size)
+            value = mean_auc(per_domain)
+            if state.selection is not None and getattr(fw, "phase", None) == "dr":
+                state.selection.observe(fw, per_domain, epoch)
             state.history.append(value)
             if progress is not None:
                 progress(epoch, value)
+            stopper.patience = patience_at(fw, epoch, second)
             stop = stopper.step(value, epoch)
+            conflict = getattr(fw, "conflict_matrix", None)
+            if conflict is not None:  # DN's telemetry of this epoch (none in a DR-only epoch)
+                state.conflict.append(conflict)
+                fw.conflict_matrix = None  # type: ignore[attr-defined]
             if stopper.best_epoch == epoch:
                 state.best_state = fw.snapshot()
             epoch += 1
@@ -106,11 +181,18 @@ def fit(fw: Framework, progress: Callable[[int, float], None] | None = None,
             if next_phase is not None and next_phase():
                 fw.restore(state.best_state)  # the next phase starts from the best θS
                 _enter_next_phase(stopper, cfg)
+                state.selection = _selection(fw, stopper.best_epoch)
                 phase_start = epoch
                 continue
             break
     state.rng_state, state.torch_rng_state = rng.get_state(), torch.get_rng_state()
     fw.restore(state.best_state)
+    best_epoch, best_val, kept = stopper.best_epoch, stopper.best, None
+    if state.selection is not None:  # per-domain θi (or θS alone) from each domain's best DR epoch
+        sel = state.selection
+        state.selection.install(fw)
+        best_val, kept = mean_auc(sel.best), len(sel.deltas)
+        best_epoch = max(sel.epoch.values(), default=best_epoch)
     test = domain_auc(fw.score, fw.dataset.test, cfg.eval_batch_size)
     tuned = None
     if cfg.finetune and fw.name != "separate":
@@ -121,5 +203,12 @@ def fit(fw: Framework, progress: Callable[[int, float], None] | None = None,
         tuned = domain_auc(fw.score, fw.dataset.test, cfg.eval_batch_size)
         fw.params.deltas.clear()
         fw.params.deltas.update(saved)
-    return FitResult(fw.name, stopper.best_epoch, len(state.times), stopper.best, list(state.times),
-                     list(state.history), test, tuned, list(state.phases), state)
+    return FitResult(fw.name, best_epoch, len(state.times), best_val, list(state.times),
+                     list(state.history), test, tuned, list(state.phases), state, list(state.capped),
+                     list(state.conflict), kept)
+
+
+def _selection(fw: Framework, epoch: int) -> DeltaSelection | None:
+    if fw.config.dr_select != "domain" or getattr(fw, "phase", None) != "dr":
+        return None
+    return DeltaSelection.start(fw, epoch)

@@ -129,7 +129,9 @@ def run_experiment(cfg: ExperimentConfig,
             info = {"epochs": result.epochs, "best_epoch": result.best_epoch + 1, "phases": result.phases,
                     "epoch_times_s": result.epoch_times,
                     "epoch_time_s": result.mean_epoch_time, "train_time_s": sum(result.epoch_times),
-                    "best_val_auc": result.best_val_auc, "val_history": result.val_history}
+                    "best_val_auc": result.best_val_auc, "val_history": result.val_history,
+                    "time_to_best_s": result.time_to_best_s, "capped": result.capped,
+                    "conflict": result.conflict}
             if base in cfg.methods:
                 cells[base] = {"per_domain": result.test, **info}
             if finetune and result.test_finetuned is not None:
@@ -152,17 +154,35 @@ def _ms(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
 
 
+def _time_to_reach(cell: dict[str, Any], target: float) -> float | None:
+    times = cell.get("epoch_times_s", [])
+    for k, value in enumerate(cell.get("val_history", [])):
+        if value >= target:
+            return float(sum(times[: k + 1]))
+    return None
+
+
 def aggregate(cfg: ExperimentConfig, per_seed: list[dict[str, dict[str, Any]]], domains: list[str],
               summary: str) -> dict[str, Any]:
     methods: dict[str, Any] = {}
-    alt_time = None
+    alt_time = alt_best = None
     if all("alternate" in cells for cells in per_seed):
         alt_time = float(np.mean([cells["alternate"]["epoch_time_s"] for cells in per_seed]))
+        alt_best = [cells["alternate"]["time_to_best_s"] for cells in per_seed]
     for m in cfg.methods:
         cells = [s[m] for s in per_seed]
         auc_m, auc_s = _ms([c["avg_auc"] for c in cells])
         rank_m, rank_s = _ms([c["avg_rank"] for c in cells])
         epoch_time = float(np.mean([c["epoch_time_s"] for c in cells]))
+        to_best = [c["time_to_best_s"] for c in cells]
+        # wall time to the best validation AUC, paired with Alternate's on the same seed
+        ratios = [t / a for t, a in zip(to_best, alt_best, strict=True)] if alt_best and all(alt_best) else None
+        deltas = ([c["avg_auc"] - s["alternate"]["avg_auc"] for c, s in zip(cells, per_seed, strict=True)]
+                  if alt_best is not None else None)
+        # wall time until the validation AUC first reaches Alternate's best on the same seed (None: never):
+        # the fair cost when a method's own best is much higher and later than Alternate's
+        match = ([_time_to_reach(c, s["alternate"]["best_val_auc"]) for c, s in zip(cells, per_seed, strict=True)]
+                 if alt_best is not None else None)
         methods[m] = {
             "avg_auc": auc_m, "avg_auc_std": auc_s, "avg_rank": rank_m, "avg_rank_std": rank_s,
             "per_domain": {domains[d]: float(np.mean([c["per_domain"][d] for c in cells]))
@@ -171,8 +191,15 @@ def aggregate(cfg: ExperimentConfig, per_seed: list[dict[str, dict[str, Any]]], 
             "epoch_time_s": epoch_time,
             "epoch_time_vs_alternate": epoch_time / alt_time if alt_time else None,
             "train_time_s": float(np.mean([c["train_time_s"] for c in cells])),
+            "time_to_best_s": float(np.mean(to_best)),
+            "time_to_best_vs_alternate": float(np.mean(ratios)) if ratios else None,
+            "time_to_best_vs_alternate_per_seed": ratios,
+            "delta_vs_alternate_per_seed": deltas,
+            "time_to_alternate_best_s_per_seed": match,
+            "capped": [sorted(set(c["capped"])) for c in cells],
             "per_seed": [{"avg_auc": c["avg_auc"], "avg_rank": c["avg_rank"], "val_history": c["val_history"],
                           "phases": c.get("phases", []), "epoch_times_s": c.get("epoch_times_s", []),
+                          "capped": c["capped"], "conflict": c["conflict"],
                           "per_domain": {domains[d]: v for d, v in c["per_domain"].items()}} for c in cells],
         }
     return {"dataset": cfg.dataset, "summary": summary, "model": cfg.model, "seeds": list(cfg.seeds),

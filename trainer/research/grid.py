@@ -122,6 +122,7 @@ def _run_cell(cfg: GridConfig, ds: Any, model: str, base: str, seed: int, finetu
         "epochs": result.epochs, "best_epoch": result.best_epoch + 1, "best_val_auc": result.best_val_auc,
         "epoch_time_s": result.mean_epoch_time, "train_time_s": sum(result.epoch_times),
         "val_history": result.val_history, "phases": result.phases,
+        "time_to_best_s": result.time_to_best_s, "capped": result.capped,
         "stage_one_reused": stage_one is not None,
     }, result.state
 

@@ -1,26 +1,56 @@
-"""The text table (like the paper's Tables V/VI) and the per-domain AUC plot of an experiment."""
+"""The text table (like the paper's Tables V/VI), the per-domain AUC plot of an experiment, and DN's
+domain-conflict heatmap beside it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def format_table(methods: dict[str, Any]) -> str:
-    head = f"{'method':<20} {'avg AUC':>17} {'avg RANK':>13} {'epochs':>7} {'s/epoch':>8} {'× alt':>6}"
+    """One row per method. ``to best`` = wall time to the best validation AUC, ``×alt`` its ratio to
+    Alternate's on the same seed (mean over seeds); ``Δalt`` = paired AUC difference to Alternate.
+    A run that hit an epoch budget while still improving is marked CAPPED (not converged)."""
+    head = (f"{'method':<20} {'avg AUC':>17} {'Δalt':>8} {'avg RANK':>13} {'epochs':>7} {'s/epoch':>8}"
+            f" {'× alt':>6} {'to best s':>9} {'×alt':>6}")
     lines = [head, "-" * len(head)]
+    notes = []
     for name, m in methods.items():
         rel = m.get("epoch_time_vs_alternate")
+        best_rel = m.get("time_to_best_vs_alternate")
+        deltas = m.get("delta_vs_alternate_per_seed")
+        delta = f"{np.mean(deltas):+.4f}" if deltas else "-"
         epochs = sum(m["epochs"]) / len(m["epochs"])
+        capped = [k for k, c in enumerate(m.get("capped", [])) if c]
         lines.append(
-            f"{name:<20} {m['avg_auc']:.4f} ± {m['avg_auc_std']:.4f}"
+            f"{name:<20} {m['avg_auc']:.4f} ± {m['avg_auc_std']:.4f} {delta:>8}"
             f" {m['avg_rank']:5.2f} ± {m['avg_rank_std']:4.2f}"
             f" {epochs:7.1f} {m['epoch_time_s']:8.2f} {(f'{rel:.2f}' if rel else '-'):>6}"
+            f" {m.get('time_to_best_s', float('nan')):9.1f} {(f'{best_rel:.2f}' if best_rel else '-'):>6}"
+            + ("  CAPPED" if capped else "")
         )
-    return "\n".join(lines)
+        if capped:
+            notes.append(f"CAPPED: {name} hit its epoch budget while the validation AUC was still improving "
+                         f"(seed index {', '.join(map(str, capped))}): not converged, raise --epochs or drop it")
+    return "\n".join(lines + notes)
+
+
+def mean_conflict(results: dict[str, Any], method: str) -> np.ndarray | None:
+    """DN's domain-update cosine matrix averaged over the recorded epochs and seeds (NaN-aware)."""
+    mats = [np.asarray(mat, dtype=float) for s in results["methods"].get(method, {}).get("per_seed", [])
+            for mat in s.get("conflict") or []]
+    if not mats:
+        return None
+    stack = np.stack(mats)
+    with np.errstate(invalid="ignore"):
+        return np.nanmean(stack, axis=0) if np.isfinite(stack).any() else None
 
 
 def plot_per_domain(results: dict[str, Any], path: Path) -> None:
+    """Per-domain AUC bars; beside them, when a DN-based method recorded it, the domain-conflict heatmap
+    (mean cosine of the domains' inner updates, telemetry.py: negative = the domains pull θS apart)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,7 +58,14 @@ def plot_per_domain(results: dict[str, Any], path: Path) -> None:
 
     domains = results["domains"]
     methods = results["methods"]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(domains) + 2), 4.5))
+    source = next((m for m in ("mamdr", "dn", "mamdr+finetune") if mean_conflict(results, m) is not None), None)
+    conflict = mean_conflict(results, source) if source else None
+    width_bars = max(6.0, 0.5 * len(domains) + 2)
+    if conflict is not None:
+        fig, (ax, hx) = plt.subplots(1, 2, figsize=(width_bars + 5.5, 4.8),
+                                     gridspec_kw={"width_ratios": [width_bars, 5.0]})
+    else:
+        fig, ax = plt.subplots(figsize=(width_bars, 4.5))
     width = 0.8 / max(1, len(methods))
     for k, (name, m) in enumerate(methods.items()):
         xs = [d + (k - (len(methods) - 1) / 2) * width for d in range(len(domains))]
@@ -41,6 +78,14 @@ def plot_per_domain(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("test AUC")
     ax.set_title(f"{results['dataset']} / {results['model']}: per-domain AUC (mean over seeds)")
     ax.legend(fontsize=8)
+    if conflict is not None:
+        image = hx.imshow(conflict, cmap="RdBu", vmin=-1, vmax=1)
+        hx.set_xticks(range(len(domains)))
+        hx.set_yticks(range(len(domains)))
+        hx.set_xticklabels(domains, rotation=90, fontsize=6)
+        hx.set_yticklabels(domains, fontsize=6)
+        hx.set_title(f"domain conflict ({source}): cos of inner updates", fontsize=9)
+        fig.colorbar(image, ax=hx, fraction=0.046, pad=0.04)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
