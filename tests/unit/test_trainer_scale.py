@@ -156,7 +156,7 @@ def test_outer_step_and_dr_leave_untouched_rows_bit_identical(table_optimizer: s
     ds = toy_dataset(n_domains=3, n_users=24, n_items=30)
     model = _big_model(200_000)  # the toy's ids are rows 0..29 of 200k-row tables
     fw = MAMDR(model, ds, FrameworkConfig(batch_size=16, beta=0.3, seed=0, table_optimizer=table_optimizer,
-                                          inner_steps=2, dr_steps=2))
+                                          inner_steps=2, dr_steps=2, specific="default"))
     rng = torch.Generator().manual_seed(0)
     # optimizer state is allocated once per lineage (SparseAdam's at its first step), not per round
     fw.update(fw.inner_optimizer(), fw.domain_batches(0, rng, 1))
@@ -190,7 +190,8 @@ def test_dn_with_beta_one_is_alternate_with_row_sparse_tables() -> None:
         torch.manual_seed(3)
         model = build_model("mlp", ModelConfig(n_users=ds.n_users, n_items=ds.n_items, n_domains=ds.n_domains,
                                                emb_dim=8, hidden=(16, 8), dropout=0.5))
-        fw = cls(model, ds, FrameworkConfig(batch_size=16, beta=1.0, seed=3, table_optimizer="sparse_adam"))
+        fw = cls(model, ds, FrameworkConfig(batch_size=16, beta=1.0, seed=3, table_optimizer="sparse_adam",
+                                            specific="default"))
         rng = torch.Generator().manual_seed(3)
         torch.manual_seed(4)
         for epoch in range(2):
@@ -209,7 +210,7 @@ def test_batched_dr_is_algorithm_2_per_target() -> None:
     model = build_model("mlp", ModelConfig(n_users=ds.n_users, n_items=ds.n_items, n_domains=4, emb_dim=8,
                                            hidden=(16, 8), dropout=0.0))
     fw = DomainRegularization(model, ds, FrameworkConfig(inner_lr=0.01, gamma=0.5, l2=1e-3, batch_size=10_000,
-                                                         delta_init="random", seed=1))
+                                                         delta_init="random", seed=1, specific="default"))
     init = {t: {n: v.clone() for n, v in fw.params.delta(t).items()} for t in range(4)}
     sequences = {0: [2, 3, 0], 1: [0, 3, 1]}
 
