@@ -100,7 +100,8 @@ def offline_mamdr(events: list[dict[str, Any]], test: list[dict[str, Any]], doma
     # the offline reference runs the streaming trainer's algorithm: Algorithm 3 interleaved, the paper's β/γ
     # (pinned: FrameworkConfig's defaults became the staged, offline-tuned ones in issue 14)
     cfg = FrameworkConfig(epochs=epochs, patience=epochs, inner_steps=k_batches, dr_steps=k_batches, k=3, seed=0,
-                          beta=0.1, gamma=0.1, schedule="interleaved", specific="default", patience_unit="epoch")
+                          beta=0.1, gamma=0.1, schedule="interleaved", specific="default", patience_unit="epoch",
+                          dr_select="mean")
     fw = MAMDR(model, ds, cfg)
     fw.domains = present
     result = fit(fw)
