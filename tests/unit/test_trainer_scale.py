@@ -244,3 +244,15 @@ def test_rowwise_adagrad_keeps_state_when_the_table_grows() -> None:
     opt.step()
     state = opt.state[table.weight]["sum"]
     assert state.shape == (20,) and torch.equal(state[:10], acc) and state[15] > 0
+
+
+def test_a_domain_with_a_single_fresh_click_trains() -> None:
+    """A one-row field of a record array keeps the record's stride (numpy calls it contiguous); the round's
+    batches are built from copies, so torch accepts them (the quickstart's onboarded domain hit this)."""
+    from trainer.data.base import Split
+    from trainer.service.buffers import round_batches
+
+    rows = np.zeros(1, dtype=[("user", np.int64), ("item", np.int64), ("label", np.float32)])
+    split = Split(user=rows["user"], item=rows["item"], label=rows["label"])  # strided one-row views
+    batches = round_batches({0: split}, [0], 16, torch.Generator().manual_seed(0))
+    assert len(batches) == 1 and batches[0][0].tolist() == [0]

@@ -148,9 +148,11 @@ def round_batches(train: dict[int, Split], order: list[int], batch_size: int,
     if not parts:
         return []
     perm = [torch.randperm(len(s), generator=rng) for _, s in parts]
-    user = torch.cat([torch.from_numpy(s.user)[p] for (_, s), p in zip(parts, perm, strict=True)])
-    item = torch.cat([torch.from_numpy(s.item)[p] for (_, s), p in zip(parts, perm, strict=True)])
-    label = torch.cat([torch.from_numpy(s.label)[p] for (_, s), p in zip(parts, perm, strict=True)])
+    # gather in numpy first: a fresh array whatever the split's stride (a one-row field of a record array
+    # keeps the record's stride, which torch.from_numpy refuses)
+    user = torch.cat([torch.from_numpy(s.user[p.numpy()]) for (_, s), p in zip(parts, perm, strict=True)])
+    item = torch.cat([torch.from_numpy(s.item[p.numpy()]) for (_, s), p in zip(parts, perm, strict=True)])
+    label = torch.cat([torch.from_numpy(s.label[p.numpy()]) for (_, s), p in zip(parts, perm, strict=True)])
     domain = torch.repeat_interleave(torch.tensor([d for d, _ in parts]), torch.tensor([len(s) for _, s in parts]))
     return [(user[a:a + batch_size], item[a:a + batch_size], domain[a:a + batch_size], label[a:a + batch_size])
             for a in range(0, user.shape[0], batch_size)]

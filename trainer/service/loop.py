@@ -319,8 +319,9 @@ class ContinualTrainer:
         for slot in sorted(set(fresh) | set(replay)):
             parts = [p for p in (fresh.get(slot), replay.get(slot)) if p is not None and len(p)]
             rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
-            train[slot] = Split(user=np.ascontiguousarray(rows["user"]), item=np.ascontiguousarray(rows["item"]),
-                                label=np.ascontiguousarray(rows["label"]))
+            # copies: a one-row field view counts as contiguous to numpy but keeps the record's stride, which
+            # torch.from_numpy refuses
+            train[slot] = Split(user=rows["user"].copy(), item=rows["item"].copy(), label=rows["label"].copy())
         fw = self.framework
         fw.dataset = self._dataset(train)
         fw.domains = sorted(train)
