@@ -2,8 +2,8 @@
 
 Every route needs ``Authorization: Bearer <admin token>`` (401 without, 403 when wrong; compared in
 constant time), reads included: models, audit and domains are admin data. There is no built-in
-credential: with no token configured, or a placeholder (``change-me``, the compose/k8s placeholder),
-the router is built *disabled*: every admin path answers 404 ``admin_disabled`` naming how to set a
+credential: with no token configured, or one shorter than ``MIN_TOKEN_CHARS`` (a word or an example,
+not a secret), the router is built *disabled*: every admin path answers 404 ``admin_disabled`` naming how to set a
 token (and the app logs the same at startup). Scoring, health and metrics are not part of it.
 
 Promote and rollback verify the target version first (``domain_registry.verify``): a version whose

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(300)
 DOMAINS = ("comedy", "drama", "horror", "sci-fi")
 NEW = "western"
 ROUND = 1500
-TOKEN = "e2e-admin-token"
+TOKEN = "e2e-admin-token-0123456789"
 
 
 def _events() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -80,7 +80,7 @@ def test_patience_one_epoch_short_of_the_gap_stops(monkeypatch: pytest.MonkeyPat
 
 
 def test_dn_at_small_beta_crosses_a_plateau_that_patience_three_would_stop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pitfall of MAMDR-NOTES: a DN plateau of 25 epochs, then the jump."""
+    """The pitfall docs/benchmarks.md describes: a DN plateau of 25 epochs, then the jump."""
     curve = [0.80 + 1e-5 * min(k, 1) for k in range(26)] + [0.85, 0.86, 0.865] + [0.86] * 60
     result = _run(monkeypatch, curve, "dn", beta=0.1, patience=3)
     assert result.best_val_auc == pytest.approx(0.865)

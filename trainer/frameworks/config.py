@@ -4,7 +4,7 @@ The defaults are chosen so that MAMDR wins at its defaults at a small multiple o
 (issue 14; the reasoning and the measurements are in docs/benchmarks.md, "Defaults that win"): β = 0.5, γ = 1,
 ``staged`` with ``dr_budget="half"``, k = 3, θi on every trainable parameter, per-domain selection of θi,
 patience in Alternate-equivalent progress and no hard epoch budget. The paper's own settings are
-β = γ = 0.1, k = 5, ``interleaved``, ``dr_budget="pass"``, ``specific=None`` (MAMDR-NOTES).
+β = γ = 0.1, k = 5, ``interleaved``, ``dr_budget="pass"``, ``specific=None`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class FrameworkConfig:
     ``min_delta`` for ``patience`` epochs *of Alternate-equivalent progress*: with
     ``patience_unit="progress"`` a framework whose outer step moves θS only β of the way per epoch
     (DN, MAMDR's shared phase) waits ceil(patience / β) epochs, so DN at β = 0.1 is not stopped on
-    the popularity plateau it crosses ~1/β times slower (MAMDR-NOTES, "the convergence pitfall");
+    the popularity plateau it crosses ~1/β times slower (docs/benchmarks.md, the popularity plateau);
     ``"epoch"`` counts plain epochs. ``epochs`` is a hard budget only when set; ``None`` means
     "until converged" with a safety ceiling of ``SAFETY_EPOCHS`` per phase, and a run that reaches
     either while still improving is flagged (``FitResult.capped``) and shown in the table.
