@@ -88,7 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--short", action="store_true", help="the quickstart's short plan (a tenth of the users)")
     ap.add_argument("--plot", type=Path, default=None, help="write the per-round prequential plot here")
     ap.add_argument("--json", type=Path, default=None, help="write every run's figures here")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="print and plot the runs of earlier --json files instead of running (seeds run apart)")
     args = ap.parse_args(argv)
+    if args.merge:
+        runs = [r for path in args.merge for r in json.loads(path.read_text())]
+        frameworks = list(dict.fromkeys(r["framework"] for r in runs))
+        frameworks.sort(key=lambda f: f == "alternate")  # the baseline last
+        seeds = sorted({r["seed"] for r in runs})
+        print(table(runs, frameworks, seeds))
+        if args.plot:
+            plot(runs, frameworks, args.plot)
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     frameworks = args.frameworks.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -141,13 +141,18 @@ class TrainerSettings(_Section):
     buffer_per_domain: int = Field(50_000, ge=1, le=100_000_000)
     reservoir_size: int = Field(20_000, ge=0, le=100_000_000)
     dr_k: int = Field(3, ge=0, le=1000)
-    beta: float = Field(0.1, gt=0, le=1)
-    gamma: float = Field(0.1, gt=0, le=1)
+    beta: float = Field(
+        1.0, gt=0, le=1, description="DN's outer step per round; 1: each click is seen once, interpolating "
+                                     "only slows θS (docs/streaming.md, 'MAMDR in streaming')")
+    gamma: float = Field(1.0, gt=0, le=1, description="DR's interpolation of θi per round")
     lr: float = Field(1e-3, gt=0, le=10)
     table_optimizer: Literal["sparse_adam", "rowwise_adagrad", "dense"] = "rowwise_adagrad"
     table_lr: float | None = Field(None, gt=0, le=10)
     replay_ratio: float = Field(0.5, ge=0, le=100)
     min_batches: int = Field(16, ge=1, le=100_000)
+    dr_data: Literal["round", "history"] = Field(
+        "round", description="rows DR trains θi on: the round's (fresh + replay) or each domain's fresh rows "
+                             "plus its whole replay reservoir (a uniform sample of its history)")
     overload_policy: Literal["backpressure", "sample"] = "backpressure"
     max_lag_events: int = Field(200_000, ge=0)
     framework: Literal["mamdr", "dn", "alternate"] = Field(
