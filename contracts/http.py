@@ -212,6 +212,25 @@ class MappedRoute(APIRoute):
         return run
 
 
+class DirectRoute(APIRoute):
+    """Route class of the hot scoring endpoints, whose only parameters are path parameters and the
+    ``Request`` (the body is read and validated by the endpoint itself): the endpoint is called directly,
+    without FastAPI's per-request dependency solving (a quarter of the framework's time per request in a
+    profile of the scoring endpoint), while the route stays an ``APIRoute`` so the OpenAPI schema still
+    documents it. Errors are mapped as in :class:`MappedRoute`."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        endpoint = self.endpoint
+
+        async def run(request: Request) -> Response:
+            try:
+                return await endpoint(request=request, **request.path_params)  # type: ignore[no-any-return]
+            except Exception as exc:
+                return map_exception(request, exc)
+
+        return run
+
+
 async def _handler(request: Request, exc: Exception) -> Response:
     return map_exception(request, exc)
 

@@ -32,7 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from contracts.errors import MamdrError
-from contracts.http import COMMON_ERRORS, BodyLimitMiddleware, error_responses, install_error_handlers
+from contracts.http import COMMON_ERRORS, BodyLimitMiddleware, DirectRoute, error_responses, install_error_handlers
 from contracts.settings import Settings, get_settings
 from domain_registry.base import Registry
 from feature_store.base import EmbeddingStore
@@ -126,8 +126,6 @@ def create_app(
     install_error_handlers(app, observer=count_error)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.serving.max_body_bytes)
 
-    @app.post(CTR_PATH, response_model=CTRResponse, tags=["scoring"], openapi_extra=_CTR_BODY,
-              responses=error_responses(404, 410, 422, 503))
     async def ctr(domain: str, request: Request) -> Response:
         """Click probabilities of ``item_ids`` for ``user_id`` in ``domain`` (in item order)."""
         started = time.perf_counter()
@@ -147,6 +145,10 @@ def create_app(
         if result.degraded:
             _state(request).metrics.degraded.labels(_state(request).domains.label(domain)).inc()
         return Response(result.model_dump_json(), media_type=_JSON)
+
+    app.router.add_api_route(CTR_PATH, ctr, methods=["POST"], response_model=CTRResponse, tags=["scoring"],
+                             openapi_extra=_CTR_BODY, responses=error_responses(404, 410, 422, 503),
+                             route_class_override=DirectRoute)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

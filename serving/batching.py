@@ -42,10 +42,28 @@ class Batcher:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def _run(self, batch: Sequence[Job]) -> Results:
+        """One batch, in the scoring thread."""
+        self.batches += 1
+        self.jobs += len(batch)
+        self.state.metrics.batches.inc()
+        self.state.metrics.batched_requests.inc(len(batch))
+        return score_many(self.state, batch)
+
     async def score(self, jobs: Sequence[Job]) -> Results:
         """Results of ``jobs`` (one request's), scored with whatever else is queued; errors of the whole
         batch (no model, feature store down, model refused) are raised."""
         loop = asyncio.get_running_loop()
+        if not self._draining and not self._pending and self.entered == 0 and len(jobs) <= self.max_batch:
+            # idle (e.g. concurrency 1): straight to the scoring thread, no queue and no drain task
+            self._draining = True
+            try:
+                return await loop.run_in_executor(self._executor, self._run, jobs)
+            finally:
+                self._draining = False
+                if self._pending:  # requests that came while this one was scored
+                    self._draining = True
+                    self._task = loop.create_task(self._drain())
         future: asyncio.Future[Results] = loop.create_future()
         self._pending.append((jobs, future))
         if not self._draining:
@@ -85,10 +103,8 @@ class Batcher:
                 batch, owners = self._take()
                 if not batch:
                     continue
-                self.batches += 1
-                self.jobs += len(batch)
                 try:
-                    results = await loop.run_in_executor(self._executor, score_many, self.state, batch)
+                    results = await loop.run_in_executor(self._executor, self._run, batch)
                 except Exception as exc:  # the whole batch failed: every request gets the error
                     for future, _ in owners:
                         if not future.done():

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.errors import DataError, MamdrError
-from contracts.http import COMMON_ERRORS, MappedRoute, v2_error_responses
+from contracts.http import COMMON_ERRORS, DirectRoute, MappedRoute, v2_error_responses
 from serving.batching import Batcher
 from serving.errors import ModelNotReady
 from serving.reload import ServingState
@@ -250,9 +250,6 @@ def build_v2_router(state_of: Callable[[Request], ServingState], batcher_of: Cal
         live_model(request, domain)
         return V2ModelReady(name=domain, ready=True)
 
-    @router.post("/models/{domain}/infer", response_model=V2InferResponse, responses=v2_error_responses(404, 410),
-                 openapi_extra={"requestBody": {"required": True, "content": {
-                     _JSON: {"schema": V2InferRequest.model_json_schema()}}}})
     async def infer(domain: str, request: Request) -> Response:
         """Scores of ``item_ids`` for ``user_id`` (or for each of ``user_ids``) in ``domain``."""
         started = time.perf_counter()
@@ -285,6 +282,10 @@ def build_v2_router(state_of: Callable[[Request], ServingState], batcher_of: Cal
         count(request, domain, 200, time.perf_counter() - started)
         return Response(response.model_dump_json(), media_type=_JSON)
 
+    router.add_api_route("/models/{domain}/infer", infer, methods=["POST"], response_model=V2InferResponse,
+                         responses=v2_error_responses(404, 410), route_class_override=DirectRoute,
+                         openapi_extra={"requestBody": {"required": True, "content": {
+                             _JSON: {"schema": V2InferRequest.model_json_schema()}}}})
     return router
 
 
