@@ -108,13 +108,17 @@ def create_app(
         '`{"error": "<code>", "detail": "<reason>"}`.',
     )
 
-    def count(request: Request, domain: str, status: int, seconds: float | None = None) -> None:
-        """A finished scoring request (either protocol) in the metrics: status by domain, latency if 200."""
+    def count(request: Request, domain: str, status: int, seconds: float | None = None,
+              degraded: bool = False) -> None:
+        """A finished scoring request (either protocol) in the metrics: status by domain, latency if answered,
+        and whether it was scored with fallback embeddings."""
         state = _state(request)
         label = state.domains.label(domain)
         state.metrics.requests.labels(label, str(status)).inc()
         if seconds is not None:
             state.metrics.latency.labels(label).observe(seconds)
+        if degraded:
+            state.metrics.degraded.labels(label).inc()
 
     def count_error(request: Request, status: int) -> None:
         """Scoring requests answered with an error count in the requests metric (by domain, status)."""
@@ -141,9 +145,7 @@ def create_app(
         result = (await batcher.score([Job(domain, body.user_id, body.item_ids)]))[0]
         if isinstance(result, MamdrError):
             raise result  # contracts.http.map_exception answers it; count_error counts it
-        count(request, domain, 200, time.perf_counter() - started)
-        if result.degraded:
-            _state(request).metrics.degraded.labels(_state(request).domains.label(domain)).inc()
+        count(request, domain, 200, time.perf_counter() - started, result.degraded)
         return Response(result.model_dump_json(), media_type=_JSON)
 
     app.router.add_api_route(CTR_PATH, ctr, methods=["POST"], response_model=CTRResponse, tags=["scoring"],

@@ -202,8 +202,9 @@ def jobs_of(domain: str, body: V2InferRequest, max_users: int) -> tuple[list[Job
 
 
 def build_v2_router(state_of: Callable[[Request], ServingState], batcher_of: Callable[[Request], Batcher],
-                    count: Callable[[Request, str, int, float | None], None]) -> APIRouter:
-    """The v2 routes; ``count(request, domain, status, seconds)`` records a finished infer in the metrics."""
+                    count: Callable[[Request, str, int, float | None, bool], None]) -> APIRouter:
+    """The v2 routes; ``count(request, domain, status, seconds, degraded)`` records a finished infer in the
+    metrics (the same series as the per-domain endpoint)."""
     router = APIRouter(prefix="/v2", tags=["v2 (KServe Open Inference Protocol)"], route_class=MappedRoute,
                        responses=v2_error_responses(*COMMON_ERRORS))
 
@@ -272,14 +273,15 @@ def build_v2_router(state_of: Callable[[Request], ServingState], batcher_of: Cal
         scored = [r for r in results if not isinstance(r, MamdrError)]
         n = len(jobs[0].item_ids)
         data = [s for r in scored for s in r.scores]
+        degraded = any(r.degraded for r in scored)
         response = V2InferResponse(
             model_name=domain, model_version=scored[0].model_version, id=body.id,
             parameters={"cold_users": [j.user_id for j, r in zip(jobs, scored, strict=True) if r.cold_user],
                         "cold_items": sorted({i for r in scored for i in r.cold_items}),
-                        "degraded": any(r.degraded for r in scored)},
+                        "degraded": degraded},
             outputs=[V2Output(name=SCORES, datatype="FP32", shape=[len(jobs), n] if batch else [n], data=data)],
         )
-        count(request, domain, 200, time.perf_counter() - started)
+        count(request, domain, 200, time.perf_counter() - started, degraded)
         return Response(response.model_dump_json(), media_type=_JSON)
 
     router.add_api_route("/models/{domain}/infer", infer, methods=["POST"], response_model=V2InferResponse,

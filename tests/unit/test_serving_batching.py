@@ -131,3 +131,50 @@ def test_batch_settings_are_bounded(tmp_path: Path) -> None:
         with pytest.raises(ConfigError):
             load_settings(**bad)
     assert load_settings().serving.batch_wait_s < 0.001
+
+
+def _fake_batcher(monkeypatch: pytest.MonkeyPatch, wait_s: float, seen: list[int]):
+    """A batcher over a scorer that records batch sizes (no model: this is about when batches form)."""
+    from types import SimpleNamespace
+
+    import serving.batching
+    from serving.batching import Batcher
+    from serving.metrics import ServingMetrics
+
+    def fake_score_many(state: object, jobs: list[Job]) -> list[str]:
+        seen.append(len(jobs))
+        return [job.user_id for job in jobs]
+
+    monkeypatch.setattr(serving.batching, "score_many", fake_score_many)
+    settings = load_settings(**{"serving.max_batch": 8, "serving.batch_wait_s": wait_s})
+    return Batcher(SimpleNamespace(settings=settings, metrics=ServingMetrics()))  # type: ignore[arg-type]
+
+
+def test_the_batcher_waits_only_for_requests_already_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    batcher = _fake_batcher(monkeypatch, wait_s=0.05, seen=seen)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        # nothing else in flight: scored at once, alone, well before the wait bound
+        t0 = loop.time()
+        assert await batcher.score([Job("d", "a", ["i"])]) == ["a"]
+        assert seen == [1] and loop.time() - t0 < 0.04
+        # another request is being read: the first waits for it and both are scored in one batch
+        batcher.entered = 1
+        first = asyncio.ensure_future(batcher.score([Job("d", "b", ["i"])]))
+        await asyncio.sleep(0.005)
+        batcher.entered = 0
+        second = await batcher.score([Job("d", "c", ["i"])])
+        assert await first == ["b"] and second == ["c"] and seen[1:] == [2]
+        # the one in flight never arrives: the wait is bounded by batch_wait_s
+        batcher.entered = 1
+        t0 = loop.time()
+        assert await asyncio.wait_for(batcher.score([Job("d", "e", ["i"])]), 5) == ["e"]
+        assert 0.04 <= loop.time() - t0 < 1.0 and seen[2:] == [1]
+        batcher.entered = 0
+
+    try:
+        asyncio.run(asyncio.wait_for(run(), 30))
+    finally:
+        batcher.close()

@@ -70,8 +70,17 @@ def test_infer_one_user_equals_the_per_domain_endpoint(client: TestClient) -> No
     items = ["i3", "i9", "i4"]
     body = {"id": "req-7", "inputs": [_bytes("user_id", ["u5"]), _bytes("item_ids", items)],
             "outputs": [{"name": "scores", "parameters": {"binary_data": False}}]}
+    def answered() -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+        return sum(s.value for s in families["mamdr_serving_requests"].samples
+                   if s.labels == {"domain": "dom-2", "status": "200"})
+
+    before = answered()
     r = client.post("/v2/models/dom-2/infer", json=body)
     assert r.status_code == 200, r.text
+    assert answered() == before + 1, "a v2 infer counts in the same requests series as the per-domain endpoint"
     out = r.json()
     assert out["model_name"] == "dom-2" and out["model_version"] == "v1" and out["id"] == "req-7"
     [scores] = out["outputs"]
