@@ -104,8 +104,9 @@ def create_app(
 
     app = FastAPI(
         title="MAMDR serving", version="1", lifespan=lifespan, responses=error_responses(*COMMON_ERRORS),
-        description="Per-domain CTR scoring with Θi = θS + θi on onnxruntime. Every error body is "
-        '`{"error": "<code>", "detail": "<reason>"}`.',
+        description="Per-domain CTR scoring with Θi = θS + θi on onnxruntime, on our endpoint and the KServe Open "
+        'Inference Protocol v2 (`/v2`). Every error body is `{"error": "<code>", "detail": "<reason>"}`, under '
+        '`/v2` `{"error": "<code>: <reason>"}`.',
     )
 
     def count(request: Request, domain: str, status: int, seconds: float | None = None,
