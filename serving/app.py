@@ -38,7 +38,7 @@ from domain_registry.base import Registry
 from feature_store.base import EmbeddingStore
 from serving.batching import Batcher
 from serving.reload import Reloader, ServingState
-from serving.schemas import CTRRequest, CTRResponse, Readiness
+from serving.schemas import CTRRequest, CTRResponse, Readiness, parse_json
 from serving.scoring import Job
 from serving.v2 import build_v2_router
 
@@ -138,9 +138,12 @@ def create_app(
         batcher.entered += 1  # tells the batcher a request is on its way (see serving.batching)
         try:
             try:
-                body = CTRRequest.model_validate_json(await request.body())
+                body = CTRRequest.model_validate(parse_json(await request.body()))
             except ValidationError as exc:  # the same 422 FastAPI's own body validation gives
                 raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+            except ValueError as exc:
+                raise RequestValidationError([{"loc": ("body",), "msg": f"invalid JSON ({exc})",
+                                               "type": "json_invalid"}]) from None
         finally:
             batcher.entered -= 1
         result = (await batcher.score([Job(domain, body.user_id, body.item_ids)]))[0]

@@ -23,6 +23,7 @@ from contracts.http import COMMON_ERRORS, DirectRoute, MappedRoute, v2_error_res
 from serving.batching import Batcher
 from serving.errors import ModelNotReady
 from serving.reload import ServingState
+from serving.schemas import parse_json
 from serving.scoring import Job
 
 PLATFORM = "onnxruntime_onnx"
@@ -259,9 +260,11 @@ def build_v2_router(state_of: Callable[[Request], ServingState], batcher_of: Cal
         try:
             raw = await request.body()
             try:
-                body = V2InferRequest.model_validate_json(raw)
+                body = V2InferRequest.model_validate(parse_json(raw))
             except ValidationError as exc:
                 raise InvalidInferRequest(_first_problem(exc)) from None
+            except ValueError as exc:
+                raise InvalidInferRequest(f"body: invalid JSON ({exc})") from None
             state = state_of(request)
             jobs, batch = jobs_of(domain, body, state.settings.serving.max_batch)
         finally:
