@@ -1,14 +1,18 @@
-"""Serving benchmark (prints figures): HTTP vs the floor, composition strategies, 10 -> 10,000 domains.
+"""Serving benchmark (prints figures): HTTP vs the floor, throughput with wrk, 10 -> 10,000 domains.
 
 Everything runs on loopback with a real ``redis-server`` started here, the paper's MLP
-(128-d user/item/domain, [256, 128, 64]) and 100 candidates per request.
+(128-d user/item/domain, [256, 128, 64]) and 100 candidates per request, for both protocols: our
+``/v1/domains/{domain}/ctr`` and the KServe v2 ``/v2/models/{domain}/infer``.
 
 1. floor: one feature-store lookup (1 user + 100 items, one MGET) + one onnxruntime run, no HTTP.
-2. HTTP: ``mamdr serve`` (uvicorn, its own socket) at concurrency 1 (p50/p99) and peak throughput
-   with several keep-alive client processes; both as ratios to the floor measured in this run.
-3. composition strategies in-process (no HTTP): per-domain miss cost, run latency and memory held.
-4. domains held: a server per count (10, 1,000, 10,000 synthetic deltas, all kept in the LRU),
-   RSS per domain and p99 over uniformly random domains.
+2. HTTP: ``mamdr serve`` (uvicorn, its own socket) at concurrency 1, one keep-alive client (p50/p99 and
+   their ratios to the floor measured in this run).
+3. throughput at 8 and 64 connections with ``wrk`` (a C load generator: Python clients would take the
+   cores the server needs), req/s and wrk's p50/p99.
+4. domains held: a server per count (10, 1,000, 10,000 synthetic deltas, all kept in the LRU), p99 over
+   uniformly random domains as a ratio to the 10-domain p99, and RSS per held domain; a plot of latency
+   vs domains (``--plot``, default docs/serving_domains.png).
+5. (``--strategies``) composition strategies in-process: per-domain miss cost, run latency, memory held.
 
 Run: ``~/.cache/mamdr/venv/bin/python bench/bench_serving.py`` (``--quick`` for a smoke run).
 """
@@ -18,8 +22,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import multiprocessing as mp
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -203,14 +207,23 @@ class Server:
             self.proc.kill()
 
 
-def _bodies(world: dict, domains: list[str], n: int, seed: int) -> list[tuple[str, bytes]]:
+def request_for(protocol: str, domain: str, user: str, items: list[str]) -> tuple[str, bytes]:
+    """(path, body) of one scoring request in ``protocol`` (``v1`` or ``v2``)."""
+    if protocol == "v1":
+        return f"/v1/domains/{domain}/ctr", json.dumps({"user_id": user, "item_ids": items}).encode()
+    body = {"inputs": [{"name": "user_id", "shape": [1], "datatype": "BYTES", "data": [user]},
+                       {"name": "item_ids", "shape": [len(items)], "datatype": "BYTES", "data": items}]}
+    return f"/v2/models/{domain}/infer", json.dumps(body).encode()
+
+
+def _bodies(world: dict, domains: list[str], n: int, seed: int, protocol: str = "v1") -> list[tuple[str, bytes]]:
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         user = world["users"][int(rng.integers(len(world["users"])))]
         items = [world["items"][int(i)] for i in rng.integers(len(world["items"]), size=N_CANDIDATES)]
         domain = domains[int(rng.integers(len(domains)))]
-        out.append((f"/v1/domains/{domain}/ctr", json.dumps({"user_id": user, "item_ids": items}).encode()))
+        out.append(request_for(protocol, domain, user, items))
     return out
 
 
@@ -236,19 +249,36 @@ def run_requests(port: int, reqs: list[tuple[str, bytes]], seconds: float | None
             return lat
 
 
-def _client_proc(port: int, reqs: list[tuple[str, bytes]], seconds: float, queue: mp.Queue) -> None:
-    queue.put(len(run_requests(port, reqs, seconds)))
+def _wrk_ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([0-9.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def throughput(port: int, reqs: list[tuple[str, bytes]], clients: int, seconds: float) -> float:
-    queue: mp.Queue = mp.Queue()
-    procs = [mp.Process(target=_client_proc, args=(port, reqs, seconds, queue)) for _ in range(clients)]
-    for p in procs:
-        p.start()
-    total = sum(queue.get(timeout=seconds + 60) for _ in procs)
-    for p in procs:
-        p.join()
-    return total / seconds
+def wrk(port: int, reqs: list[tuple[str, bytes]], connections: int, seconds: float, tmp: Path) -> dict[str, float]:
+    """req/s and p50/p99 (ms) from ``wrk`` cycling through ``reqs`` on keep-alive connections."""
+    exe = shutil.which("wrk")
+    if exe is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk): the throughput figures need a C load generator")
+    script = tmp / f"wrk-{connections}.lua"
+    rows = ",\n".join(f"{{[==[{path}]==], [==[{body.decode()}]==]}}" for path, body in reqs)
+    script.write_text(
+        f"local reqs = {{\n{rows}\n}}\n"
+        "local n = 0\n"
+        "request = function()\n"
+        "  n = n + 1\n"
+        "  local r = reqs[(n % #reqs) + 1]\n"
+        '  return wrk.format("POST", r[1], {["Content-Type"] = "application/json"}, r[2])\n'
+        "end\n"
+    )
+    threads = min(2, connections)
+    out = subprocess.run([exe, f"-t{threads}", f"-c{connections}", f"-d{seconds:.0f}s", "--latency", "-s", str(script),
+                          f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=seconds + 60).stdout
+    found = {"rps": float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))}  # type: ignore[union-attr]
+    for q in ("50", "99"):
+        found[f"p{q}"] = _wrk_ms(re.search(rf"^\s+{q}%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    found["errors"] = float(errors.group(1)) if errors else 0.0
+    return found
 
 
 # --------------------------------------------------------------------------------------------- strategies
@@ -294,25 +324,89 @@ def strategies(tmp: Path, n_domains: int, iters: int) -> list[str]:
     return lines
 
 
-def composer_sweep(tmp: Path, n: int, iters: int) -> str:
-    """p50/p99 of one feed-composer run over uniformly random domains, every domain held."""
-    from contracts.artifacts import load_version
-    from serving.composition import FeedComposer
+def http_section(tmp: Path, redis_url: str, world: dict, fl: dict[str, float], iters: int, seconds: float,
+                 results: dict) -> None:
+    server = Server(tmp, redis_url, tmp / "registry.db", cache=256, composition="feed")
+    try:
+        domains = [f"dom-{d}" for d in range(4)]
+        for protocol in ("v1", "v2"):
+            reqs = _bodies(world, domains, 500, seed=1, protocol=protocol)
+            run_requests(server.port, reqs[:100])  # warm-up
+            p50, p99 = pct(run_requests(server.port, reqs * (iters // 500 + 1)))
+            results[f"http_{protocol}"] = {"p50": p50, "p99": p99}
+            print(f"HTTP {protocol}, concurrency 1: p50 {p50:.3f} ms  p99 {p99:.3f} ms  ->  "
+                  f"p50 {p50 / fl['p50']:.2f}x  p99 {p99 / fl['p99']:.2f}x the floor", flush=True)
+            for connections in (8, 64):
+                w = wrk(server.port, reqs, connections, seconds, tmp)
+                results[f"wrk_{protocol}_{connections}"] = w
+                print(f"HTTP {protocol}, wrk {connections:2d} connections: {w['rps']:7.0f} req/s  "
+                      f"p50 {w['p50']:.2f} ms  p99 {w['p99']:.2f} ms  (non-2xx {w['errors']:.0f})", flush=True)
+        _, body = server.get("/metrics")
+        batches = re.search(rb"mamdr_serving_batches_total ([0-9.e+]+)", body)
+        jobs = re.search(rb"mamdr_serving_batched_requests_total ([0-9.e+]+)", body)
+        if batches and jobs:
+            print(f"batching: {float(jobs.group(1)) / max(1.0, float(batches.group(1))):.2f} requests per "
+                  "onnxruntime run over the whole section", flush=True)
+    finally:
+        server.stop()
 
-    composer = FeedComposer(load_version(tmp / f"art-{n}" / "v1"), cache_size=n, threads=1)
-    doms = [f"s{k}" for k in range(n)]
-    for d in doms:
-        composer.warm(d)
-    rng = np.random.default_rng(n)
-    u = rng.standard_normal((N_CANDIDATES, 128), dtype=np.float32)
-    i = rng.standard_normal((N_CANDIDATES, 128), dtype=np.float32)
-    lat = []
-    for k in rng.integers(n, size=iters * 2):
-        t = time.perf_counter()
-        composer.logits(doms[int(k)], u, i)
-        lat.append(time.perf_counter() - t)
-    p50, p99 = pct(lat)
-    return f"p50 {p50:.3f} ms  p99 {p99:.3f} ms"
+
+def domains_section(tmp: Path, redis_url: str, world: dict, counts: tuple[int, ...], iters: int,
+                    results: dict) -> None:
+    """p50/p99 over uniformly random domains with every domain held, and bytes per held domain: the RSS
+    growth over the smallest count's server divided by the extra domains (a server composes its LRU while
+    loading, so the growth between two counts is what the extra domains cost)."""
+    print(f"domains held (feed, every domain in the LRU, deltas over {', '.join(SYNTH_TENSORS)}):", flush=True)
+    base: dict[str, float] = {}
+    first: tuple[int, float] | None = None
+    for n in counts:
+        db, _ = publish_synthetic(tmp, n)
+        server = Server(tmp, redis_url, db, cache=n, composition="feed")
+        try:
+            doms = [f"s{k}" for k in range(n)]
+            run_requests(server.port, [request_for("v1", d, "u1", ["i1"]) for d in doms])  # every domain once
+            rss = rss_mib(server.proc.pid)
+            first = first or (n, rss)
+            per_domain = (rss - first[1]) * 1024 * 1024 / (n - first[0]) if n > first[0] else float("nan")
+            for protocol in ("v1", "v2"):
+                lat = run_requests(server.port, _bodies(world, doms, iters, seed=n, protocol=protocol))
+                p50, p99 = pct(lat)
+                base.setdefault(protocol, p99)
+                results.setdefault("domains", []).append({"n": n, "protocol": protocol, "p50": p50, "p99": p99,
+                                                          "rss_mib": rss, "bytes_per_domain": per_domain})
+                held = "" if n == first[0] else f", {per_domain / 1024:5.1f} KiB per extra held domain"
+                print(f"  {n:6d} domains, {protocol}: p50 {p50:.3f} ms  p99 {p99:.3f} ms  "
+                      f"(p99 {p99 / base[protocol]:.2f}x the {counts[0]}-domain p99); RSS {rss:7.1f} MiB{held}",
+                      flush=True)
+        finally:
+            server.stop()
+
+
+def plot(results: dict, fl: dict[str, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for protocol, marker, color in (("v1", "o", "tab:blue"), ("v2", "s", "tab:orange")):
+        rows = [r for r in results.get("domains", []) if r["protocol"] == protocol]
+        if not rows:
+            continue
+        ns = [r["n"] for r in rows]
+        ax.plot(ns, [r["p50"] for r in rows], marker=marker, color=color, label=f"{protocol} p50")
+        ax.plot(ns, [r["p99"] for r in rows], marker=marker, color=color, linestyle="--", label=f"{protocol} p99")
+    ax.axhline(fl["p50"], color="grey", linewidth=0.8, label="floor p50 (MGET + onnxruntime)")
+    ax.set_xscale("log")
+    ax.set_xlabel("domains held")
+    ax.set_ylabel("latency per request (ms), concurrency 1")
+    ax.set_title("Serving latency vs domains held (100 candidates, real Redis)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}", flush=True)
 
 
 def main() -> None:
@@ -320,62 +414,34 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller counts (smoke run)")
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--items", type=int, default=20_000)
-    ap.add_argument("--clients", type=int, default=3, help="client processes for peak throughput")
+    ap.add_argument("--seconds", type=float, default=10.0, help="wrk duration per run")
+    ap.add_argument("--plot", type=Path, default=REPO / "docs" / "serving_domains.png")
+    ap.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    ap.add_argument("--strategies", action="store_true", help="also compare the composition strategies")
     args = ap.parse_args()
-    iters = 300 if args.quick else 2_000
+    iters = 300 if args.quick else 3_000
     counts = (10, 100) if args.quick else (10, 1_000, 10_000)
+    seconds = 3.0 if args.quick else args.seconds
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     redis_proc, redis_url = start_redis(tmp)
+    results: dict = {}
     try:
         print(f"setup: paper MLP, {args.users} users / {args.items} items in Redis, {N_CANDIDATES} candidates",
               flush=True)
         world = build_world(tmp, redis_url, args.users, args.items)
         fl = floor(tmp, redis_url, world, iters)
+        results["floor"] = fl
         print(f"floor (Redis MGET + onnxruntime, no HTTP): p50 {fl['p50']:.3f} ms  p99 {fl['p99']:.3f} ms  "
               f"(feature store p50 {fl['fs_p50']:.3f} ms); 1-core ceiling {1e3 / fl['mean']:.0f} req/s", flush=True)
-
-        server = Server(tmp, redis_url, tmp / "registry.db", cache=256, composition="feed")
-        try:
-            domains = [f"dom-{d}" for d in range(4)]
-            reqs = _bodies(world, domains, 500, seed=1)
-            run_requests(server.port, reqs[:100])  # warm-up
-            p50, p99 = pct(run_requests(server.port, reqs * (iters // 500 + 1)))
-            rps = throughput(server.port, reqs, args.clients, 3.0 if args.quick else 8.0)
-            ceiling = 1e3 / fl["mean"]
-            print(f"HTTP feed, concurrency 1: p50 {p50:.3f} ms  p99 {p99:.3f} ms  ->  p50 {p50 / fl['p50']:.2f}x  "
-                  f"p99 {p99 / fl['p99']:.2f}x the floor", flush=True)
-            print(f"HTTP peak throughput ({args.clients} client processes on the same 2 cores): {rps:.0f} req/s = "
-                  f"{rps / ceiling:.2f}x the floor's 1-core ceiling", flush=True)
-        finally:
-            server.stop()
-
-        print("composition strategies, in-process, full-network deltas (all dense layers), N=100:", flush=True)
-        for line in strategies(tmp, 50 if args.quick else 300, iters):
-            print(line, flush=True)
-
-        print(f"domains held (feed, every domain in the LRU, deltas over {', '.join(SYNTH_TENSORS)}):",
-              flush=True)
-        base_p99 = None
-        for n in counts:
-            db, _ = publish_synthetic(tmp, n)
-            print(f"  {n:6d} domains in-process (composer only, no HTTP/Redis): {composer_sweep(tmp, n, iters)}",
-                  flush=True)
-            server = Server(tmp, redis_url, db, cache=n, composition="feed")
-            try:
-                rss0 = rss_mib(server.proc.pid)
-                doms = [f"s{k}" for k in range(n)]
-                warm = [(f"/v1/domains/{d}/ctr", json.dumps({"user_id": "u1", "item_ids": ["i1"]}).encode())
-                        for d in doms]
-                run_requests(server.port, warm)
-                rss1 = rss_mib(server.proc.pid)
-                lat = run_requests(server.port, _bodies(world, doms, iters, seed=n))
-                p50, p99 = pct(lat)
-                base_p99 = base_p99 or p99
-                print(f"  {n:6d} domains: RSS {rss1:7.1f} MiB (+{rss1 - rss0:6.1f} after touching all, "
-                      f"{(rss1 - rss0) * 1024 / n:6.1f} KiB/domain)  p50 {p50:.3f} ms  p99 {p99:.3f} ms  "
-                      f"(p99 {p99 / base_p99:.2f}x the 10-domain p99)", flush=True)
-            finally:
-                server.stop()
+        http_section(tmp, redis_url, world, fl, iters, seconds, results)
+        if args.strategies:
+            print("composition strategies, in-process, full-network deltas (all dense layers), N=100:", flush=True)
+            for line in strategies(tmp, 50 if args.quick else 300, iters):
+                print(line, flush=True)
+        domains_section(tmp, redis_url, world, counts, iters, results)
+        plot(results, fl, args.plot)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
     finally:
         redis_proc.terminate()
         redis_proc.wait(10)

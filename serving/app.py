@@ -10,9 +10,12 @@ body, 503 + Retry-After when the feature store or a model is unavailable, 500 (l
 traceback) for a bug. Paused domains keep being served (pausing stops training). A response scored
 with embeddings other than the ones the model was exported with says so (``degraded: true``).
 
-The scoring route is ``async`` and calls the (sync, sub-millisecond) feature store and onnxruntime
-inline: a thread hop per request would cost more than the work. One process = one core; scale out
-with replicas (one process per pod, each scraped on its own).
+Scoring (this endpoint and the KServe v2 ``infer`` of :mod:`serving.v2`) goes through one
+:class:`serving.batching.Batcher`: requests that arrive together are scored in one feature-store read
+and one onnxruntime run on one worker thread, so a stalled feature store blocks that thread for its
+socket timeout, never /healthz. The body is read and validated in one step (pydantic-core parses the
+JSON bytes straight into the typed request; FastAPI's own body handling parses to a dict first).
+One process = one core; scale out with replicas (one process per pod, each scraped on its own).
 """
 
 from __future__ import annotations
@@ -25,16 +28,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
-from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from contracts.errors import MamdrError
-from contracts.http import COMMON_ERRORS, BodyLimitMiddleware, error_responses, install_error_handlers
+from contracts.http import COMMON_ERRORS, BodyLimitMiddleware, DirectRoute, error_responses, install_error_handlers
 from contracts.settings import Settings, get_settings
 from domain_registry.base import Registry
 from feature_store.base import EmbeddingStore
+from serving.batching import Batcher
 from serving.reload import Reloader, ServingState
-from serving.schemas import CTRRequest, CTRResponse, Readiness
-from serving.scoring import score
+from serving.schemas import CTRRequest, CTRResponse, Readiness, parse_json
+from serving.scoring import Job
+from serving.v2 import build_v2_router
 
 log = logging.getLogger(__name__)
 CTR_PATH = "/v1/domains/{domain}/ctr"
@@ -43,6 +49,13 @@ _JSON = "application/json"
 
 def _state(request: Request) -> ServingState:
     return request.app.state.serving  # type: ignore[no-any-return]
+
+
+def _batcher(request: Request) -> Batcher:
+    return request.app.state.batcher  # type: ignore[no-any-return]
+
+
+_CTR_BODY = {"requestBody": {"required": True, "content": {_JSON: {"schema": CTRRequest.model_json_schema()}}}}
 
 
 def create_app(
@@ -70,6 +83,7 @@ def create_app(
             opened.append(reg)
         state = ServingState(settings=settings, store=store, registry=reg)
         app.state.serving = state
+        batcher = app.state.batcher = Batcher(state)
         reloader = Reloader(state)
         try:
             await asyncio.to_thread(reloader.poll_once)
@@ -84,40 +98,63 @@ def create_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            batcher.close()
             for backend in opened:
                 backend.close()
 
     app = FastAPI(
         title="MAMDR serving", version="1", lifespan=lifespan, responses=error_responses(*COMMON_ERRORS),
-        description="Per-domain CTR scoring with Θi = θS + θi on onnxruntime. Every error body is "
-        '`{"error": "<code>", "detail": "<reason>"}`.',
+        description="Per-domain CTR scoring with Θi = θS + θi on onnxruntime, on our endpoint and the KServe Open "
+        'Inference Protocol v2 (`/v2`). Every error body is `{"error": "<code>", "detail": "<reason>"}`, under '
+        '`/v2` `{"error": "<code>: <reason>"}`.',
     )
+
+    def count(request: Request, domain: str, status: int, seconds: float | None = None,
+              degraded: bool = False) -> None:
+        """A finished scoring request (either protocol) in the metrics: status by domain, latency if answered,
+        and whether it was scored with fallback embeddings."""
+        state = _state(request)
+        label = state.domains.label(domain)
+        state.metrics.requests.labels(label, str(status)).inc()
+        if seconds is not None:
+            state.metrics.latency.labels(label).observe(seconds)
+        if degraded:
+            state.metrics.degraded.labels(label).inc()
 
     def count_error(request: Request, status: int) -> None:
         """Scoring requests answered with an error count in the requests metric (by domain, status)."""
         domain = request.path_params.get("domain")
-        if domain is not None and request.url.path.endswith("/ctr") and hasattr(request.app.state, "serving"):
-            state = _state(request)
-            state.metrics.requests.labels(state.domains.label(domain), str(status)).inc()
+        path = request.url.path
+        if domain is not None and path.endswith(("/ctr", "/infer")) and hasattr(request.app.state, "serving"):
+            count(request, domain, status)
 
     install_error_handlers(app, observer=count_error)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.serving.max_body_bytes)
 
-    @app.post(CTR_PATH, response_model=CTRResponse, tags=["scoring"],
-              responses=error_responses(404, 410, 422, 503))
-    async def ctr(domain: str, body: CTRRequest, request: Request) -> Response:
+    async def ctr(domain: str, request: Request) -> Response:
         """Click probabilities of ``item_ids`` for ``user_id`` in ``domain`` (in item order)."""
-        state = _state(request)
         started = time.perf_counter()
-        label = state.domains.label(domain)
-        # off the event loop: a stalled feature store blocks one worker thread for its socket timeout,
-        # never /healthz or the other requests (errors: contracts.http.map_exception, counted by count_error)
-        result = await run_in_threadpool(score, state, domain, body)
-        state.metrics.latency.labels(label).observe(time.perf_counter() - started)
-        state.metrics.requests.labels(label, "200").inc()
-        if result.degraded:
-            state.metrics.degraded.labels(label).inc()
+        batcher = _batcher(request)
+        batcher.entered += 1  # tells the batcher a request is on its way (see serving.batching)
+        try:
+            try:
+                body = CTRRequest.model_validate(parse_json(await request.body()))
+            except ValidationError as exc:  # the same 422 FastAPI's own body validation gives
+                raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+            except ValueError as exc:
+                raise RequestValidationError([{"loc": ("body",), "msg": f"invalid JSON ({exc})",
+                                               "type": "json_invalid"}]) from None
+        finally:
+            batcher.entered -= 1
+        result = (await batcher.score([Job(domain, body.user_id, body.item_ids)]))[0]
+        if isinstance(result, MamdrError):
+            raise result  # contracts.http.map_exception answers it; count_error counts it
+        count(request, domain, 200, time.perf_counter() - started, result.degraded)
         return Response(result.model_dump_json(), media_type=_JSON)
+
+    app.router.add_api_route(CTR_PATH, ctr, methods=["POST"], response_model=CTRResponse, tags=["scoring"],
+                             openapi_extra=_CTR_BODY, responses=error_responses(404, 410, 422, 503),
+                             route_class_override=DirectRoute)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -149,6 +186,8 @@ def create_app(
             state.metrics.domains_cached.set(state.live.composer.held())
             state.metrics.count_composer_misses(state.live.composer, state.live.composer.misses)
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+    app.include_router(build_v2_router(_state, _batcher, count))
 
     from domain_registry.api import build_router
 

@@ -49,6 +49,7 @@ def build_live(version_dir: Path, settings: ServingSettings, manifest_sha256: st
     # Fill the LRU here, off the event loop, so the first requests of each domain do not pay the miss.
     for domain in list(loaded.manifest.deltas)[: settings.session_cache_size]:
         composer.warm(domain)
+    composer.warm_groups(settings.max_batch)  # the grouped graphs batches run on, built here rather than mid-request
     cold = loaded.manifest.cold_start
 
     def vector(kind: str, dim: int) -> np.ndarray:

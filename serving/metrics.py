@@ -77,6 +77,13 @@ class ServingMetrics:
             "mamdr_serving_composer_misses", "Domain weight loads (LRU misses), over every version served",
             registry=r,
         )
+        self.batches = Counter(
+            "mamdr_serving_batches", "onnxruntime runs of the batcher (each scores one or more requests)", registry=r,
+        )
+        self.batched_requests = Counter(
+            "mamdr_serving_batched_requests", "Requests (users) scored by the batcher: / batches = mean batch size",
+            registry=r,
+        )
         self._misses_seen: tuple[int, int] = (0, 0)  # (id of the composer, its misses already counted)
 
     def set_version(self, old: str | None, new: str) -> None:

@@ -127,7 +127,7 @@ def test_collected_embedding_version_falls_back_to_the_current_one(tiny, tmp_pat
 
 def test_an_unexpected_exception_is_500_and_logged(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    caplog: pytest.LogCaptureFixture) -> None:
-    import serving.app
+    import serving.batching
 
     store = open_store(f"memory://errors-{uuid.uuid4().hex}")
     registry = open_registry(f"sqlite://{tmp_path}/registry.db")
@@ -136,7 +136,7 @@ def test_an_unexpected_exception_is_500_and_logged(tiny, tmp_path: Path, monkeyp
     def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("injected bug")
 
-    monkeypatch.setattr(serving.app, "score", broken)
+    monkeypatch.setattr(serving.batching, "score_many", broken)
     with TestClient(create_app(_settings(tmp_path / "art"), feature_store=store, registry=registry)) as client:
         with caplog.at_level("ERROR", logger="contracts.http"):
             r = client.post("/v1/domains/dom-0/ctr", json={"user_id": "u1", "item_ids": ["i1"]})
@@ -191,7 +191,8 @@ def test_one_documented_error_shape(tmp_path: Path, caplog: pytest.LogCaptureFix
             codes = set(op["responses"])
             assert {"413", "422", "500", "503"} <= codes, (path, method)
             for code, spec in op["responses"].items():
-                if code.startswith(("4", "5")) and path != "/readyz":
-                    assert spec["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+                if code.startswith(("4", "5")) and path not in ("/readyz", "/v2/health/ready"):
+                    body = "/V2ErrorBody" if path.startswith("/v2") else "/ErrorBody"
+                    assert spec["content"]["application/json"]["schema"]["$ref"].endswith(body), (path, code)
     assert {"404", "410"} <= set(schema["paths"]["/v1/domains/{domain}/ctr"]["post"]["responses"])
     registry.close()

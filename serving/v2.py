@@ -1,0 +1,303 @@
+"""KServe Open Inference Protocol v2 (the REST protocol Triton and KServe speak), one model per domain.
+
+Routes: ``GET /v2`` (server metadata), ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{domain}``
+(model metadata), ``/v2/models/{domain}/ready`` and ``POST /v2/models/{domain}/infer``. Infer takes BYTES
+inputs ``user_id`` (shape [1]) or ``user_ids`` (shape [B], a batch of users) and ``item_ids`` (shape [N]:
+the same candidates for every user, or [B, N]: each user's own), and returns the FP32 output ``scores``
+([N] for ``user_id``, [B, N] for ``user_ids``, rows in the order of the users). Scoring is the per-domain
+endpoint's (``serving.scoring`` through the batcher); errors are ``contracts.http``'s in the v2 shape
+``{"error": "<code>: <reason>"}`` (bad input 422, unknown model 404, retired 410, not ready 503).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from contracts.errors import DataError, MamdrError
+from contracts.http import COMMON_ERRORS, DirectRoute, MappedRoute, v2_error_responses
+from serving.batching import Batcher
+from serving.errors import ModelNotReady
+from serving.reload import ServingState
+from serving.schemas import parse_json
+from serving.scoring import Job
+
+PLATFORM = "onnxruntime_onnx"
+USER_ID, USER_IDS, ITEM_IDS, SCORES = "user_id", "user_ids", "item_ids", "scores"
+_JSON = "application/json"
+_MAX_ID = 256  # as contracts.events.EntityId
+
+
+class InvalidInferRequest(DataError):
+    """A v2 infer body that parses but does not say what to score (422, with the reason)."""
+
+    code = "invalid_request"
+
+
+class V2Tensor(BaseModel):
+    """One input tensor: ``data`` flat (row-major) or nested as ``shape`` says."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    shape: list[int] = Field(max_length=8)
+    datatype: str
+    data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+
+class V2RequestedOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferRequest(BaseModel):
+    """``POST /v2/models/{domain}/infer`` body (the tritonclient JSON body)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "id": "r1", "inputs": [
+            {"name": USER_ID, "shape": [1], "datatype": "BYTES", "data": ["u42"]},
+            {"name": ITEM_IDS, "shape": [3], "datatype": "BYTES", "data": ["i1", "i7", "i9"]}],
+        "outputs": [{"name": SCORES}]}]})
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[V2Tensor] = Field(min_length=1, max_length=4)
+    outputs: list[V2RequestedOutput] | None = None
+
+
+class V2Output(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[float]
+
+
+class V2InferResponse(BaseModel):
+    """Scores in the order of the users and items asked; ``parameters`` carries what the v1 body says
+    besides the scores (cold ids, degraded)."""
+
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    outputs: list[V2Output]
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2Live(BaseModel):
+    live: bool
+
+
+def _flat(data: list[Any]) -> list[Any]:
+    """Row-major values of flat or nested ``data``."""
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list):
+                stack.append(iter(value))
+                break
+            out.append(value)
+        else:
+            stack.pop()
+    return out
+
+
+def _ids(tensor: V2Tensor) -> list[str]:
+    """A BYTES tensor's strings, checked against its shape."""
+    if tensor.datatype != "BYTES":
+        raise InvalidInferRequest(f"input {tensor.name!r} has datatype {tensor.datatype}; ids are BYTES")
+    values = _flat(tensor.data)
+    size = 1
+    for dim in tensor.shape:
+        if dim < 0:
+            raise InvalidInferRequest(f"input {tensor.name!r} has a negative dimension in shape {tensor.shape}")
+        size *= dim
+    if size != len(values):
+        raise InvalidInferRequest(f"input {tensor.name!r} has shape {tensor.shape} ({size} values) but "
+                                  f"{len(values)} values in data")
+    for value in values:
+        if not isinstance(value, str) or not 0 < len(value) <= _MAX_ID:
+            raise InvalidInferRequest(f"input {tensor.name!r} holds {value!r}; ids are strings of 1 to "
+                                      f"{_MAX_ID} characters")
+    return values
+
+
+def jobs_of(domain: str, body: V2InferRequest, max_users: int) -> tuple[list[Job], bool]:
+    """The request's jobs (one per user, in order) and whether it was a batch (``user_ids``)."""
+    tensors: dict[str, V2Tensor] = {}
+    for tensor in body.inputs:
+        if tensor.name not in (USER_ID, USER_IDS, ITEM_IDS):
+            raise InvalidInferRequest(f"unknown input {tensor.name!r}; inputs are {USER_ID} or {USER_IDS}, "
+                                      f"and {ITEM_IDS}")
+        if tensor.name in tensors:
+            raise InvalidInferRequest(f"input {tensor.name!r} is given twice")
+        tensors[tensor.name] = tensor
+    for wanted in body.outputs or ():
+        if wanted.name != SCORES:
+            raise InvalidInferRequest(f"unknown output {wanted.name!r}; the only output is {SCORES!r}")
+    if (USER_ID in tensors) == (USER_IDS in tensors):
+        raise InvalidInferRequest(f"give exactly one of {USER_ID} (one user) or {USER_IDS} (a batch)")
+    if ITEM_IDS not in tensors:
+        raise InvalidInferRequest(f"input {ITEM_IDS} is required")
+    batch = USER_IDS in tensors
+    users_tensor = tensors[USER_IDS if batch else USER_ID]
+    users = _ids(users_tensor)
+    if not batch and users_tensor.shape not in ([1], [1, 1]):
+        raise InvalidInferRequest(f"{USER_ID} has shape {users_tensor.shape}; one user is shape [1] "
+                                  f"(send several as {USER_IDS})")
+    if not users:
+        raise InvalidInferRequest(f"{USER_IDS} is empty")
+    if len(users) > max_users:
+        raise InvalidInferRequest(f"{USER_IDS} has {len(users)} users; send at most {max_users} per request "
+                                  "(serving.max_batch)")
+    items_tensor = tensors[ITEM_IDS]
+    items = _ids(items_tensor)
+    shape = items_tensor.shape
+    if len(shape) == 1 or (len(shape) == 2 and shape[0] == 1 and len(users) > 1):
+        per_user = [items] * len(users)
+    elif len(shape) == 2 and shape[0] == len(users):
+        n = shape[1]
+        per_user = [items[k * n:(k + 1) * n] for k in range(len(users))]
+    else:
+        raise InvalidInferRequest(f"{ITEM_IDS} has shape {shape}; use [N] (the same candidates for every user) "
+                                  f"or [{len(users)}, N] (one row per user)")
+    if not per_user[0]:
+        raise InvalidInferRequest(f"{ITEM_IDS} is empty")
+    return [Job(domain, user, row) for user, row in zip(users, per_user, strict=True)], batch
+
+
+def build_v2_router(state_of: Callable[[Request], ServingState], batcher_of: Callable[[Request], Batcher],
+                    count: Callable[[Request, str, int, float | None, bool], None]) -> APIRouter:
+    """The v2 routes; ``count(request, domain, status, seconds, degraded)`` records a finished infer in the
+    metrics (the same series as the per-domain endpoint)."""
+    router = APIRouter(prefix="/v2", tags=["v2 (KServe Open Inference Protocol)"], route_class=MappedRoute,
+                       responses=v2_error_responses(*COMMON_ERRORS))
+
+    def live_model(request: Request, domain: str) -> tuple[ServingState, str]:
+        state = state_of(request)
+        state.domains.check(domain)
+        live = state.live
+        if live is None:
+            raise ModelNotReady("no model version is loaded yet; publish and promote one (see /readyz)")
+        return state, live.version
+
+    @router.get("", response_model=V2ServerMetadata)
+    async def server_metadata() -> V2ServerMetadata:
+        """Server name, version and protocol extensions (none)."""
+        return V2ServerMetadata(name="mamdr", version="1", extensions=[])
+
+    @router.get("/health/live", response_model=V2Live)
+    async def health_live() -> V2Live:
+        """The process is up."""
+        return V2Live(live=True)
+
+    @router.get("/health/ready", response_model=V2Ready, responses={503: {"model": V2Ready}})
+    async def health_ready(request: Request) -> Response:
+        """200 once a verified model version is loaded (every registered domain is then servable)."""
+        state = state_of(request)
+        ready = state.live is not None and state.domains.lost is None
+        return Response(V2Ready(ready=ready).model_dump_json(), status_code=200 if ready else 503, media_type=_JSON)
+
+    @router.get("/models/{domain}", response_model=V2ModelMetadata, responses=v2_error_responses(404, 410))
+    async def model_metadata(domain: str, request: Request) -> V2ModelMetadata:
+        """Metadata of the model serving ``domain``: its inputs and output."""
+        _, version = live_model(request, domain)
+        return V2ModelMetadata(
+            name=domain, versions=[version], platform=PLATFORM,
+            inputs=[V2TensorMetadata(name=USER_ID, datatype="BYTES", shape=[1]),
+                    V2TensorMetadata(name=USER_IDS, datatype="BYTES", shape=[-1]),
+                    V2TensorMetadata(name=ITEM_IDS, datatype="BYTES", shape=[-1, -1])],
+            outputs=[V2TensorMetadata(name=SCORES, datatype="FP32", shape=[-1, -1])],
+        )
+
+    @router.get("/models/{domain}/ready", response_model=V2ModelReady, responses=v2_error_responses(404, 410))
+    async def model_ready(domain: str, request: Request) -> V2ModelReady:
+        """200 when ``domain`` can be scored now (404 unknown, 410 retired, 503 no model yet)."""
+        live_model(request, domain)
+        return V2ModelReady(name=domain, ready=True)
+
+    async def infer(domain: str, request: Request) -> Response:
+        """Scores of ``item_ids`` for ``user_id`` (or for each of ``user_ids``) in ``domain``."""
+        started = time.perf_counter()
+        batcher = batcher_of(request)
+        batcher.entered += 1
+        try:
+            raw = await request.body()
+            try:
+                body = V2InferRequest.model_validate(parse_json(raw))
+            except ValidationError as exc:
+                raise InvalidInferRequest(_first_problem(exc)) from None
+            except ValueError as exc:
+                raise InvalidInferRequest(f"body: invalid JSON ({exc})") from None
+            state = state_of(request)
+            jobs, batch = jobs_of(domain, body, state.settings.serving.max_batch)
+        finally:
+            batcher.entered -= 1
+        results = await batcher.score(jobs)
+        for result in results:
+            if isinstance(result, MamdrError):
+                raise result
+        scored = [r for r in results if not isinstance(r, MamdrError)]
+        n = len(jobs[0].item_ids)
+        data = [s for r in scored for s in r.scores]
+        degraded = any(r.degraded for r in scored)
+        response = V2InferResponse(
+            model_name=domain, model_version=scored[0].model_version, id=body.id,
+            parameters={"cold_users": [j.user_id for j, r in zip(jobs, scored, strict=True) if r.cold_user],
+                        "cold_items": sorted({i for r in scored for i in r.cold_items}),
+                        "degraded": degraded},
+            outputs=[V2Output(name=SCORES, datatype="FP32", shape=[len(jobs), n] if batch else [n], data=data)],
+        )
+        count(request, domain, 200, time.perf_counter() - started, degraded)
+        return Response(response.model_dump_json(), media_type=_JSON)
+
+    router.add_api_route("/models/{domain}/infer", infer, methods=["POST"], response_model=V2InferResponse,
+                         responses=v2_error_responses(404, 410), route_class_override=DirectRoute,
+                         openapi_extra={"requestBody": {"required": True, "content": {
+                             _JSON: {"schema": V2InferRequest.model_json_schema()}}}})
+    return router
+
+
+def _first_problem(exc: ValidationError) -> str:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = ".".join(str(p) for p in first.get("loc", ())) or "body"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{loc}: {first.get('msg', 'invalid')}{more}"
+
