@@ -41,7 +41,6 @@ import numpy as np
 import torch
 
 from contracts.errors import BackendUnavailable, ConfigError, Conflict
-from contracts.events import ClickEvent
 from contracts.settings import Settings
 from domain_registry.base import Registry
 from feature_store.base import EmbeddingStore
@@ -204,27 +203,30 @@ class ContinualTrainer:
         checked = check_records(records, self.settings.stream.max_event_bytes)
         for record, reason in checked.invalid:
             self._reject(record, reason, "invalid")
-        by_domain: dict[str, list[ClickEvent]] = defaultdict(list)
-        rechecked: set[str] = set()
         self._refresh_domains()
-        for record, event in checked.valid:
-            status = self._known.get(event.domain)
-            if status is None and event.domain not in rechecked:  # created since the last re-read?
-                rechecked.add(event.domain)
+        statuses: dict[str, str | None] = {}
+        for domain in dict.fromkeys(checked.domain):  # once per distinct domain of the poll, in arrival order
+            status = self._known.get(domain)
+            if status is None:  # created since the last re-read?
                 self._refresh_domains(now=True)
-                status = self._known.get(event.domain)
+                status = self._known.get(domain)
             if status is None and self.cfg.auto_onboard:
-                status = self._onboard(event.domain)
+                status = self._onboard(domain)
+            statuses[domain] = status
+        by_domain: dict[str, list[int]] = defaultdict(list)
+        for j, domain in enumerate(checked.domain):
+            status = statuses[domain]
             if status != "active":
                 reason = "unknown domain" if status is None else f"domain {status}"
-                self._reject(record, f"{reason} {event.domain!r}: create it with POST /v1/domains", status or "unknown")
+                self._reject(records[checked.index[j]], f"{reason} {domain!r}: create it with POST /v1/domains",
+                             status or "unknown")
                 continue
-            by_domain[event.domain].append(event)
-            self._event_ts.append(event.ts)
-        for domain, events in by_domain.items():
-            users = [e.user_id for e in events]
-            items = [e.item_id for e in events]
-            labels = np.array([e.clicked for e in events], dtype=np.float32)
+            by_domain[domain].append(j)
+            self._event_ts.append(checked.ts[j])
+        for domain, rows in by_domain.items():
+            users = [checked.user_id[j] for j in rows]
+            items = [checked.item_id[j] for j in rows]
+            labels = np.array([checked.clicked[j] for j in rows], dtype=np.float32)
             slot = self.state.domains.get(domain)
             if slot is not None:  # test, then train: scored as serving scores it (graduated delta or θS)
                 if self.state.params.has_delta(slot):
@@ -241,8 +243,8 @@ class ContinualTrainer:
             urows, irows = self.state.users.rows(users, add=False), self.state.items.rows(items, add=False)
             own = (urows >= 0) & (irows >= 0)  # ids the frequency filter holds back train no embedding
             self.buffers.add(slot, urows[own], irows[own], labels[own])
-            self.metrics.events_consumed.labels(domain=domain).inc(len(events))
-            self._round_valid += len(events)
+            self.metrics.events_consumed.labels(domain=domain).inc(len(rows))
+            self._round_valid += len(rows)
 
     def _reject(self, record: Record, reason: str, kind: str) -> None:
         self.stream.dead_letter(record, reason)
@@ -474,7 +476,7 @@ class ContinualTrainer:
             # never past round_events: a busy stream gives rounds of exactly round_events events
             # (backpressure: what is not polled waits in the broker as lag, measured after each round)
             room = max(1, self.round_budget() - len(self._pending))
-            records = self.consumer.poll(max_records=min(5000, room), timeout_s=0.5)
+            records = self.consumer.poll(max_records=min(self.settings.stream.max_poll_records, room), timeout_s=0.5)
             if records:
                 last_event = time.monotonic()
                 self.ingest(records)
