@@ -118,7 +118,7 @@ class StreamSettings(_Section):
     ssl_certfile: str | None = Field(None, description="kafka:// client certificate (mutual TLS)")
     ssl_keyfile: str | None = Field(None, description="kafka:// client key (mutual TLS)")
     max_poll_records: int = Field(
-        10_000, ge=1, description="most records one poll returns (the trainer validates a poll as one batch)")
+        2000, ge=1, description="most records one poll returns (the trainer validates a poll as one batch)")
     kafka_client: Literal["kafka-python", "confluent-kafka"] = Field(
         "kafka-python", description="kafka:// consumer library; confluent-kafka (optional extra kafka-fast, "
         "librdkafka) decodes in C: several times the events/s per process (docs/streaming.md)")

@@ -59,7 +59,8 @@ def _ids(records: list) -> list[int]:
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_consume_in_a_group_commit_and_a_new_consumer_resumes_exactly_after(kafka_topic: KafkaTopic, client: str) -> None:
+def test_consume_in_a_group_commit_and_a_new_consumer_resumes_exactly_after(kafka_topic: KafkaTopic,
+                                                                           client: str) -> None:
     n = 600
     with open_stream(kafka_topic.url, _settings(kafka_topic, kafka_client=client)) as stream:
         with stream.producer() as producer:
