@@ -15,10 +15,11 @@ all-reduce per poll (pending events, "my share is full", idle, stop), so they en
    table rows: the union of the rows the ranks touched, each row averaged over the ranks that touched it
    (a row one rank touched keeps that rank's update); θi of a domain: averaged over the ranks that trained it.
    Every rank applies the same summed buffers, so the replicas stay bit-identical.
-4. **Publish.** Event counts are summed and every partition's next offset is reduced with MAX (each rank
-   owns its partitions); rank 0 publishes one version with all of them in the manifest and commits them, then
-   broadcasts the outcome. A rank that dies breaks the next collective: nothing of that round is published,
-   and a restart of every rank resumes from the live manifest's offsets.
+4. **Publish.** Every rank flushes its dead letters, event counts are summed and every partition's next
+   offset is reduced with MAX (each rank owns its partitions); rank 0 publishes one version with all of them
+   in the manifest, commits them, and posts the outcome on the rendezvous store. A rank that dies breaks the
+   next collective: nothing of that round is published, and a restart of every rank resumes from the live
+   manifest's offsets.
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ class Replica:
             trainer.heartbeat.beat()
             room = self._room(trainer.round_budget() - total, ticks)
             records = []
+            t_poll = time.perf_counter()
             if room > 0 and not trainer.stop_event.is_set():
                 records = trainer.consumer.poll(max_records=min(trainer.settings.stream.max_poll_records, room),
                                                 timeout_s=0.2)
@@ -179,6 +181,8 @@ class Replica:
                 last_event = now
             if records:
                 trainer.ingest(records)
+                trainer.ingested += len(records)
+                trainer.ingest_seconds += time.perf_counter() - t_poll
             idle = idle_exit_s is not None and now - last_event > idle_exit_s
             flags = torch.tensor([len(records), idle, trainer.stop_event.is_set(),
                                   bool(trainer._pending) and now - trainer._round_started >= cfg.round_seconds],
@@ -198,6 +202,7 @@ class Replica:
             if idles == self.world:
                 break
         dist.barrier()
+        trainer.log_ingest()
         log.info("rank %d replica sha256 %s after %d rounds", self.rank, self.digest(trainer), len(reports))
         return reports
 
@@ -373,6 +378,8 @@ class Replica:
         """Sum the counts, reduce every partition's offset, and let rank 0 publish and commit them all."""
         from trainer.service.loop import RoundReport
 
+        # this rank's dead letters are durable before the collective below, so before rank 0 commits any offset
+        trainer.stream.flush_dead_letters()
         mine = {"events": len(trainer._pending), "valid": trainer._round_valid, "rejected": trainer._round_rejected}
         counts = torch.tensor([mine["events"], mine["valid"], mine["rejected"]], dtype=torch.int64)
         dist.all_reduce(counts)

@@ -120,6 +120,8 @@ class ContinualTrainer:
         self._catch_up = 0  # extra events the next round consumes (overload policy ``sample``)
         self._last_train: dict[str, int] = {}
         self.distributed: Any = None  # this rank's trainer.distributed Replica in a multi-process run
+        self.ingested = 0  # events this process polled and ingested, and the seconds that took (no rounds)
+        self.ingest_seconds = 0.0
 
     # -- start / resume -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -493,10 +495,13 @@ class ContinualTrainer:
             # never past round_events: a busy stream gives rounds of exactly round_events events
             # (backpressure: what is not polled waits in the broker as lag, measured after each round)
             room = max(1, self.round_budget() - len(self._pending))
+            t_poll = time.perf_counter()
             records = self.consumer.poll(max_records=min(self.settings.stream.max_poll_records, room), timeout_s=0.5)
             if records:
                 last_event = time.monotonic()
                 self.ingest(records)
+                self.ingested += len(records)
+                self.ingest_seconds += time.perf_counter() - t_poll
             if self.round_due():
                 reports.append(self.run_round())
                 if max_rounds is not None and len(reports) >= max_rounds:
@@ -513,7 +518,13 @@ class ContinualTrainer:
                 if self._pending:
                     reports.append(self.run_round())
                 break
+        self.log_ingest()
         return reports
+
+    def log_ingest(self) -> None:
+        rate = self.ingested / self.ingest_seconds if self.ingest_seconds else 0.0
+        log.info("ingested %d events in %.2f s of polling and ingest (%.0f events/s)", self.ingested,
+                 self.ingest_seconds, rate)
 
     def close(self) -> None:
         if self.consumer is not None:
