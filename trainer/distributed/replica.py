@@ -196,6 +196,10 @@ class Replica:
             if total and (due or total >= trainer.round_budget() or idles == self.world):
                 reports.append(trainer.run_round())
                 total = 0
+                # the ``sample`` policy's catch-up follows each rank's own lag: the ranks must agree on the budget
+                catch_up = torch.tensor([trainer._catch_up], dtype=torch.int64)
+                dist.all_reduce(catch_up, op=dist.ReduceOp.MAX)
+                trainer._catch_up = int(catch_up.item())
                 if max_rounds is not None and len(reports) >= max_rounds:
                     break
                 continue
