@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 from contracts.events import ClickEvent, InvalidEvent, parse_event
 from contracts.settings import StreamSettings
-from stream import check_records, open_stream
+from stream import Record, check_records, open_stream
 from tests.fixtures.kafka_broker import KafkaBroker
 from tests.fixtures.redis_server import free_port
 
@@ -231,11 +231,6 @@ def pure_python_crc() -> Iterator[None]:
         records.calc_crc32c = saved
 
 
-def median_of(repeat: int, fn: Callable[[], Rate]) -> Rate:
-    runs = [fn() for _ in range(repeat)]
-    return Rate(statistics.median(r.wall for r in runs), statistics.median(r.cpu for r in runs))
-
-
 def bench_kafka_ingest(bootstrap: str, n: int, repeat: int, plot: Path | None) -> None:
     s = StreamSettings(url=f"kafka://{bootstrap}/ingest", partitions=4, create_topics=True)
     evs = events(n)
@@ -243,28 +238,42 @@ def bench_kafka_ingest(bootstrap: str, n: int, repeat: int, plot: Path | None) -
         for e in evs:
             producer.send(e)
         producer.flush()
-    floor = median_of(repeat, lambda: bare_poll(bootstrap, "ingest", n, s))
-    rows = [
-        ("bare kafka-python poll (floor)", floor),
-        ("layer: poll -> Records", median_of(repeat, lambda: kafka_consume(s.url, s, n, "none"))),
-        ("layer: poll -> Records -> validated columns (the trainer's ingest)",
-         median_of(repeat, lambda: kafka_consume(s.url, s, n, "fast"))),
-        ("layer, contract (pydantic) validation per event", median_of(repeat, lambda: kafka_consume(s.url, s, n,
-                                                                                                      "contract"))),
-    ]
     fast = s.model_copy(update={"kafka_client": "confluent-kafka"})
-    rows += [
-        ("optional confluent-kafka consumer: poll -> Records", median_of(repeat, lambda: kafka_consume(
-            s.url, fast, n, "none"))),
-        ("optional confluent-kafka consumer: ... -> validated columns", median_of(repeat, lambda: kafka_consume(
-            s.url, fast, n, "fast"))),
-    ]
     old = s.model_copy(update={"max_poll_records": 2000, "fetch_bytes": 1 << 20})
-    with pure_python_crc():
-        rows.append(("main's consumer: 2,000/poll, 1 MiB fetches, pure-Python CRC, pydantic",
-                     median_of(repeat, lambda: kafka_consume(s.url, old, n, "contract"))))
-    print(f"kafka:// ingest, {n:,} events over 4 partitions, median of {repeat}, timed from the first fetched "
-          "batch; per wall second and per CPU second of this process (ratio = per CPU second / the floor's):")
+
+    def mains() -> Rate:
+        with pure_python_crc():
+            return kafka_consume(s.url, old, n, "contract")
+
+    configs: list[tuple[str, Callable[[], Rate]]] = [
+        ("bare kafka-python poll (floor)", lambda: bare_poll(bootstrap, "ingest", n, s)),
+        ("layer: poll -> Records", lambda: kafka_consume(s.url, s, n, "none")),
+        ("layer: poll -> Records -> validated columns (the trainer's ingest)",
+         lambda: kafka_consume(s.url, s, n, "fast")),
+        ("layer, contract (pydantic) validation per event", lambda: kafka_consume(s.url, s, n, "contract")),
+        ("optional confluent-kafka consumer: poll -> Records", lambda: kafka_consume(s.url, fast, n, "none")),
+        ("optional confluent-kafka consumer: ... -> validated columns", lambda: kafka_consume(s.url, fast, n, "fast")),
+        ("main's consumer: 2,000/poll, 1 MiB fetches, pure-Python CRC, pydantic", mains),
+    ]
+    runs: dict[str, list[Rate]] = {name: [] for name, _ in configs}
+    for _ in range(repeat):  # interleaved, so the box's load drifts over every configuration alike
+        for name, fn in configs:
+            runs[name].append(fn())
+    rows = [(name, Rate(statistics.median(r.wall for r in runs[name]), statistics.median(r.cpu for r in runs[name])))
+            for name, _ in configs]
+    floor = rows[0][1]
+    records = [Record("ingest", i % 4, i, e.to_json(), 0.0) for i, e in enumerate(evs)]
+    cpu = {}
+    for name, fn in (("contract", lambda: [parse_event(r.value) for r in records]),
+                     ("columns", lambda: check_records(records, s.max_event_bytes))):
+        c0 = time.process_time()
+        fn()
+        cpu[name] = rate(n, time.process_time() - c0)
+    print(f"validation alone, in memory: contract (pydantic) {cpu['contract']:,.0f} ev/s, batch columns "
+          f"{cpu['columns']:,.0f} ev/s (x{cpu['columns'] / cpu['contract']:.1f})")
+    print(f"kafka:// ingest, {n:,} events over 4 partitions, median of {repeat} interleaved runs, timed from the "
+          "first fetched batch; per wall second and per CPU second of this process (ratio = per CPU second / "
+          "the floor's):")
     for name, value in rows:
         print(f"  {name:<72} {value.wall:>9,.0f} ev/s wall {value.cpu:>9,.0f} ev/s CPU  ratio "
               f"{value.cpu / floor.cpu:.2f}")
