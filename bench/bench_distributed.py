@@ -1,11 +1,18 @@
-"""Distributed MAMDR benchmark: round time and events/s with 1, 2 and 4 worker processes on this
-machine (gloo on loopback, one thread per process), as speed-ups over 1 process in the same run;
-the bytes moved per round with and without the embedding caches; and rank 0's ingest rate (poll,
-validate, prequential score, buffer), which bounds the design: rank 0 validates every event.
+"""Distributed trainer benchmark: ingest events/s against the number of ranks, each rank a full trainer on
+its own partitions (trainer/distributed/replica.py).
 
-    ~/.cache/mamdr/venv/bin/python bench/bench_distributed.py [--events 16000 --domains 8 --rounds 2 --worlds 1,2,4]
+Runs ``mamdr trainer run --world-size W`` (W = 1 is the single-process trainer) over one file:// stream of
+``--events`` clicks on 4 partitions, tiny MLP, ``--round-events`` per round, and reads from every rank's log
+how many events it polled and ingested (validation, dead letters, prequential scoring, buffering) and in how
+many seconds of its own. Reported per run: the ranks' summed ingest rate (events/s while ingesting), the
+whole run's events/s (rounds included, the first paying the ONNX exporter's warm-up), the exactly-once check
+(events counted along the published lineage = events produced), and whether the replicas ended identical.
 
-On an N-core box, more than N processes share cores: the speed-up is capped near N (this box: 2).
+    PYTHONPATH=$PWD ~/.cache/mamdr/venv/bin/python bench/bench_distributed.py [--events 60000 --worlds 1,2
+        --plot docs/distributed_ingest.png]
+
+On an N-core box more than N busy processes share cores (this box: 2, shared with other jobs): the summed
+ingest rate can grow at most about N-fold here.
 """
 
 from __future__ import annotations
@@ -13,132 +20,125 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from feature_store import open_store
-from tests.support.distributed_harness import save_plan
-from trainer.data.base import Split
+from contracts.events import ClickEvent
+from contracts.settings import StreamSettings
+from domain_registry import open_registry
+from stream import open_stream
 from trainer.distributed.launch import free_port
-from trainer.distributed.plan import build_plan
-from trainer.models import ModelConfig
-from trainer.service.state import ModelState
+
+DOMAINS = [f"d{i}" for i in range(8)]
+INGESTED = re.compile(r"ingested (\d+) events in ([\d.]+) s of polling and ingest")
+DIGEST = re.compile(r"replica sha256 (\w+)")
 
 
-def make_plans(folder: Path, fs_url: str, events: int, domains: int, rounds: int, dim: int) -> int:
-    torch.manual_seed(0)
-    n_users, n_items = 20_000, 5_000
-    state = ModelState("mlp", ModelConfig(n_users=n_users, n_items=n_items, n_domains=0, emb_dim=dim,
-                                          hidden=(256, 128, 64)))
-    state.ensure([f"u{i}" for i in range(n_users)], [f"i{i}" for i in range(n_items)],
-                 [f"d{i}" for i in range(domains)])
-    store = open_store(fs_url)
-    store.declare("v000001", {"user": dim, "item": dim})
-    store.write("v000001", "user", state.users.ids, state.model.user_embedding.weight.detach().numpy())
-    store.write("v000001", "item", state.items.ids, state.model.item_embedding.weight.detach().numpy())
-    store.publish("v000001")
-    rng = np.random.default_rng(0)
-    knobs = {"beta": 0.5, "gamma": 0.1, "k": 2, "inner_batches": 4, "batch_size": 1024, "lr": 1e-3}
-    for r in range(rounds):
-        per = events // domains
-        train = {d: Split(user=rng.zipf(1.3, per) % n_users, item=rng.zipf(1.3, per) % n_items,
-                          label=(rng.random(per) < 0.2).astype(np.float32)) for d in range(domains)}
-        order = [int(x) for x in rng.permutation(domains)]
-        plan = build_plan(state, train, targets=list(range(domains)), order=order, round_no=r, seed=0,
-                          knobs=knobs, fs_version="v000001", n_published={"user": n_users, "item": n_items})
-        save_plan(plan, folder, f"r{r}")
-    return per * domains
-
-
-def run_world(plans: Path, fs_url: str, world: int, out: Path) -> dict:
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.support.distributed_harness", "--plan", str(plans),
-                               "--rank", str(r), "--world", str(world), "--port", str(port), "--fs", fs_url,
-                               "--out", str(out), "--timeout", "300"], env=env) for r in range(world)]
-    for p in procs:
-        if p.wait(timeout=1200) != 0:
-            raise SystemExit(f"rank exited with {p.returncode}")
-    return json.loads((out / "result.json").read_text())
-
-
-def ingest_rate(tmp: Path, n: int) -> float:
-    """Events/s of rank 0's poll + ingest (validation, prequential scoring, vocab, buffers), no training."""
-    from contracts.events import ClickEvent
-    from contracts.settings import load_settings
-    from domain_registry import open_registry
-    from stream import open_stream
-    from trainer.service.loop import ContinualTrainer
-
-    settings = load_settings(**{"stream.url": f"file://{tmp}/stream/clicks",
-                                "stream.create_topics": True, "trainer.round_events": 10**9})
-    registry = open_registry(f"sqlite://{tmp}/registry.db")
-    for d in ("a", "b", "c", "d"):
-        registry.create_domain(d)
-    stream = open_stream(settings.stream.url, settings.stream)
-    with stream.producer() as producer:
+def produce(url: str, n: int) -> None:
+    settings = StreamSettings(url=url, partitions=4, create_topics=True, fsync=False)
+    with open_stream(url, settings) as stream, stream.producer() as producer:
         for i in range(n):
-            producer.send(ClickEvent(event_id=f"e{i}", ts=time.time(), domain="abcd"[i % 4], user_id=f"u{i % 3000}",
-                                     item_id=f"i{(i * 7) % 900}", clicked=i % 5 == 0))
+            producer.send(ClickEvent(event_id=f"e{i}", ts=time.time(), domain=DOMAINS[i % len(DOMAINS)],
+                                     user_id=f"u{i % 5000}", item_id=f"i{(i * 7) % 3000}", clicked=int(i % 5 == 0)))
         producer.flush()
-    trainer = ContinualTrainer(settings, stream=stream, store=open_store("memory://"), registry=registry,
-                               artifacts=tmp / "artifacts", model_config={"emb_dim": 32, "hidden": (64, 32)})
-    trainer.start()
-    assert trainer.consumer is not None
-    # the first poll builds the model and vocabularies (the first domains rebuild it): not timed
-    trainer.ingest(trainer.consumer.poll(max_records=2000, timeout_s=1.0))
-    seen, t0 = 0, time.perf_counter()
-    while seen < n - 2000:
-        records = trainer.consumer.poll(max_records=5000, timeout_s=0.5)
-        if not records:
-            break
-        trainer.ingest(records)
-        seen += len(records)
-    rate = seen / (time.perf_counter() - t0)
-    trainer.close()
-    return rate
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=16_000)
-    parser.add_argument("--domains", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--worlds", default="1,2,4")
-    args = parser.parse_args()
-    print(f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (other work shares these cores)")
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        fs_url = f"file://{tmp}/fs"
-        events = make_plans(tmp / "plans", fs_url, args.events, args.domains, args.rounds, args.dim)
-        print(f"round: {events} events over {args.domains} domains, MLP 256-128-64, emb {args.dim}, "
-              f"K=4 batches of 1024 per domain (global), DR k=2 on every domain, {args.rounds} rounds")
-        base = None
-        for world in [int(w) for w in args.worlds.split(",")]:
-            res = run_world(tmp / "plans", fs_url, world, tmp / f"out{world}")
-            sec = statistics.median(res["round_seconds"])
-            rate = events / sec
-            base = base or sec
-            c = res["counters"]
-            per_round = {k: v // args.rounds for k, v in c.items()}
-            print(f"world {world}: round {sec:6.2f} s (median of {args.rounds}), {rate:8.0f} events/s, "
-                  f"speed-up x{base / sec:4.2f}; per round: fetched {per_round['fetched_bytes'] / 1e6:.2f} MB, "
-                  f"exchanged {per_round['exchange_bytes'] / 1e6:.2f} MB, "
-                  f"plan to workers {per_round['plan_bytes'] / 1e6:.2f} MB, "
-                  f"cache-less pull+push {per_round['uncached_bytes'] / 1e6:.2f} MB")
-            last = res["phases"][-1]
-            print("         rank 0 phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in last.items()))
-        rate = ingest_rate(tmp / "ingest", 30_000)
-        print(f"rank-0 ingest (poll + validate + prequential + buffer, file://): {rate:,.0f} events/s")
+def lineage_events(tmp: Path) -> int:
+    live = open_registry(f"sqlite://{tmp}/registry.db").live_model()
+    total, version = 0, live.id if live else None
+    while version:
+        manifest = json.loads((tmp / "artifacts" / version / "manifest.json").read_text())
+        total += manifest["events_included"]
+        version = manifest["parent"]
+    return total
+
+
+def run(tmp: Path, world: int, round_events: int) -> dict:
+    port = free_port()
+    cmd = [sys.executable, "-m", "mamdr.cli", "--log-level", "INFO", "trainer", "run",
+           "--stream", f"file://{tmp}/stream/clicks", "--feature-store", f"file://{tmp}/fs",
+           "--registry", f"sqlite://{tmp}/registry.db", "--artifacts", f"file://{tmp}/artifacts",
+           "--emb-dim", "8", "--hidden", "16,8", "--round-events", str(round_events), "--inner-batches", "1",
+           "--idle-exit", "2.0", "--keep-versions", "1000"]
+    if world > 1:
+        cmd += ["--world-size", str(world), "--dist-timeout", "300"]
+    procs = []
+    t0 = time.perf_counter()
+    for rank in range(world):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        if world > 1:
+            env.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    logs = []
+    for p in procs:
+        _, err = p.communicate(timeout=1800)
+        if p.returncode != 0:
+            raise SystemExit(f"a rank exited with {p.returncode}: {err.decode()[-2000:]}")
+        logs.append(err.decode())
+    wall = time.perf_counter() - t0
+    ranks = []
+    for text in logs:
+        m = INGESTED.search(text)
+        assert m, text[-2000:]
+        ranks.append((int(m.group(1)), float(m.group(2))))
+    digests = {d for text in logs for d in DIGEST.findall(text)}
+    return {"wall": wall, "ranks": ranks, "ingest_rate": sum(n / s for n, s in ranks if s),
+            "counted": lineage_events(tmp), "replicas_identical": len(digests) <= 1}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=60_000)
+    ap.add_argument("--round-events", type=int, default=20_000)
+    ap.add_argument("--worlds", default="1,2")
+    ap.add_argument("--plot", type=Path, default=None)
+    args = ap.parse_args()
+    print(f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (other work shares these cores); "
+          f"{args.events:,} events, 4 partitions, rounds of {args.round_events:,}")
+    results = {}
+    for world in (int(w) for w in args.worlds.split(",")):
+        with tempfile.TemporaryDirectory() as name:
+            tmp = Path(name)
+            registry = open_registry(f"sqlite://{tmp}/registry.db")
+            for d in DOMAINS:
+                registry.create_domain(d)
+            registry.close()
+            produce(f"file://{tmp}/stream/clicks", args.events)
+            res = results[world] = run(tmp, world, args.round_events)
+        per_rank = ", ".join(f"{n:,} in {s:.1f} s ({n / s:,.0f}/s)" for n, s in res["ranks"])
+        print(f"world {world}: ingest {res['ingest_rate']:>8,.0f} events/s summed over ranks [{per_rank}]; "
+              f"whole run {args.events / res['wall']:>7,.0f} events/s ({res['wall']:.1f} s); counted "
+              f"{res['counted']:,} of {args.events:,}; replicas identical: {res['replicas_identical']}")
+    base = results[min(results)]["ingest_rate"]
+    for world, res in results.items():
+        print(f"  ingest speed-up at {world} ranks: x{res['ingest_rate'] / base:.2f}")
+    if args.plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        worlds = sorted(results)
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        ax.plot(worlds, [results[w]["ingest_rate"] for w in worlds], "o-", label="ingest, summed over ranks")
+        ax.plot(worlds, [args.events / results[w]["wall"] for w in worlds], "s--", label="whole run (with rounds)")
+        ax.set_xticks(worlds)
+        ax.set_xlabel("ranks (processes)")
+        ax.set_ylabel("events/s")
+        ax.set_title(f"file:// ingest vs ranks ({os.cpu_count()} shared cores)", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=110)
+        print(f"plot written to {args.plot}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -123,7 +123,14 @@ class StreamSettings(_Section):
     ssl_cafile: str | None = Field(None, description="kafka:// CA bundle that signed the brokers' certificates")
     ssl_certfile: str | None = Field(None, description="kafka:// client certificate (mutual TLS)")
     ssl_keyfile: str | None = Field(None, description="kafka:// client key (mutual TLS)")
-    max_poll_records: int = Field(2000, ge=1)
+    max_poll_records: int = Field(
+        2000, ge=1, description="most records one poll returns (the trainer validates a poll as one batch)")
+    kafka_client: Literal["kafka-python", "confluent-kafka"] = Field(
+        "kafka-python", description="kafka:// consumer library; confluent-kafka (optional extra kafka-fast, "
+        "librdkafka) decodes in C: several times the events/s per process (docs/streaming.md)")
+    fetch_bytes: int = Field(
+        16 << 20, ge=1 << 20, description="kafka:// consumer: most bytes fetched per partition per request (fewer "
+        "round trips; raised to 4 x max_event_bytes when smaller)")
     linger_ms: int = Field(5, ge=0, description="producer batching delay")
     batch_bytes: int = Field(262_144, ge=1024, description="producer batch size per partition")
     timeout_s: float = Field(10.0, gt=0, description="broker requests, connecting and flushing")

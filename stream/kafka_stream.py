@@ -187,7 +187,10 @@ class KafkaStreamConsumer(StreamConsumer):
                 auto_offset_reset=check_reset(reset),
                 isolation_level="read_committed",
                 max_poll_records=settings.max_poll_records,
-                max_partition_fetch_bytes=max(1_048_576, settings.max_event_bytes * 4),
+                # large fetches: one round trip carries thousands of records (kafka-python's per-fetch
+                # overhead, not the bytes, bounded the rate); crc checks stay on, in C via the crc32c package
+                max_partition_fetch_bytes=max(settings.fetch_bytes, settings.max_event_bytes * 4),
+                fetch_max_bytes=max(4 * settings.fetch_bytes, 52_428_800),
                 request_timeout_ms=max(30_000, int(settings.timeout_s * 1000)),
                 session_timeout_ms=10_000,
                 max_poll_interval_ms=600_000,  # a training round happens between polls
@@ -236,18 +239,11 @@ class KafkaStreamConsumer(StreamConsumer):
         except KafkaError as exc:
             raise _unreachable(self._bootstrap, exc) from None
         out: list[Record] = []
+        add = out.append
         for tp in sorted(batches, key=lambda t: t.partition):
+            topic, partition = tp.topic, tp.partition
             for m in batches[tp]:
-                out.append(
-                    Record(
-                        topic=m.topic,
-                        partition=m.partition,
-                        offset=m.offset,
-                        value=m.value or b"",
-                        timestamp=m.timestamp / 1000.0,
-                        key=m.key,
-                    )
-                )
+                add(Record(topic, partition, m.offset, m.value or b"", m.timestamp / 1000.0, m.key))
         return out
 
     def position(self) -> dict[str, int]:
@@ -356,7 +352,12 @@ class KafkaStream(Stream):
         return KafkaStreamProducer(self.servers, self.topic, self.settings)
 
     def consumer(self, group: str | None, reset: str = "earliest",
-                 shard: tuple[int, int] | None = None) -> KafkaStreamConsumer:
+                 shard: tuple[int, int] | None = None) -> StreamConsumer:
+        if self.settings.kafka_client == "confluent-kafka":
+            from stream.kafka_confluent import ConfluentStreamConsumer
+
+            return ConfluentStreamConsumer(self.servers, self.topic, group, reset, self.settings,
+                                           self.flush_dead_letters, shard)
         return KafkaStreamConsumer(self.servers, self.topic, group, reset, self.settings, self.flush_dead_letters,
                                    shard)
 

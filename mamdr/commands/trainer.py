@@ -97,9 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from trainer.distributed.launch import prepare
 
     rank_argv = [sys.executable, "-m", "mamdr.cli", *sys.argv[1:]]  # how --world-size N starts ranks 1..N-1
-    session = prepare(args, settings, rank_argv)  # None: one process; exit_code set: this was a worker rank
-    if session is not None and session.exit_code is not None:
-        return session.exit_code
+    session = prepare(args, settings, rank_argv)  # None: one process; else this rank (each a full trainer)
     metrics = TrainerMetrics()
     model_config: dict[str, Any] = {"emb_dim": args.emb_dim} if args.emb_dim else {}
     if args.hidden:
@@ -114,8 +112,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:  # /metrics, and /healthz that fails when the loop stops making progress
         from trainer.service.health import serve
 
+        # local rank r of a distributed run serves on metrics_port + r (one port per process on a host)
         serve(metrics.registry, trainer.heartbeat, settings.trainer.liveness_timeout_s, args.metrics_host,
-              args.metrics_port)
+              args.metrics_port + (session.env.local_rank if session is not None else 0))
 
     def stop(signum: int, _frame: object) -> None:
         log.info("signal %d: finishing the current round, then stopping", signum)

@@ -1,5 +1,5 @@
-"""The stream spread over the ranks, on a real broker: rank r reads the partitions p % W == r, ranks > 0
-forward their records to rank 0, and rank 0 alone publishes and commits the offsets of every partition."""
+"""The stream spread over the ranks, on a real broker: rank r reads (validates, trains on) the partitions
+p % W == r, and rank 0 alone publishes and commits the offsets of every partition."""
 
 from __future__ import annotations
 
@@ -79,6 +79,8 @@ def test_two_ranks_consume_their_own_partitions_and_rank_0_publishes_every_offse
     assert f"rank 1 consumes ['{topic.name}:1']" in worker_log, worker_log[-2000:]
     summary = json.loads(outs[0][0].decode().strip().splitlines()[-1])
     assert summary["events"] == 300 and summary["rounds"] == 2  # two rounds of exactly round_events
+    assert "replica sha256" in worker_log and worker_log.split("replica sha256 ")[1].split()[0] == \
+        outs[0][1].decode().split("replica sha256 ")[1].split()[0]  # the replicas ended identical
     live = registry.live_model()
     assert live is not None
     manifest = json.loads((tmp_path / "artifacts" / live.id / "manifest.json").read_text())

@@ -46,6 +46,9 @@ def _event(i: int) -> ClickEvent:
     )
 
 
+CLIENTS = ["kafka-python", "confluent-kafka"]  # the consumer contract holds for both clients
+
+
 def _settings(topic: KafkaTopic, **kw: object) -> StreamSettings:
     options: dict = {"timeout_s": 10.0, "create_topics": True, **kw}
     return StreamSettings(url=topic.url, partitions=topic.partitions, **options)
@@ -55,9 +58,11 @@ def _ids(records: list) -> list[int]:
     return [int(ClickEvent.model_validate_json(r.value).event_id[1:]) for r in records]
 
 
-def test_consume_in_a_group_commit_and_a_new_consumer_resumes_exactly_after(kafka_topic: KafkaTopic) -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+def test_consume_in_a_group_commit_and_a_new_consumer_resumes_exactly_after(kafka_topic: KafkaTopic,
+                                                                           client: str) -> None:
     n = 600
-    with open_stream(kafka_topic.url, _settings(kafka_topic)) as stream:
+    with open_stream(kafka_topic.url, _settings(kafka_topic, kafka_client=client)) as stream:
         with stream.producer() as producer:
             for i in range(n):
                 producer.send(_event(i))
@@ -83,8 +88,9 @@ def test_consume_in_a_group_commit_and_a_new_consumer_resumes_exactly_after(kafk
         assert ids == sorted(ids)
 
 
-def test_seek_before_assignment_is_applied_when_the_group_assigns(kafka_topic: KafkaTopic) -> None:
-    with open_stream(kafka_topic.url, _settings(kafka_topic)) as stream:
+@pytest.mark.parametrize("client", CLIENTS)
+def test_seek_before_assignment_is_applied_when_the_group_assigns(kafka_topic: KafkaTopic, client: str) -> None:
+    with open_stream(kafka_topic.url, _settings(kafka_topic, kafka_client=client)) as stream:
         with stream.producer() as producer:
             for i in range(50):
                 producer.send(_event(i), key="one-key")  # all in one partition
@@ -100,10 +106,11 @@ def test_seek_before_assignment_is_applied_when_the_group_assigns(kafka_topic: K
                 consumer.seek({"elsewhere:0": 1})
 
 
-def test_a_rebalance_does_not_rewind_a_partition_the_member_keeps(kafka_topic_factory) -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_rebalance_does_not_rewind_a_partition_the_member_keeps(kafka_topic_factory, client: str) -> None:
     """Commits lag behind on purpose (they wait for a publish): a rebalance must not replay buffered events."""
     topic = kafka_topic_factory(2)
-    with open_stream(topic.url, _settings(topic)) as stream:
+    with open_stream(topic.url, _settings(topic, kafka_client=client)) as stream:
         with stream.producer() as producer:
             for i in range(60):
                 producer.send(_event(i), key=f"user-{i}")
@@ -141,8 +148,9 @@ POISON = [
 ]
 
 
-def test_poison_events_land_in_the_dlq_with_reasons_and_source_offsets(kafka_topic: KafkaTopic) -> None:
-    settings = _settings(kafka_topic)
+@pytest.mark.parametrize("client", CLIENTS)
+def test_poison_events_land_in_the_dlq_with_reasons_and_source_offsets(kafka_topic: KafkaTopic, client: str) -> None:
+    settings = _settings(kafka_topic, kafka_client=client)
     with open_stream(kafka_topic.url, settings) as stream:
         with stream.producer() as producer:
             for i, (payload, _) in enumerate(POISON):

@@ -15,7 +15,8 @@ SERVING_SIDE = ["contracts", "stream", "serving", "feature_store", "domain_regis
 PLATFORM = {"contracts", "stream", "serving", "feature_store", "domain_registry", "trainer", "mamdr", "tests"}
 # import name -> distribution, where they differ; fastapi brings starlette, uvicorn[standard] brings uvloop etc.
 DISTRIBUTION = {"kafka": "kafka-python", "prometheus_client": "prometheus-client", "yaml": "pyyaml",
-                "pydantic_settings": "pydantic-settings", "starlette": "fastapi", "google": "onnx"}
+                "pydantic_settings": "pydantic-settings", "starlette": "fastapi", "google": "onnx",
+                "confluent_kafka": "confluent-kafka"}
 TEST_OR_TOOL_ONLY = {"pytest", "pytest-timeout", "ruff", "httpx", "pyyaml", "kubernetes-validate", "jsonschema",
                      "schemathesis",
                      "torch", "onnxscript", "scikit-learn", "matplotlib"}
@@ -29,14 +30,36 @@ def _name(requirement: str) -> str:
     return re.split(r"[<>=\[ ;]", requirement, maxsplit=1)[0].lower()
 
 
-def _imports(package: str) -> set[str]:
+def _names(node: ast.AST) -> set[str]:
+    if isinstance(node, ast.Import):
+        return {a.name.split(".")[0] for a in node.names}
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        return {node.module.split(".")[0]}
+    return set()
+
+
+def _optional(tree: ast.AST) -> set[str]:
+    """Imports inside ``try: ... except ImportError``: an optional extra's package, absent in the image."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(isinstance(h.type, ast.Name) and h.type.id == "ImportError"
+                                             for h in node.handlers):
+            for child in node.body:
+                found |= _names(child)
+    return found
+
+
+def _imports(package: str, optional: bool = False) -> set[str]:
     found: set[str] = set()
     for path in (REPO / package).rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                found |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                found.add(node.module.split(".")[0])
+        tree = ast.parse(path.read_text())
+        if optional:
+            found |= _optional(tree)
+            continue
+        every: set[str] = set()
+        for node in ast.walk(tree):
+            every |= _names(node)
+        found |= every - _optional(tree)
     return found
 
 
@@ -51,6 +74,15 @@ def test_every_serving_side_import_is_a_base_dependency() -> None:
         third_party = _imports(package) - PLATFORM - set(sys.stdlib_module_names) - {"__future__"}
         needed = {DISTRIBUTION.get(m, m).lower().replace("_", "-") for m in third_party}
         assert needed <= base, f"{package} imports {needed - base}, which the serving image lacks"
+
+
+def test_optional_serving_side_imports_are_an_extra_not_the_base() -> None:
+    base = {_name(r) for r in _project()["dependencies"]}
+    extras = {_name(r) for k, v in _project()["optional-dependencies"].items() if k != "dev" for r in v}
+    optional = {DISTRIBUTION.get(m, m).lower().replace("_", "-") for p in SERVING_SIDE for m in _imports(p, True)}
+    optional -= PLATFORM | set(sys.stdlib_module_names)
+    assert "confluent-kafka" in optional  # the optional Kafka consumer (stream/kafka_confluent.py)
+    assert "confluent-kafka" not in base and optional - base <= extras, optional - base - extras
 
 
 def test_test_and_trainer_packages_live_in_their_extras() -> None:

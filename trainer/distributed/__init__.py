@@ -1,9 +1,7 @@
-"""Distributed MAMDR on torch.distributed: data-parallel DN with one all-reduce of the outer deltas,
-DR partitioned by domain, and the paper's static/dynamic embedding caches over the feature store.
+"""Distributed MAMDR on torch.distributed: every rank a full continual trainer on its own partitions.
 
-Modules: ``comm`` (env, group, collectives, control words), ``plan`` (what rank 0 sends per round),
-``cache`` (static cache + byte counters), ``round`` (one rank's round; ``simulate`` = the
-single-process reference), ``service`` (rank 0's Coordinator, the worker loop), ``launch`` (the CLI
-roles). Running a saved plan on N local ranks lives with the tests (``tests/support/distributed_harness.py``)
-and the paper-scale arithmetic of docs/distributed.md with the benchmarks (``bench/distributed_scale.py``).
+Modules: ``comm`` (env, group, collectives), ``replica`` (a rank's part: lockstep polling, the round's
+vocabulary sync, the reconciliation of parameters and deltas, the publish with every rank's offsets),
+``launch`` (the CLI roles). The paper-scale arithmetic of docs/distributed.md is in
+``bench/distributed_scale.py``.
 """

@@ -4,8 +4,8 @@
   process is that rank.
 * ``--world-size N`` without RANK: this process becomes rank 0 on 127.0.0.1 and starts ranks
   1..N-1 as child processes of the same command (they die with it: PR_SET_PDEATHSIG).
-* Rank 0 returns a ``Session`` whose coordinator is attached to the ContinualTrainer; ranks > 0
-  run the worker loop here and the command returns its exit code.
+* Every rank returns a ``Session``; the CLI builds a ContinualTrainer on each and attaches the rank's
+  ``Replica`` (trainer/distributed/replica.py): each rank consumes and trains on its own partitions.
 """
 
 from __future__ import annotations
@@ -39,18 +39,22 @@ def _die_with_parent() -> None:
 
 @dataclass
 class Session:
-    """Rank 0 of a distributed run: the coordinator plus the local children it started (if any)."""
+    """This process's rank of a distributed run, plus the local children it started (rank 0 of
+    ``--world-size N`` without a launcher)."""
 
-    world_size: int
-    exit_code: int | None = None
-    coordinator: Any = None
+    env: Any
+    replica: Any = None
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def attach(self, trainer: Any, registry: Any = None) -> None:
-        from trainer.distributed.service import Coordinator
+    @property
+    def world_size(self) -> int:
+        return int(self.env.world_size)
 
-        self.coordinator = Coordinator(self.world_size, trainer.store, registry)
-        trainer.distributed = self.coordinator
+    def attach(self, trainer: Any, registry: Any = None) -> None:
+        from trainer.distributed.replica import Replica
+
+        self.replica = Replica(self.env, registry)
+        trainer.distributed = self.replica
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[None]:
@@ -68,8 +72,6 @@ class Session:
                 f"distributed round failed ({' '.join(str(exc).split())[:300]}); nothing of this round was "
                 "published or committed: restart every rank to resume from the last published offsets") from exc
         finally:
-            if self.coordinator is not None:
-                self.coordinator.close(ok)
             for child in self.children:
                 try:
                     child.wait(timeout=60 if ok else 10)
@@ -79,7 +81,7 @@ class Session:
 
 
 def prepare(args: Any, settings: Any, rank_argv: Sequence[str] = ()) -> Session | None:
-    """None for a single process; a finished Session (exit_code set) on ranks > 0; else rank 0's.
+    """None for a single process; else this rank's Session (every rank runs a full trainer on its partitions).
 
     With ``--world-size N`` and no launcher, ranks 1..N-1 are started here as ``rank_argv`` (the command
     line that started this process; the caller, the CLI, knows what that is).
@@ -102,19 +104,4 @@ def prepare(args: Any, settings: Any, rank_argv: Sequence[str] = ()) -> Session 
         return None
     comm.init_group(env, args.dist_timeout)
     log.info("rank %d of %d joined (%s:%d)", env.rank, env.world_size, env.master_addr, env.master_port)
-    if env.is_coordinator:
-        return Session(env.world_size, children=children)
-    from feature_store import open_store
-    from stream import open_stream
-    from trainer.distributed.service import worker_loop
-
-    store = open_store(settings.feature_store.url, settings.feature_store)
-    try:
-        code = worker_loop(store, env.rank, env.world_size, stream=open_stream(settings.stream.url, settings.stream))
-    except RuntimeError as exc:
-        log.error("rank %d: distributed round failed: %s", env.rank, " ".join(str(exc).split())[:300])
-        code = 1
-    finally:
-        store.close()
-        comm.close_group()
-    return Session(env.world_size, exit_code=code)
+    return Session(env, children=children)

@@ -41,7 +41,6 @@ import numpy as np
 import torch
 
 from contracts.errors import BackendUnavailable, ConfigError, Conflict
-from contracts.events import ClickEvent
 from contracts.settings import Settings
 from domain_registry.base import Registry
 from feature_store.base import EmbeddingStore
@@ -120,7 +119,9 @@ class ContinualTrainer:
         self.graduation = Graduation(self.cfg.graduation_window, self.cfg.graduation_min_clicks)
         self._catch_up = 0  # extra events the next round consumes (overload policy ``sample``)
         self._last_train: dict[str, int] = {}
-        self.distributed: Any = None  # a trainer.distributed Coordinator on rank 0 of a multi-process run
+        self.distributed: Any = None  # this rank's trainer.distributed Replica in a multi-process run
+        self.ingested = 0  # events this process polled and ingested, and the seconds that took (no rounds)
+        self.ingest_seconds = 0.0
 
     # -- start / resume -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -141,8 +142,9 @@ class ContinualTrainer:
             log.info("%s: starting a new model lineage (%s)", "--new-lineage" if live is not None else
                      "no live version", self.model_name)
         self._bound_tables()
-        if self.distributed is not None:  # this rank's partitions plus those the workers forward
-            self.consumer = self.distributed.open_consumer(self.stream, self.settings.stream.group, offsets)
+        if self.distributed is not None:  # this rank's partitions, from where rank 0 says they start
+            self.consumer = self.distributed.open_consumer(self, self.stream, self.settings.stream.group, offsets)
+            offsets = {**offsets, **self.distributed.start_offsets}
         else:
             self.consumer = self.stream.consumer(self.settings.stream.group)
             if offsets:
@@ -150,7 +152,8 @@ class ContinualTrainer:
         self._offsets = dict(offsets)
         self._rebuild_framework()
         self._refresh_domains(force=True)
-        self.retain()  # finishes a gc a crash interrupted, without waiting for the next publish
+        if self.distributed is None or self.distributed.is_root:
+            self.retain()  # finishes a gc a crash interrupted, without waiting for the next publish
 
     def _rebuild_framework(self) -> None:
         assert self.state is not None
@@ -204,27 +207,30 @@ class ContinualTrainer:
         checked = check_records(records, self.settings.stream.max_event_bytes)
         for record, reason in checked.invalid:
             self._reject(record, reason, "invalid")
-        by_domain: dict[str, list[ClickEvent]] = defaultdict(list)
-        rechecked: set[str] = set()
         self._refresh_domains()
-        for record, event in checked.valid:
-            status = self._known.get(event.domain)
-            if status is None and event.domain not in rechecked:  # created since the last re-read?
-                rechecked.add(event.domain)
+        statuses: dict[str, str | None] = {}
+        for domain in dict.fromkeys(checked.domain):  # once per distinct domain of the poll, in arrival order
+            status = self._known.get(domain)
+            if status is None:  # created since the last re-read?
                 self._refresh_domains(now=True)
-                status = self._known.get(event.domain)
+                status = self._known.get(domain)
             if status is None and self.cfg.auto_onboard:
-                status = self._onboard(event.domain)
+                status = self._onboard(domain)
+            statuses[domain] = status
+        by_domain: dict[str, list[int]] = defaultdict(list)
+        for j, domain in enumerate(checked.domain):
+            status = statuses[domain]
             if status != "active":
                 reason = "unknown domain" if status is None else f"domain {status}"
-                self._reject(record, f"{reason} {event.domain!r}: create it with POST /v1/domains", status or "unknown")
+                self._reject(records[checked.index[j]], f"{reason} {domain!r}: create it with POST /v1/domains",
+                             status or "unknown")
                 continue
-            by_domain[event.domain].append(event)
-            self._event_ts.append(event.ts)
-        for domain, events in by_domain.items():
-            users = [e.user_id for e in events]
-            items = [e.item_id for e in events]
-            labels = np.array([e.clicked for e in events], dtype=np.float32)
+            by_domain[domain].append(j)
+            self._event_ts.append(checked.ts[j])
+        for domain, rows in by_domain.items():
+            users = [checked.user_id[j] for j in rows]
+            items = [checked.item_id[j] for j in rows]
+            labels = np.array([checked.clicked[j] for j in rows], dtype=np.float32)
             slot = self.state.domains.get(domain)
             if slot is not None:  # test, then train: scored as serving scores it (graduated delta or θS)
                 if self.state.params.has_delta(slot):
@@ -234,6 +240,11 @@ class ContinualTrainer:
                 else:
                     probs = self.state.predict(domain, users, items)
                 self.prequential.update(domain, labels, probs)
+            self.metrics.events_consumed.labels(domain=domain).inc(len(rows))
+            self._round_valid += len(rows)
+            if self.distributed is not None:  # rows are given at the round, the same on every rank
+                self.distributed.stage(domain, users, items, labels)
+                continue
             if self.state.ensure(users, items, [domain], round_no=self.round_no + 1, now=time.time()):
                 self._rebuild_framework()
             slot = self.state.domains.get(domain)
@@ -241,8 +252,6 @@ class ContinualTrainer:
             urows, irows = self.state.users.rows(users, add=False), self.state.items.rows(items, add=False)
             own = (urows >= 0) & (irows >= 0)  # ids the frequency filter holds back train no embedding
             self.buffers.add(slot, urows[own], irows[own], labels[own])
-            self.metrics.events_consumed.labels(domain=domain).inc(len(events))
-            self._round_valid += len(events)
 
     def _reject(self, record: Record, reason: str, kind: str) -> None:
         self.stream.dead_letter(record, reason)
@@ -270,6 +279,8 @@ class ContinualTrainer:
         assert self.state is not None and self.framework is not None and self.consumer is not None
         self.heartbeat.beat()
         t0 = time.monotonic()
+        if self.distributed is not None:  # every rank's new ids get the same rows; staged clicks are buffered
+            self.distributed.before_round(self)
         fresh = self.buffers.take_fresh()
         sampled_out = self.buffers.dropped - self._dropped_seen  # a full per-domain buffer's excess
         if self.cfg.overload_policy == "sample":
@@ -283,7 +294,7 @@ class ContinualTrainer:
         trained = self._train(fresh)
         self.buffers.retire(fresh)
         self._expire()
-        report = self._publish(trained, t0)
+        report = self._publish(trained, t0) if self.distributed is None else self.distributed.publish(self, trained, t0)
         report.trained_rows = self._last_train.get("rows", 0)
         report.sampled_out = sampled_out
         report.lag = self._check_lag()
@@ -311,10 +322,10 @@ class ContinualTrainer:
     def _train(self, fresh: dict[int, np.ndarray]) -> list[int]:
         assert self.state is not None and self.framework is not None
         self._last_train = {}
-        if not fresh:
+        if not fresh and self.distributed is None:
             return []
         n_fresh = sum(len(r) for r in fresh.values())
-        replay = self.buffers.replay_sample(round(self.cfg.replay_ratio * n_fresh))
+        replay = self.buffers.replay_sample(round(self.cfg.replay_ratio * n_fresh)) if n_fresh else {}
         train: dict[int, Split] = {}
         for slot in sorted(set(fresh) | set(replay)):
             parts = [p for p in (fresh.get(slot), replay.get(slot)) if p is not None and len(p)]
@@ -322,15 +333,20 @@ class ContinualTrainer:
             # copies: a one-row field view counts as contiguous to numpy but keeps the record's stride, which
             # torch.from_numpy refuses
             train[slot] = Split(user=rows["user"].copy(), item=rows["item"].copy(), label=rows["label"].copy())
+        self._last_train = {"fresh": n_fresh, "rows": sum(len(s) for s in train.values())}
+        if self.distributed is not None:  # this rank's round on its own rows, then the replicas reconcile
+            return self.distributed.train(self, train, lambda: self._train_local(train, sorted(fresh)))
+        return self._train_local(train, sorted(fresh))
+
+    def _train_local(self, train: dict[int, Split], targets: list[int]) -> list[int]:
+        """DN over ``train`` (one pass, more when small), then DR for ``targets``."""
         fw = self.framework
+        assert fw is not None
         fw.dataset = self._dataset(train)
         fw.domains = sorted(train)
         rng = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.round_no)
         torch.manual_seed(self.cfg.seed * 1_000_003 + self.round_no)  # dropout draws: same seed, same model
         order = fw.shuffled_domains(rng)
-        self._last_train = {"fresh": n_fresh, "rows": sum(len(s) for s in train.values())}
-        if self.distributed is not None:  # data-parallel DN + domain-partitioned DR (trainer/distributed)
-            return self.distributed.train_round(self, train, sorted(fresh), order)
         # one pass over the round's rows, more when it holds fewer than min_batches mini-batches
         bs = self.cfg.batch_size
         passes = max(1, -(-self.cfg.min_batches * bs // max(1, self._last_train["rows"])))
@@ -341,7 +357,6 @@ class ContinualTrainer:
         fw.negotiate([(-1, batches)])
         self._last_train["dn_ms"] = round((time.perf_counter() - t_dn) * 1000)
         failpoint("mid_round")
-        targets = sorted(fresh)
         if self.cfg.framework != "mamdr":  # dn / alternate: the shared model only, every θi stays zero
             return targets
         # Algorithm 2 for every target at once (vmapped; a domain smaller than K batches takes one pass)
@@ -376,15 +391,18 @@ class ContinualTrainer:
         numbers += [int(m.group(1)) for v in self.store.versions() if (m := VERSION_RE.match(v))]
         return f"v{max(numbers) + 1:06d}"
 
-    def _publish(self, trained: list[int], t0: float) -> RoundReport:
+    def _publish(self, trained: list[int], t0: float, totals: dict[str, Any] | None = None) -> RoundReport:
+        """Publish the round. ``totals`` (distributed rank 0): every rank's events, counts and offsets."""
         from trainer.export.exporter import export_version
 
         assert self.state is not None and self.consumer is not None
         state = self.state
         version = self._next_version()
         self.round_no += 1
-        offsets = dict(self._offsets)
-        events = len(self._pending)
+        offsets = dict(self._offsets) if totals is None else dict(totals["offsets"])
+        events = len(self._pending) if totals is None else int(totals["events"])
+        if totals is not None:
+            self._round_valid, self._round_rejected = int(totals["valid"]), int(totals["rejected"])
         # embeddings first, under the new version (serving reads the version its manifest names)
         (user_ids, user_rows), (item_ids, item_rows) = state.users.live(), state.items.live()
         sync_embeddings(state.model, user_ids, item_ids, self.store, version, publish=True, user_rows=user_rows,
@@ -393,7 +411,8 @@ class ContinualTrainer:
         round_figs = self.prequential.cumulative()
         # the registry caps a version's metrics at 16 KiB of JSON: per-domain figures only up to
         # METRIC_DOMAINS domains (≈120 bytes each); Prometheus always has them all
-        decisions = self.graduation.decide() if self.cfg.framework == "mamdr" else {}
+        decisions = {} if self.cfg.framework != "mamdr" else (
+            self.graduation.decide() if self.distributed is None else self.distributed.decide(self))
         graduated = sorted(self.graduation.graduated) if self.cfg.framework == "mamdr" else []
         for d, figs in decisions.items():
             if d in self._known:
@@ -480,6 +499,8 @@ class ContinualTrainer:
         if self.consumer is None:
             self.start()
         assert self.consumer is not None
+        if self.distributed is not None:  # the ranks poll, ingest and enter rounds in lockstep
+            return self.distributed.run(self, max_rounds, idle_exit_s)
         reports: list[RoundReport] = []
         last_event = time.monotonic()
         last_log = 0.0
@@ -488,10 +509,13 @@ class ContinualTrainer:
             # never past round_events: a busy stream gives rounds of exactly round_events events
             # (backpressure: what is not polled waits in the broker as lag, measured after each round)
             room = max(1, self.round_budget() - len(self._pending))
-            records = self.consumer.poll(max_records=min(5000, room), timeout_s=0.5)
+            t_poll = time.perf_counter()
+            records = self.consumer.poll(max_records=min(self.settings.stream.max_poll_records, room), timeout_s=0.5)
             if records:
                 last_event = time.monotonic()
                 self.ingest(records)
+                self.ingested += len(records)
+                self.ingest_seconds += time.perf_counter() - t_poll
             if self.round_due():
                 reports.append(self.run_round())
                 if max_rounds is not None and len(reports) >= max_rounds:
@@ -508,7 +532,13 @@ class ContinualTrainer:
                 if self._pending:
                     reports.append(self.run_round())
                 break
+        self.log_ingest()
         return reports
+
+    def log_ingest(self) -> None:
+        rate = self.ingested / self.ingest_seconds if self.ingest_seconds else 0.0
+        log.info("ingested %d events in %.2f s of polling and ingest (%.0f events/s)", self.ingested,
+                 self.ingest_seconds, rate)
 
     def close(self) -> None:
         if self.consumer is not None:
