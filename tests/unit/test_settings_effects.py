@@ -109,3 +109,27 @@ def test_read_commands_never_create_a_store(tmp_path: Path) -> None:
         assert run.returncode == 3, (args, run.stderr)
         assert "read commands never create" in run.stderr or "no " in run.stderr
     assert not (tmp_path / "typo").exists() and not (tmp_path / "typo-store").exists()
+
+
+def test_dr_data_history_trains_theta_i_on_the_domains_reservoir_too(tmp_path: Path) -> None:
+    import numpy as np
+
+    from contracts.settings import StreamSettings
+    from domain_registry import open_registry
+    from feature_store import open_store
+    from stream import open_stream
+    from trainer.data.base import Split
+    from trainer.service.loop import ContinualTrainer
+
+    url = f"file://{tmp_path}/s/clicks"
+    trainer = ContinualTrainer(load_settings(**{"trainer.dr_data": "history"}),
+                               stream=open_stream(url, StreamSettings(url=url, create_topics=True)),
+                               store=open_store("memory://dr-data"), registry=open_registry(f"sqlite://{tmp_path}/r.db"),
+                               artifacts=tmp_path)
+    ones = np.ones(3, dtype=np.int64)
+    trainer.buffers.add(0, ones, ones, np.ones(3, dtype=np.float32))
+    trainer.buffers.retire(trainer.buffers.take_fresh())  # three old rows in domain 0's reservoir
+    round_rows = {0: Split(user=np.zeros(2, dtype=np.int64), item=np.zeros(2, dtype=np.int64),
+                           label=np.zeros(2, dtype=np.float32))}
+    history = trainer._history(round_rows)
+    assert len(history[0]) == 5 and history[0].user.tolist() == [0, 0, 1, 1, 1]

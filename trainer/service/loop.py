@@ -362,23 +362,21 @@ class ContinualTrainer:
         # Algorithm 2 for every target at once (vmapped; a domain smaller than K batches takes one pass)
         sequences = {t: fw.sample_sequence(t, rng) for t in targets}
         cfg = fw.config
-        dr_train = train if self.cfg.dr_data == "round" else self._history(fresh, train)
+        dr_train = train if self.cfg.dr_data == "round" else self._history(train)
         BatchedDR(fw.params, lr=cfg.inner_lr, gamma=cfg.gamma, batch_size=cfg.batch_size,
                   max_steps=self.cfg.inner_batches, l2=cfg.l2, passes=passes).run(
             targets, sequences, dr_train, seed=self.cfg.seed * 1_000_003 + self.round_no)
         self._last_train["dr_ms"] = round((time.perf_counter() - t_dn) * 1000) - self._last_train["dn_ms"]
         return targets
 
-    def _history(self, fresh: dict[int, np.ndarray], train: dict[int, Split]) -> dict[int, Split]:
-        """Each domain's fresh rows plus its whole replay reservoir: θi fits the domain, not only this round."""
+    def _history(self, train: dict[int, Split]) -> dict[int, Split]:
+        """Each domain's round rows plus its whole replay reservoir: θi fits the domain, not only this round."""
         out = {}
-        for slot in train:
-            parts = [p for p in (fresh.get(slot), self.buffers.replay_rows(slot)) if p is not None and len(p)]
-            if not parts:
-                out[slot] = train[slot]
-                continue
-            rows = np.concatenate(parts)
-            out[slot] = Split(user=rows["user"].copy(), item=rows["item"].copy(), label=rows["label"].copy())
+        for slot, split in train.items():
+            old = self.buffers.replay_rows(slot)
+            out[slot] = split if not len(old) else Split(
+                user=np.concatenate([split.user, old["user"]]), item=np.concatenate([split.item, old["item"]]),
+                label=np.concatenate([split.label, old["label"]]))
         return out
 
     def _next_version(self) -> str:
