@@ -37,7 +37,7 @@ from contracts.settings import FeatureStoreSettings
 from contracts.urls import BackendUrl
 from feature_store.base import KINDS, EmbeddingStore, Kind, Lookup, VersionInfo
 from feature_store.codec import check_vectors, decode, decode_into, encode_rows, wire_dtype
-from feature_store.keys import KeyLayout, check_dims, check_kind, check_name
+from feature_store.keys import KIND_TAG, KeyLayout, check_dims, check_kind, check_name
 from feature_store.lineage import Intervals, Node, decode_lineage, encode_lineage, extend, flat, plan_gc
 
 _PIPELINE_CHUNKS = 8  # MSET chunks per pipeline flush: bounds client memory, keeps the socket busy
@@ -93,6 +93,7 @@ class _Meta:
     parent: str | None = None
     lineage: Intervals = ()
     floored: bool = True
+    legacy: bool = False  # written before incremental versions: rows under ``{ns}:v:{version}:u:{id}``
 
 
 class RedisStore(EmbeddingStore):
@@ -169,9 +170,16 @@ class RedisStore(EmbeddingStore):
         dims: dict[Kind, int] = {k: int(fields[f"dims.{k}"]) for k in KINDS if f"dims.{k}" in fields}
         meta = _Meta(dims, fields.get("dtype", "float32"), token, int(fields.get("seq", 0)),
                      fields.get("root", version), fields.get("parent") or None,
-                     decode_lineage(fields.get("lineage", "")), fields.get("floored", "1") == "1")
+                     decode_lineage(fields.get("lineage", "")), fields.get("floored", "1") == "1",
+                     legacy="seq" not in fields)
         self._meta_cache[version] = meta
         return meta
+
+    def _floor(self, meta: _Meta, kind: Kind) -> str:
+        """Where a version's floor rows of ``kind`` live (a legacy version: its own old key prefix)."""
+        if meta.legacy:
+            return f"{self.keys.prefix(meta.root)}{KIND_TAG[kind]}:"
+        return self.keys.floor_prefix(meta.root, kind)
 
     def _meta(self, version: str, fresh: bool = False) -> _Meta:
         meta = None if fresh else self._meta_cache.get(version)
@@ -198,13 +206,18 @@ class RedisStore(EmbeddingStore):
             have = self._r.hmget(meta_key, ["seq", "parent", "retired"])
         fields: dict[str, Any] = {}
         if have[0] is None:  # new: a sequence number (never reused) and its lineage
+            p = self._meta(check_name(parent, "parent version"), fresh=True) if parent is not None else None
+            if p is not None and p.legacy:
+                raise Conflict(f"version {parent!r} was written before incremental versions: declare "
+                               f"{version!r} as a full version")
+            if have[0] is None and self._r.exists(self.keys.meta(version)):
+                raise Conflict(f"version {version!r} was written before incremental versions; pick a new name")
             with self._guard("declaring a version"):
                 seq = int(self._r.incr(self.keys.seq))
-            if parent is None:
+            if p is None:
                 fields = {"seq": seq, "root": version, "parent": "", "floored": 1,
                           "lineage": encode_lineage(((seq, seq),)), "dtype": self.settings.dtype}
             else:
-                p = self._meta(check_name(parent, "parent version"), fresh=True)
                 for kind, dim in dims.items():
                     if p.dims.get(kind, dim) != dim:
                         raise Conflict(f"version {version!r} declares {kind} dimension {dim}, its parent "
@@ -254,7 +267,7 @@ class RedisStore(EmbeddingStore):
         meta = self._writable(version, kind)
         keys = [str(i) for i in ids]
         if meta.floored:  # a full version being built: the rows simply go
-            prefix = self.keys.floor_prefix(meta.root, kind)
+            prefix = self._floor(meta, kind)
             with self._guard("forgetting vectors"):
                 for start in range(0, len(keys), _UNLINK_BATCH):
                     self._r.delete(*[prefix + k for k in keys[start : start + _UNLINK_BATCH]])
@@ -271,7 +284,7 @@ class RedisStore(EmbeddingStore):
             for start in range(0, n, chunk):
                 stop = min(n, start + chunk)
                 if meta.floored:  # a full version: plain keys, one MSET per chunk
-                    prefix = self.keys.floor_prefix(meta.root, kind)
+                    prefix = self._floor(meta, kind)
                     args: list[Any] = [None] * (2 * (stop - start))
                     args[0::2] = [prefix + i for i in ids[start:stop]]
                     args[1::2] = rows[start:stop]
@@ -337,12 +350,12 @@ class RedisStore(EmbeddingStore):
         for attempt in range(3):
             name = version or self._current(0.0 if attempt else self.settings.pointer_ttl_s)
             meta = self._meta(name, fresh=attempt > 0)
-            prefix = self.keys.floor_prefix(meta.root, kind)
+            prefix = self._floor(meta, kind)
             try:
                 tail = [prefix + i for i in ids]  # type: ignore[operator]
             except TypeError:  # non-str ids (ints): the slower, general path
                 tail = [prefix + str(i) for i in ids]
-            users = [self.keys.floor_prefix(meta.root, "user") + u for u in user_ids]
+            users = [self._floor(meta, "user") + u for u in user_ids]
             try:  # not the _guard context manager: this is the hot path
                 if meta.parent is None:  # a full version: its rows are plain keys
                     values = self._r.mget([self.keys.live(name), *users, *tail])
@@ -350,7 +363,7 @@ class RedisStore(EmbeddingStore):
                     wu, wk = self.keys.writes_prefix(meta.root, "user"), self.keys.writes_prefix(meta.root, kind)
                     keys: list[str] = [self.keys.live(name)]
                     for u in user_ids:
-                        keys += [self.keys.floor_prefix(meta.root, "user") + u, wu + u]
+                        keys += [self._floor(meta, "user") + u, wu + u]
                     for key, i in zip(tail, ids, strict=True):
                         keys += [key, wk + str(i)]
                     values = self._read(keys=keys, args=flat(meta.lineage))
@@ -417,14 +430,18 @@ class RedisStore(EmbeddingStore):
             raw = pipe.get(keys.current)
             current = raw.decode() if raw is not None else None
             nodes, lost = [], []
-            for name in names + ghosts:
+            for n, name in enumerate(names + ghosts):
                 f = {k.decode(): v.decode() for k, v in pipe.hgetall(keys.meta(name)).items()}
-                if "seq" not in f:  # a declare that died before its metadata
+                if not f:  # a declare that died before its metadata
                     lost.append(name)
                     continue
+                retired = f.get("retired") == "1" or name in ghosts
+                if "seq" not in f:  # a full version written before incremental versions: its own tree
+                    nodes.append(Node(name, -n - 1, name, ((-n - 1, -n - 1),), float(f.get("created", 0.0)), True,
+                                      retired))
+                    continue
                 nodes.append(Node(name, int(f["seq"]), f.get("root", name), decode_lineage(f.get("lineage", "")),
-                                  float(f.get("created", 0.0)), f.get("floored") == "1",
-                                  f.get("retired") == "1" or name in ghosts))
+                                  float(f.get("created", 0.0)), f.get("floored") == "1", retired))
             plan = plan_gc(nodes, current, keep, protect)
             plans.append(plan)
             doomed.extend(plan.doomed)
@@ -443,6 +460,7 @@ class RedisStore(EmbeddingStore):
             plan = plans[0]
             for root in plan.drop_trees:
                 self._unlink_matching(keys.tree_glob(root))
+                self._unlink_matching(keys.version_glob(root))  # a legacy version's rows live here
             for node in plan.fold:  # ascending seq: a newer fold overwrites an older one's floor value
                 for kind in KINDS:
                     floor, writes = keys.floor_prefix(node.root, kind), keys.writes_prefix(node.root, kind)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import redis
 
-from contracts.errors import BackendUnavailable, NotFound
+from contracts.errors import BackendUnavailable, Conflict, NotFound
 from contracts.settings import FeatureStoreSettings
 from feature_store import EmbeddingStore, open_store
 from feature_store.redis_store import RedisStore
@@ -238,3 +238,31 @@ def test_tls(tls_redis: tuple[int, Path]) -> None:
         untrusted.versions()
     plain = open_store(f"redis://127.0.0.1:{port}")  # plaintext against a TLS port
     assert not plain.health()
+
+
+def test_versions_written_before_incremental_versions_stay_readable_and_collectable(make_store: MakeStore,
+                                                                                      redis_url: str) -> None:
+    """An upgraded deployment: serving still reads the live version of the old key layout, a new
+    lineage starts beside it with a full version, and gc deletes the old one with all its keys."""
+    store = make_store()
+    ns = store.settings.namespace  # type: ignore[attr-defined]
+    admin = redis.Redis.from_url(redis_url)
+    admin.hset(f"{ns}:v:old:meta", mapping={"created": repr(time.time() - 60), "dtype": "float32",
+                                            "dims.user": 4, "dims.item": 4, "count.user": 1, "count.item": 2})
+    admin.set(f"{ns}:v:old:live", "tok")
+    admin.zadd(f"{ns}:versions", {"old": time.time() - 60})
+    admin.set(f"{ns}:v:old:u:a", np.full(4, 1.0, dtype="<f4").tobytes())
+    admin.mset({f"{ns}:v:old:i:{k}": np.full(4, 2.0, dtype="<f4").tobytes() for k in ("x", "y")})
+    admin.set(f"{ns}:current", "old")
+    got = store.lookup("a", ["x", "zz", "y"])
+    assert got.version == "old" and got.user is not None and float(got.user[0]) == 1.0 and got.missing_items == [1]
+    assert store.gc(keep=0) == []  # the current one stays
+    assert store.versions() == ["old"]
+    with pytest.raises(Conflict, match="before incremental"):
+        store.declare("new", {"user": 4, "item": 4}, parent="old")
+    fill(store, "new", 3.0)
+    store.publish("new")
+    assert store.gc(keep=0) == ["old"]
+    assert not list(admin.scan_iter(match=f"{ns}:v:old:*")) and store.versions() == ["new"]
+    assert float(store.lookup("u1", ["i1"]).items[0, 0]) == 3.0
+    admin.close()
