@@ -384,14 +384,18 @@ class ContinualTrainer:
         # embeddings first, under the new version (serving reads the version its manifest names)
         changed = self._changed_rows()
         fs_parent = self._fs_parent() if changed is not None else None
+        if fs_parent is not None:
+            assert changed is not None
+            try:
+                written = self._write_changed(version, fs_parent, changed)
+            except Conflict as exc:  # e.g. a parent of the store's layout before incremental versions
+                log.warning("writing %s in full: %s", version, exc.message)
+                fs_parent = None
         if fs_parent is None:
             (user_ids, user_rows), (item_ids, item_rows) = state.users.live(), state.items.live()
             sync_embeddings(state.model, user_ids, item_ids, self.store, version, publish=True,
                             user_rows=user_rows, item_rows=item_rows)
             written = {"user": len(user_ids), "item": len(item_ids), "forgotten": 0}
-        else:
-            assert changed is not None
-            written = self._write_changed(version, fs_parent, changed)
         failpoint("mid_publish")
         round_figs = self.prequential.cumulative()
         # the registry caps a version's metrics at 16 KiB of JSON: per-domain figures only up to
