@@ -11,7 +11,8 @@
 - ``{ns}:v:{version}:w:u`` / ``:w:i``: list of the ids an incremental version wrote (gc's index).
 - ``{ns}:t:{root}:u:{id}`` / ``:i:{id}``: the floor value of an id in the tree of ``root`` (a full
   version writes here); ``{ns}:t:{root}:hu:{id}`` / ``:hi:{id}``: hash seq -> value of the writes of
-  incremental versions above the floor (b"" = forgotten).
+  incremental versions above the floor (b"" = forgotten); ``{ns}:t:{root}:su`` / ``:si``: set of the
+  ids that have such writes (a read fetches only their hashes).
 
 Namespaces and versions are slugs, so they never contain glob characters (gc uses SCAN MATCH).
 """
@@ -104,6 +105,10 @@ class KeyLayout:
 
     def writes_prefix(self, root: str, kind: Kind) -> str:
         return f"{self.namespace}:t:{root}:h{KIND_TAG[kind]}:"
+
+    def above_floor(self, root: str, kind: Kind) -> str:
+        """Set of the ids of ``kind`` with writes above the floor (readers look only those up)."""
+        return f"{self.namespace}:t:{root}:s{KIND_TAG[kind]}"
 
     def tree_glob(self, root: str) -> str:
         return f"{self.namespace}:t:{root}:*"

@@ -43,24 +43,42 @@ from feature_store.lineage import Intervals, Node, decode_lineage, encode_lineag
 _PIPELINE_CHUNKS = 8  # MSET chunks per pipeline flush: bounds client memory, keeps the socket busy
 _UNLINK_BATCH = 1000
 
-# KEYS: token, then (floor key, writes hash) per id; ARGV: the lineage as lo1, hi1, lo2, hi2, ...
-# Returns the token, then per id the newest visible write (false if none or forgotten) or the floor.
+# KEYS: token, user set, item set (ids with writes above the floor), n floor keys, n writes hashes
+# (users first); ARGV: nlin, the lineage as lo1, hi1, ..., the number of user ids, then the n ids.
+# Returns the token, then per id the newest visible write (false if forgotten) or else the floor value:
+# one MGET and one SMISMEMBER per kind, a HGETALL only for ids written above the floor.
 _READ = """
+local nlin = tonumber(ARGV[1])
 local lin = {}
-for i = 1, #ARGV do lin[i] = tonumber(ARGV[i]) end
+for i = 1, nlin do lin[i] = tonumber(ARGV[1 + i]) end
+local nu = tonumber(ARGV[nlin + 2])
+local base = nlin + 2
+local n = (#KEYS - 3) / 2
 local out = {redis.call('GET', KEYS[1])}
-for i = 2, #KEYS, 2 do
-  local h = redis.call('HGETALL', KEYS[i + 1])
-  local best, val = -1, false
-  for j = 1, #h, 2 do
-    local s = tonumber(h[j])
-    if s > best then
-      for k = 1, #lin, 2 do
-        if s >= lin[k] and s <= lin[k + 1] then best = s; val = h[j + 1]; break end
+if n == 0 then return out end
+local floors = redis.call('MGET', unpack(KEYS, 4, 3 + n))
+local mu, mi = {}, {}
+if nu > 0 then mu = redis.call('SMISMEMBER', KEYS[2], unpack(ARGV, base + 1, base + nu)) end
+if n > nu then mi = redis.call('SMISMEMBER', KEYS[3], unpack(ARGV, base + nu + 1, base + n)) end
+for j = 1, n do
+  local val = floors[j]
+  local member = mi[j - nu]
+  if j <= nu then member = mu[j] end
+  if member == 1 then
+    local h = redis.call('HGETALL', KEYS[3 + n + j])
+    local best, v = -1, false
+    for k = 1, #h, 2 do
+      local s = tonumber(h[k])
+      if s > best then
+        for q = 1, nlin, 2 do
+          if s >= lin[q] and s <= lin[q + 1] then best = s; v = h[k + 1]; break end
+        end
       end
     end
+    if best >= 0 then
+      if #v == 0 then val = false else val = v end
+    end
   end
-  if best < 0 then val = redis.call('GET', KEYS[i]) elseif #val == 0 then val = false end
   out[#out + 1] = val
 end
 return out
@@ -70,14 +88,19 @@ _WRITE = """
 for i = 1, #KEYS do redis.call('HSET', KEYS[i], ARGV[1], ARGV[i + 1]) end
 return #KEYS
 """
-# KEYS: (floor key, writes hash) per id; ARGV: seq. Moves that seq's write into the floor.
-_FOLD = """
-for i = 1, #KEYS, 2 do
+# KEYS: the kind's set, then (floor key, writes hash) per id; ARGV: seq, "fold" or "drop", then the ids.
+# fold: move that seq's write into the floor; drop: delete it. An id whose hash empties leaves the set.
+_SETTLE = """
+local fold = ARGV[2] == 'fold'
+for i = 2, #KEYS, 2 do
   local v = redis.call('HGET', KEYS[i + 1], ARGV[1])
   if v then
-    if #v == 0 then redis.call('DEL', KEYS[i]) else redis.call('SET', KEYS[i], v) end
+    if fold then
+      if #v == 0 then redis.call('DEL', KEYS[i]) else redis.call('SET', KEYS[i], v) end
+    end
     redis.call('HDEL', KEYS[i + 1], ARGV[1])
   end
+  if redis.call('HLEN', KEYS[i + 1]) == 0 then redis.call('SREM', KEYS[1], ARGV[2 + i / 2]) end
 end
 return 0
 """
@@ -131,7 +154,7 @@ class RedisStore(EmbeddingStore):
         self._r = redis.Redis(connection_pool=self._pool)
         self._read = self._r.register_script(_READ)
         self._write_script = self._r.register_script(_WRITE)
-        self._fold = self._r.register_script(_FOLD)
+        self._settle = self._r.register_script(_SETTLE)
         self._pointer: tuple[str | None, float] = (None, -1.0)
         self._meta_cache: dict[str, _Meta] = {}
 
@@ -292,6 +315,7 @@ class RedisStore(EmbeddingStore):
                 else:  # the index first: gc finds every write through it
                     prefix = self.keys.writes_prefix(meta.root, kind)
                     pipe.rpush(self.keys.index(version, kind), *ids[start:stop])
+                    pipe.sadd(self.keys.above_floor(meta.root, kind), *ids[start:stop])
                     self._write_script(keys=[prefix + i for i in ids[start:stop]],
                                        args=[meta.seq, *rows[start:stop]], client=pipe)
                 queued += 1
@@ -361,12 +385,12 @@ class RedisStore(EmbeddingStore):
                     values = self._r.mget([self.keys.live(name), *users, *tail])
                 else:
                     wu, wk = self.keys.writes_prefix(meta.root, "user"), self.keys.writes_prefix(meta.root, kind)
-                    keys: list[str] = [self.keys.live(name)]
-                    for u in user_ids:
-                        keys += [self._floor(meta, "user") + u, wu + u]
-                    for key, i in zip(tail, ids, strict=True):
-                        keys += [key, wk + str(i)]
-                    values = self._read(keys=keys, args=flat(meta.lineage))
+                    all_ids = [str(u) for u in user_ids] + [str(i) for i in ids]
+                    hashes = [wu + u for u in all_ids[: len(user_ids)]] + [wk + i for i in all_ids[len(user_ids):]]
+                    lin = flat(meta.lineage)
+                    keys = [self.keys.live(name), self.keys.above_floor(meta.root, "user"),
+                            self.keys.above_floor(meta.root, kind), *users, *tail, *hashes]
+                    values = self._read(keys=keys, args=[len(lin), *lin, len(user_ids), *all_ids])
             except redis.exceptions.RedisError as exc:
                 raise self._unavailable(exc, "reading embeddings") from None
             if values[0] == meta.token:
@@ -463,21 +487,14 @@ class RedisStore(EmbeddingStore):
                 self._unlink_matching(keys.version_glob(root))  # a legacy version's rows live here
             for node in plan.fold:  # ascending seq: a newer fold overwrites an older one's floor value
                 for kind in KINDS:
-                    floor, writes = keys.floor_prefix(node.root, kind), keys.writes_prefix(node.root, kind)
-                    for chunk in self._index_chunks(node.name, kind):
-                        self._fold(keys=[k for i in chunk for k in (floor + i, writes + i)], args=[node.seq])
+                    self._settle_writes(node, kind, "fold")
                 pipe = self._r.pipeline(transaction=False)
                 pipe.hset(keys.meta(node.name), "floored", 1)
                 pipe.delete(keys.index(node.name, "user"), keys.index(node.name, "item"))
                 pipe.execute()
             for node in plan.dead:
                 for kind in KINDS:
-                    writes = keys.writes_prefix(node.root, kind)
-                    for chunk in self._index_chunks(node.name, kind):
-                        pipe = self._r.pipeline(transaction=False)
-                        for i in chunk:
-                            pipe.hdel(writes + i, str(node.seq))
-                        pipe.execute()
+                    self._settle_writes(node, kind, "drop")
             for node in plan.forget:
                 self._r.delete(keys.meta(node.name), keys.live(node.name), keys.index(node.name, "user"),
                                keys.index(node.name, "item"))
@@ -485,6 +502,14 @@ class RedisStore(EmbeddingStore):
                 self._r.zrem(keys.versions, node.name)
                 self._meta_cache.pop(node.name, None)
         return doomed
+
+    def _settle_writes(self, node: Node, kind: Kind, how: str) -> None:
+        """Fold a version's writes of ``kind`` into the floor, or drop them (gc)."""
+        floor, writes = self.keys.floor_prefix(node.root, kind), self.keys.writes_prefix(node.root, kind)
+        for chunk in self._index_chunks(node.name, kind):
+            self._settle(keys=[self.keys.above_floor(node.root, kind), *(k for i in chunk for k in (floor + i,
+                                                                                                   writes + i))],
+                         args=[node.seq, how, *chunk])
 
     def _index_chunks(self, version: str, kind: Kind) -> Iterator[list[str]]:
         key, start = self.keys.index(version, kind), 0
