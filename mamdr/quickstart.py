@@ -31,6 +31,7 @@ from mamdr import devstack
 from mamdr import quickstart_report as report
 
 log = logging.getLogger("mamdr.quickstart")
+ROUND_MIN_CLASS = 5  # a domain enters a round's prequential mean with at least 5 clicks and 5 non-clicks
 MARKER = ".mamdr-quickstart"
 OWNED = ("registry.db", "registry.db-wal", "registry.db-shm", "stream", "feature_store", "artifacts", "report",
          "logs", "run", "admin_token")
@@ -193,15 +194,21 @@ def stream_url_safe(stream: Any) -> str:
 def _train(trainer: Any, rounds: list[dict[str, Any]], idle_s: float) -> None:
     """Run the service loop round by round until the stream is drained (one log line per version)."""
     while True:
+        before = trainer.prequential.snapshot()
         reports = trainer.run(max_rounds=1, idle_exit_s=idle_s)
         if not reports:
             return
         r = reports[0]
         mean = trainer.prequential.mean_auc()
+        # this round's events only, each scored by the model live when it arrived (the previous rounds')
+        window = list(trainer.prequential.auc_since(before, min_class=ROUND_MIN_CLASS).values())
+        this_round = sum(window) / len(window) if window else None
         rounds.append({"version": r.version, "events": r.events, "domains_trained": len(r.domains_trained),
-                       "seconds": r.seconds, "prequential_mean_auc": None if mean != mean else mean})
-        log.info("round %d: published %s (%d events, %d domains trained, %.1f s), prequential mean AUC %.4f, "
-                 "lag %d", len(rounds), r.version, r.events, len(r.domains_trained), r.seconds, mean,
+                       "seconds": r.seconds, "prequential_mean_auc": None if mean != mean else mean,
+                       "prequential_round_auc": this_round})
+        log.info("round %d: published %s (%d events, %d domains trained, %.1f s), prequential AUC of the round "
+                 "%s, cumulative %.4f, lag %d", len(rounds), r.version, r.events, len(r.domains_trained), r.seconds,
+                 "-" if this_round is None else f"{this_round:.4f}", mean,
                  trainer.consumer.lag() if trainer.consumer else -1)
 
 

@@ -86,10 +86,13 @@ def markdown(summary: dict[str, Any]) -> str:
               f"- after {ob['events']} of its clicks and one round: version `{ob['delta_version']}` with its own "
               f"delta: scores {ob['delta_scores']}", "", "## Endpoints", ""]
     lines += [f"- {k}: `{v}`" for k, v in summary["endpoints"].items()]
-    lines += ["", "## Rounds", "", "| version | events | domains trained | seconds | prequential mean AUC |",
-              "|---|---:|---:|---:|---:|"]
+    lines += ["", "## Rounds", "", "Prequential AUC of a round: that round's clicks, each scored by the model live "
+              "when it arrived (trained on the earlier rounds only); cumulative: every click so far.", "",
+              "| version | events | domains trained | seconds | prequential AUC of the round | cumulative |",
+              "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['version']} | {r['events']} | {r['domains_trained']} | {r['seconds']:.1f} "
-              f"| {_fmt(r['prequential_mean_auc'])} |" for r in summary["round_log"]]
+              f"| {_fmt(r.get('prequential_round_auc'))} | {_fmt(r['prequential_mean_auc'])} |"
+              for r in summary["round_log"]]
     return "\n".join(lines) + "\n"
 
 
@@ -113,10 +116,14 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax.set_title("per-domain AUC")
     ax.legend(loc="upper left", fontsize=8)
     rounds = summary["round_log"]
-    ax2.plot(range(1, len(rounds) + 1), [r["prequential_mean_auc"] or np.nan for r in rounds], marker="o")
-    ax2.set_xticks(range(1, len(rounds) + 1))
+    x_rounds = range(1, len(rounds) + 1)
+    ax2.plot(x_rounds, [r.get("prequential_round_auc") or np.nan for r in rounds], marker="o", label="round")
+    ax2.plot(x_rounds, [r["prequential_mean_auc"] or np.nan for r in rounds], ls="--", color="grey",
+             label="cumulative")
+    ax2.set_xticks(x_rounds)
     ax2.set_xlabel("round")
     ax2.set_title("prequential mean AUC")
+    ax2.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

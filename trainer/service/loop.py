@@ -145,7 +145,7 @@ class ContinualTrainer:
             extra = {k: v for k, v in self.model_config.items() if k not in ModelConfig.__dataclass_fields__}
             base = {k: v for k, v in self.model_config.items() if k in ModelConfig.__dataclass_fields__}
             config = ModelConfig(**{"n_users": 1024, "n_items": 1024, "n_domains": 0, **base, "extra": extra})
-            self.state = ModelState(self.model_name, config)
+            self.state = ModelState(self.model_name, config, seed=self.cfg.seed)
             log.info("%s: starting a new model lineage (%s)", "--new-lineage" if live is not None else
                      "no live version", self.model_name)
         self._bound_tables()
@@ -334,6 +334,7 @@ class ContinualTrainer:
         fw.dataset = self._dataset(train)
         fw.domains = sorted(train)
         rng = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.round_no)
+        torch.manual_seed(self.cfg.seed * 1_000_003 + self.round_no)  # dropout draws: same seed, same model
         order = fw.shuffled_domains(rng)
         self._last_train = {"fresh": n_fresh, "rows": sum(len(s) for s in train.values())}
         for kind in ("user", "item"):  # every row a step of this round can move (DN, its outer step, replay)

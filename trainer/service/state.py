@@ -79,14 +79,41 @@ def _dir_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
-def _grow_rows(table: nn.Embedding, capacity: int) -> None:
-    """Grow an embedding table in place to ``capacity`` rows (new rows ~ N(0, 0.01))."""
+def _generator(*parts: int) -> torch.Generator:
+    """A generator seeded by the lineage seed and where it is used, so a replay draws the same rows.
+
+    Every random draw of the state is keyed this way (not by torch's global generator, which other
+    code moves): the same seed and the same stream give the same model, run after run.
+    """
+    seed = 0
+    for part in parts:
+        seed = (seed * 1_000_003 + int(part)) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def _build(model_name: str, config: ModelConfig, seed: int) -> CTRModel:
+    """``build_model`` with its initial weights drawn from the lineage seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_generator(seed, config.n_domains).initial_seed())
+        return build_model(model_name, config)
+
+
+def _grow_rows(table: nn.Embedding, needed: int, seed: int, kind: int) -> None:
+    """Grow an embedding table in place, doubling until ``needed`` rows fit (new rows ~ N(0, 0.01)).
+
+    Each doubling from C to 2C rows draws its rows from a generator keyed by (seed, table, C): sizes and
+    values depend only on how many ids arrived, not on how polls cut the stream, so a replay of the same
+    stream builds the same table."""
     weight = table.weight
-    extra = capacity - weight.shape[0]
-    if extra <= 0:
+    capacity = max(weight.shape[0], 1)
+    parts = [weight.detach()]
+    while capacity < needed:
+        parts.append(torch.randn(capacity, weight.shape[1], dtype=weight.dtype,
+                                 generator=_generator(seed, kind, capacity)) * 0.01)
+        capacity *= 2
+    if len(parts) == 1:
         return
-    new_rows = torch.randn(extra, weight.shape[1], dtype=weight.dtype) * 0.01
-    weight.data = torch.cat([weight.detach(), new_rows], dim=0)
+    weight.data = torch.cat(parts, dim=0)[:capacity]
     weight.grad = None
     table.num_embeddings = capacity
 
@@ -94,9 +121,10 @@ def _grow_rows(table: nn.Embedding, capacity: int) -> None:
 class ModelState:
     """Model + deltas + vocabularies. Domains get slots (rows of domain-indexed tensors) in arrival order."""
 
-    def __init__(self, model_name: str, config: ModelConfig, specific: str | None = None) -> None:
+    def __init__(self, model_name: str, config: ModelConfig, specific: str | None = None, seed: int = 0) -> None:
         self.model_name = model_name
-        self.model: CTRModel = build_model(model_name, config)
+        self.seed = seed
+        self.model: CTRModel = _build(model_name, config, seed)
         self.params = DomainParameters(self.model, specific)
         self.users = Vocab()
         self.items = Vocab()
@@ -116,26 +144,27 @@ class ModelState:
         self.users.rows(users, round_no=round_no, now=now)
         self.items.rows(items, round_no=round_no, now=now)
         self.domains.rows(domains)
-        cfg = self.model.config
-        if len(self.users) > cfg.n_users:
-            _grow_rows(self.model.user_embedding, max(len(self.users), 2 * cfg.n_users))
-            grew = True
-        if len(self.items) > cfg.n_items:
-            _grow_rows(self.model.item_embedding, max(len(self.items), 2 * cfg.n_items))
-            grew = True
-        if grew:
-            self.model.config = dataclasses.replace(cfg, n_users=self.model.user_embedding.num_embeddings,
-                                                    n_items=self.model.item_embedding.num_embeddings)
         new_domains = len(self.domains) - self.model.config.n_domains
         if new_domains > 0 and self.model.config.n_domains == 0:
-            # nothing trained yet: build the model with its first domains (no mean row to copy)
+            # nothing trained yet: build the model with its first domains (no mean row to copy), at the
+            # initial table size, so the tables then grow exactly as they would have anyway
             config = dataclasses.replace(self.model.config, n_domains=len(self.domains))
-            self.model = build_model(self.model_name, config)
+            self.model = _build(self.model_name, config, self.seed)
             self.params = DomainParameters(self.model, self.specific)
-            return True
-        if new_domains > 0:
+            grew = True
+        elif new_domains > 0:
             self.model.grow_domains(new_domains)  # θi of domain-indexed tensors are rows: still valid
             grew = True
+        cfg = self.model.config
+        if len(self.users) > cfg.n_users:
+            _grow_rows(self.model.user_embedding, len(self.users), self.seed, 1)
+            grew = True
+        if len(self.items) > cfg.n_items:
+            _grow_rows(self.model.item_embedding, len(self.items), self.seed, 2)
+            grew = True
+        if len(self.users) > cfg.n_users or len(self.items) > cfg.n_items:
+            self.model.config = dataclasses.replace(cfg, n_users=self.model.user_embedding.num_embeddings,
+                                                    n_items=self.model.item_embedding.num_embeddings)
         return grew
 
     @torch.no_grad()
@@ -146,10 +175,12 @@ class ModelState:
         """
         freed = {"user": self.users.expire(round_no, now, rounds, seconds),
                  "item": self.items.expire(round_no, now, rounds, seconds)}
-        for kind, rows in freed.items():
+        for n, (kind, rows) in enumerate(freed.items()):
             if len(rows):
                 weight = (self.model.user_embedding if kind == "user" else self.model.item_embedding).weight
-                weight[torch.from_numpy(rows)] = torch.randn(len(rows), weight.shape[1], dtype=weight.dtype) * 0.01
+                gen = _generator(self.seed, 3 + n, round_no)
+                weight[torch.from_numpy(rows)] = torch.randn(len(rows), weight.shape[1], dtype=weight.dtype,
+                                                             generator=gen) * 0.01
         return freed
 
     @torch.no_grad()
@@ -207,7 +238,8 @@ class ModelState:
         tmp = base / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         meta: dict[str, Any] = {"model": self.model_name, "config": self.model.config.to_json(),
-                                "specific": self.specific, "domains": self.domains.ids, **extra}
+                                "specific": self.specific, "seed": self.seed, "domains": self.domains.ids,
+                                **extra}
         if link is None or changed is None:
             tensors = {f"model/{k}": v.detach() for k, v in self.model.state_dict().items()}
             tensors.update(self.params.state())
@@ -286,14 +318,16 @@ class ModelState:
                         rounds[kind][row] = int(rows[f"{kind}_last_round"][j])
                         times[kind][row] = float(rows[f"{kind}_last_time"][j])
                     vecs = torch.from_numpy(rows[f"{kind}_vecs"])
-                    need = int(r.max()) + 1 if len(r) else 0
-                    if tables[kind].shape[0] < need:
-                        extra = torch.zeros(need - tables[kind].shape[0], tables[kind].shape[1],
-                                            dtype=tables[kind].dtype)
-                        tables[kind] = torch.cat([tables[kind], extra])
+                    cfg = ModelConfig.from_json(meta["config"])
+                    need = max(cfg.n_users if kind == "user" else cfg.n_items, int(r.max()) + 1 if len(r) else 0)
+                    if tables[kind].shape[0] < need:  # the rows a growth added, drawn as the trainer drew them
+                        grown = nn.Embedding.from_pretrained(tables[kind], freeze=False)
+                        _grow_rows(grown, need, state.seed, 1 if kind == "user" else 2)
+                        tables[kind] = grown.weight.detach()
                     if len(r):
                         tables[kind][torch.from_numpy(r)] = vecs.to(tables[kind].dtype)
-        state = cls(meta["model"], ModelConfig.from_json(meta["config"]), meta.get("specific"))
+        state = cls(meta["model"], ModelConfig.from_json(meta["config"]), meta.get("specific"),
+                    int(meta.get("seed", 0)))
         small = meta.get("vocab_small", {})
         state.users = Vocab.restore(ids["user"], {"last_round": rounds["user"], "last_time": times["user"],
                                                   **small.get("users", {})})
@@ -313,7 +347,8 @@ class ModelState:
     @classmethod
     def _load_full(cls, folder: Path) -> tuple[ModelState, dict[str, Any]]:
         meta = json.loads((folder / META_FILE).read_text())
-        state = cls(meta["model"], ModelConfig.from_json(meta["config"]), meta.get("specific"))
+        state = cls(meta["model"], ModelConfig.from_json(meta["config"]), meta.get("specific"),
+                    int(meta.get("seed", 0)))
         vocab_state = meta.get("vocab_state", {})
         state.users = Vocab.restore(meta["users"], vocab_state.get("users"))
         state.items = Vocab.restore(meta["items"], vocab_state.get("items"))

@@ -1,0 +1,117 @@
+"""Streaming quality: the quickstart run end to end once per framework and seed, paired by seed.
+
+Each run is ``mamdr quickstart`` exactly as a user runs it (``--framework F --seed S``): the benchmark's
+clicks through the stream into the continual trainer, versions published and served, holdout clicks
+scored over HTTP. Printed: per seed the served holdout AUC and the prequential AUC (every streamed click
+scored by the model live when it arrived) of each framework, the paired difference to the baseline,
+and its mean, spread and sign count; a plot of the per-round prequential AUC of each framework.
+
+    PYTHONPATH=$PWD ~/.cache/mamdr/venv/bin/python bench/streaming_quality.py --seeds 0,1,2 \
+        --plot docs/streaming_quality.png
+
+``--short`` runs the quickstart's short plan (a tenth of the users; about a minute per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mamdr.quickstart import QuickstartConfig, run_quickstart
+
+METRICS = ("holdout_auc", "prequential_auc")
+
+
+def run_one(framework: str, seed: int, short: bool, workdir: Path) -> dict[str, Any]:
+    summary = run_quickstart(QuickstartConfig(workdir=workdir, short=short, framework=framework, seed=seed,
+                                              progress=False))
+    return {"framework": framework, "seed": seed, **{k: summary["mean"][k] for k in METRICS},
+            "rounds": [r.get("prequential_round_auc") for r in summary["round_log"]],
+            "seconds": summary["seconds"]}
+
+
+def table(runs: list[dict[str, Any]], frameworks: list[str], seeds: list[int]) -> str:
+    base = frameworks[-1]
+    by = {(r["framework"], r["seed"]): r for r in runs}
+    head = "| seed | " + " | ".join(f"{f} {m.split('_')[0]}" for f in frameworks for m in METRICS) + " |"
+    lines = [head, "|" + "---|" * (1 + len(frameworks) * len(METRICS))]
+    for s in seeds:
+        lines.append(f"| {s} | " + " | ".join(f"{by[(f, s)][m]:.4f}" for f in frameworks for m in METRICS) + " |")
+    lines.append("")
+    for f in frameworks[:-1]:
+        for m in METRICS:
+            diffs = [by[(f, s)][m] - by[(base, s)][m] for s in seeds]
+            sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+            wins = sum(d > 0 for d in diffs)
+            lines.append(f"{f} − {base}, {m}: mean {statistics.mean(diffs):+.4f} (sd {sd:.4f}), "
+                         f"ahead on {wins} of {len(diffs)} seeds: {' '.join(f'{d:+.4f}' for d in diffs)}")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict[str, Any]], frameworks: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for f in frameworks:
+        curves = [r["rounds"] for r in runs if r["framework"] == f]
+        n = min(len(c) for c in curves)
+        values = np.array([[np.nan if v is None else v for v in c[:n]] for c in curves], dtype=float)
+        x = np.arange(1, n + 1)
+        ax.plot(x, np.nanmean(values, axis=0), marker="o", label=f"{f} (mean of {len(curves)} seeds)")
+        ax.fill_between(x, np.nanmin(values, axis=0), np.nanmax(values, axis=0), alpha=0.2)
+    ax.set_xlabel("round")
+    ax.set_ylabel("prequential AUC of the round")
+    ax.set_title("each round's clicks scored by the model live when they arrived")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frameworks", default="mamdr,alternate",
+                    help="comma-separated; the last one is the baseline the others are paired against")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (each pairs all frameworks)")
+    ap.add_argument("--short", action="store_true", help="the quickstart's short plan (a tenth of the users)")
+    ap.add_argument("--plot", type=Path, default=None, help="write the per-round prequential plot here")
+    ap.add_argument("--json", type=Path, default=None, help="write every run's figures here")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    frameworks = args.frameworks.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs: list[dict[str, Any]] = []
+    todo = [(f, s) for s in seeds for f in frameworks]
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="mamdr-streaming-quality-") as tmp:
+        for n, (f, s) in enumerate(todo, 1):
+            runs.append(run_one(f, s, args.short, Path(tmp) / f"{f}-{s}"))
+            took = time.monotonic() - t0
+            r = runs[-1]
+            print(f"[{n}/{len(todo)}] {f} seed {s}: holdout {r['holdout_auc']:.4f} prequential "
+                  f"{r['prequential_auc']:.4f} ({r['seconds']:.0f} s; ETA {took / n * (len(todo) - n):.0f} s)",
+                  file=sys.stderr, flush=True)
+    print(f"\nstreaming quality ({'short' if args.short else 'full'} quickstart), paired by seed:\n")
+    print(table(runs, frameworks, seeds))
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=2) + "\n")
+    if args.plot:
+        plot(runs, frameworks, args.plot)
+        print(f"\nplot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
