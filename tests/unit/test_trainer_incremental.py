@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from contracts.events import ClickEvent
 from contracts.settings import ServingSettings, StreamSettings, load_settings
@@ -111,6 +112,8 @@ def test_incremental_versions_keep_every_guarantee(tmp_path: Path) -> None:
             assert trainer.last_publish["rows"]["forgotten"] > 0  # expired ids became tombstones
         scores[version] = serve(root, trainer.store, version, requests)
         predicted[version] = [state.predict(d, [u] * len(items), items).tolist() for d, u, items in requests]
+        if version == "v000003":
+            weights = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
     trainer.close()
     # retention kept the newest two, the pinned v000003 and the live one, and every link their chains need
     kept = published_versions(root)
@@ -134,6 +137,10 @@ def test_incremental_versions_keep_every_guarantee(tmp_path: Path) -> None:
     state = resumed.state
     assert state is not None
     assert [state.predict(d, [u] * len(items), items).tolist() for d, u, items in requests] == predicted["v000003"]
+    restored = state.model.state_dict()  # every tensor, also the table rows no id owns (keyed draws)
+    assert sorted(restored) == sorted(weights)
+    for name, value in weights.items():
+        assert torch.equal(restored[name], value), name
     assert_store_matches(store, state, "v000003")
     n = produce(url, n, 300)
     version = resumed.run(max_rounds=1, idle_exit_s=0.3)[-1].version
