@@ -233,10 +233,11 @@ class RedisStore(EmbeddingStore):
             if p is not None and p.legacy:
                 raise Conflict(f"version {parent!r} was written before incremental versions: declare "
                                f"{version!r} as a full version")
-            if have[0] is None and self._r.exists(self.keys.meta(version)):
-                raise Conflict(f"version {version!r} was written before incremental versions; pick a new name")
             with self._guard("declaring a version"):
-                seq = int(self._r.incr(self.keys.seq))
+                legacy = bool(self._r.exists(self.keys.meta(version)))
+                seq = 0 if legacy else int(self._r.incr(self.keys.seq))
+            if legacy:
+                raise Conflict(f"version {version!r} was written before incremental versions; pick a new name")
             if p is None:
                 fields = {"seq": seq, "root": version, "parent": "", "floored": 1,
                           "lineage": encode_lineage(((seq, seq),)), "dtype": self.settings.dtype}
