@@ -178,3 +178,30 @@ def test_bytes_per_version_follow_the_rows_changed_not_the_table(tmp_path: Path)
     assert big["checkpoint_full"] > 5 * small["checkpoint_full"]  # the first (full) version follows the table
     assert big["fs_rows"] == small["fs_rows"] < 600  # an incremental one follows the rows changed
     assert big["checkpoint_last"] < 1.2 * small["checkpoint_last"], written
+
+
+def test_a_parent_the_store_refuses_gives_a_full_version(tmp_path: Path) -> None:
+    """A store that cannot chain onto the live version (e.g. Redis data of the layout before
+    incremental versions) gets a full version instead of a round that fails forever."""
+    from contracts.errors import Conflict
+
+    url = f"file://{tmp_path}/stream/clicks"
+    trainer = make_trainer(tmp_path)
+    n = produce(url, 0, 300)
+    trainer.run(max_rounds=1, idle_exit_s=0.3)
+    declare = trainer.store.declare
+
+    def refuse_parents(version: str, dims: dict, parent: str | None = None) -> None:  # type: ignore[type-arg]
+        if parent is not None:
+            raise Conflict(f"version {parent!r} was written before incremental versions")
+        declare(version, dims)
+
+    trainer.store.declare = refuse_parents  # type: ignore[method-assign]
+    produce(url, n, 300)
+    version = trainer.run(max_rounds=1, idle_exit_s=0.3)[-1].version
+    assert trainer.last_publish["fs_parent"] is None and trainer.store.describe(version).parent is None
+    assert trainer.last_publish["checkpoint"] == "rows"  # the checkpoint chain does not depend on the store
+    state = trainer.state
+    assert state is not None
+    assert_store_matches(trainer.store, state, version)
+    trainer.close()
