@@ -39,7 +39,7 @@ def bench_write(store: RedisStore, raw: redis.Redis, ids: list[str], vecs: np.nd
                 ) -> tuple[float, float]:
     """Best-of-trials keys/s for the store and for raw pipelined MSET of the same keys and bytes."""
     version = "w"
-    prefix = store.keys.entity_prefix(version, "item")
+    prefix = store.keys.floor_prefix(version, "item")
     keys = [prefix + i for i in ids]
     values = [row.tobytes() for row in vecs.astype("<f4")]
     store_best = floor_best = 0.0
@@ -61,18 +61,19 @@ def bench_write(store: RedisStore, raw: redis.Redis, ids: list[str], vecs: np.nd
         t0 = time.perf_counter()
         store.write(version, "item", ids, vecs)
         store_best = max(store_best, len(keys) / (time.perf_counter() - t0))
-    assert raw.dbsize() == len(keys) + 3, raw.dbsize()  # every vector landed (+ meta, token, versions)
+    assert raw.dbsize() == len(keys) + 4, raw.dbsize()  # every vector landed (+ meta, token, versions, seq)
     return store_best, floor_best
 
 
 def bench_lookup(store: RedisStore, raw: redis.Redis, n_users: int, n_items: int, lookups: int,
-                 rng: np.random.Generator) -> tuple[list[float], list[float]]:
+                 rng: np.random.Generator, root: str = "w") -> tuple[list[float], list[float]]:
+    """Store lookups of the current version against bare MGETs of the same ids' floor keys."""
     version = store.current_version()
     assert version is not None
     requests = [(f"u{rng.integers(n_users)}", [f"i{j}" for j in rng.integers(n_items, size=100)])
                 for _ in range(lookups)]
-    key = store.keys.entity
-    floor_keys = [[key(version, "user", u), *(key(version, "item", i) for i in its)] for u, its in requests]
+    up, ip = store.keys.floor_prefix(root, "user"), store.keys.floor_prefix(root, "item")
+    floor_keys = [[up + u, *(ip + i for i in its)] for u, its in requests]
     for (u, its), keys in zip(requests[:200], floor_keys[:200], strict=True):  # warm up both paths
         store.lookup(u, its)
         raw.mget(keys)
@@ -146,6 +147,20 @@ def main() -> None:
             print(f"lookup 1 user + 100 items ({args.lookups} requests):")
             for q in (50, 99):
                 print(f"  p{q}: store {pct(t_s, q):.3f} ms   floor (raw MGET) {pct(t_f, q):.3f} ms"
+                      f"   ratio {pct(t_s, q) / pct(t_f, q):.2f}x")
+            # an incremental version: 10% of the rows changed in each of two versions since the full one
+            parent = "w"
+            for child in ("w1", "w2"):
+                store.declare(child, {"user": DIM, "item": DIM}, parent=parent)
+                changed = rng.choice(args.n, size=args.n // 10, replace=False)
+                store.write(child, "item", [f"i{i}" for i in changed], vecs[changed])
+                store.write(child, "user", [f"u{i}" for i in range(0, args.users, 10)], vecs[: args.users:10])
+                store.publish(child)
+                parent = child
+            t_s, t_f = bench_lookup(store, raw, args.users, args.n, args.lookups, rng)
+            print("lookup of an incremental version (2 links, 10% of rows changed in each; read script):")
+            for q in (50, 99):
+                print(f"  p{q}: store {pct(t_s, q):.3f} ms   floor (raw MGET of the floor keys) {pct(t_f, q):.3f} ms"
                       f"   ratio {pct(t_s, q) / pct(t_f, q):.2f}x")
             store.close()
             raw.close()

@@ -10,6 +10,12 @@
    (each exactly once, plus ``replay_ratio`` replay rows each) / train seconds, for the N = smallest run.
 3. per-domain cost: ``--domain-clicks`` clicks over 10/100/1000 domains (``--domains``); the fixed cost
    per active domain is the slope of train time between the smallest and largest count.
+4. bytes per round (part of 1.): what the measured round's publish wrote: the version folder + its
+   trainer checkpoint (artifacts), the feature-store rows of the version (and their payload bytes),
+   and every byte the process passed to write() during the round (``wchar``: artifacts, the file://
+   feature store's SQLite pages and WAL, the stream's offsets). ``--full-publish`` measures the
+   pre-incremental publish (every row, full checkpoint) for comparison; ``--plot PNG`` draws the
+   publish time and bytes per round against N.
 
     PYTHONPATH=$PWD ~/.cache/mamdr/venv/bin/python bench/bench_round_scale.py \
         [--sizes 10000,100000,1000000] [--model paper|small] [--table-optimizer sparse_adam]
@@ -54,6 +60,17 @@ def _reset_peak() -> None:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux)
 
 
+def _wchar() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
 def clicks(n: int, n_domains: int, start: int, hot: int = HOT) -> list[bytes]:
     return [json.dumps(ClickEvent(event_id=f"e{i}", ts=1.7e9 + i, domain=f"d{i % n_domains}",
                                   user_id=f"x{(i * 7919) % hot}", item_id=f"y{(i * 104729) % hot}",
@@ -62,8 +79,12 @@ def clicks(n: int, n_domains: int, start: int, hot: int = HOT) -> list[bytes]:
 
 
 def one_run(n_ids: int, n_domains: int, n_clicks: int, model: str, trainer_knobs: dict[str, Any],
-            store: str) -> dict[str, float]:
-    """One trainer whose tables saw ``n_ids`` ids; two rounds of ``n_clicks``; figures of the second."""
+            store: str, rounds: int = 2) -> dict[str, float]:
+    """One trainer whose tables saw ``n_ids`` ids; ``rounds`` rounds of ``n_clicks``; figures of the last.
+
+    The first round writes the whole tables (a new lineage) and pays the exporter's warm-up; with
+    ``rounds`` 3 the file:// store has also finished moving that round's SQLite WAL into the database
+    before the measured round, so its bytes are the measured round's own."""
     known = set(TrainerSettings.model_fields)
     knobs = {k: v for k, v in trainer_knobs.items() if k in known and v is not None}
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as d:
@@ -104,7 +125,7 @@ def one_run(n_ids: int, n_domains: int, n_clicks: int, model: str, trainer_knobs
 
         trainer._train, trainer._publish = timed_train, timed_publish  # type: ignore[method-assign]
         out: dict[str, float] = {}
-        for r in range(2):
+        for r in range(rounds):
             produce(url, settings, clicks(n_clicks, n_domains, start=r * n_clicks))
             consumed, deadline = 0, time.monotonic() + 300
             assert trainer.consumer is not None
@@ -114,9 +135,21 @@ def one_run(n_ids: int, n_domains: int, n_clicks: int, model: str, trainer_knobs
                 consumed += len(records)
             rss0 = _status("VmRSS")
             _reset_peak()
+            w0 = _wchar()
             t0 = time.perf_counter()
             report = trainer.run_round()
+            wrote = _wchar() - w0
+            artifacts = tmp / "artifacts"
+            version = report.version
+            info = trainer.store.describe(version)
+            dim = MODELS[model]["emb_dim"]
+            last = getattr(trainer, "last_publish", {})
             out = {"round": time.perf_counter() - t0, "train": timings["train"], "publish": timings["publish"],
+                   "version_bytes": _tree_bytes(artifacts / version),
+                   "checkpoint_bytes": _tree_bytes(artifacts / ".trainer" / version),
+                   "fs_rows": info.counts["user"] + info.counts["item"],
+                   "fs_payload": (info.counts["user"] + info.counts["item"]) * dim * 4, "wchar": wrote,
+                   "incremental": bool(last.get("fs_parent")), "checkpoint_kind": last.get("checkpoint", "full"),
                    "rss": rss0, "peak": _status("VmHWM"), "fresh": consumed,
                    "trained_rows": getattr(report, "trained_rows", 0), "domains": len(report.domains_trained),
                    "grow_s": grow_s, **{k: v for k, v in getattr(trainer, "_last_train", {}).items()}}
@@ -127,11 +160,13 @@ def one_run(n_ids: int, n_domains: int, n_clicks: int, model: str, trainer_knobs
 
 def _child(args: argparse.Namespace, n_ids: int, n_domains: int, n_clicks: int) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--one", f"{n_ids},{n_domains},{n_clicks}", "--model", args.model,
-           "--store", args.store]
+           "--store", args.store, "--rounds", str(args.rounds)]
     for flag in ("table_optimizer", "inner_batches", "replay_ratio", "dr_k"):
         value = getattr(args, flag)
         if value is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(value)]
+    if args.full_publish:
+        cmd.append("--full-publish")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{cmd}: {done.stderr[-2000:]}")
@@ -151,19 +186,25 @@ def main() -> int:
     parser.add_argument("--replay-ratio", dest="replay_ratio", type=float, default=None)
     parser.add_argument("--dr-k", dest="dr_k", type=int, default=None)
     parser.add_argument("--skip", default="", help="comma list of scale,domains to skip")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per trainer; the last is measured")
+    parser.add_argument("--full-publish", action="store_true", help="every row and a full checkpoint per round")
+    parser.add_argument("--plot", help="write a PNG of publish time and bytes per round against N")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per measured run")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.ERROR)
-    knobs = {k: getattr(args, k) for k in ("table_optimizer", "inner_batches", "replay_ratio", "dr_k")}
+    knobs: dict[str, Any] = {k: getattr(args, k) for k in ("table_optimizer", "inner_batches", "replay_ratio", "dr_k")}
+    if args.full_publish:
+        knobs["incremental_publish"] = False
     if args.one:
         n_ids, n_domains, n_clicks = (int(x) for x in args.one.split(","))
-        print(json.dumps(one_run(n_ids, n_domains, n_clicks, args.model, knobs, args.store)))
+        print(json.dumps(one_run(n_ids, n_domains, n_clicks, args.model, knobs, args.store, args.rounds)))
         return 0
     skip = set(args.skip.split(","))
     mb = 1024 * 1024
-    print(f"model {args.model} {MODELS[args.model]}, knobs {knobs}, store {args.store}://, 1 torch thread",
+    print(f"model {args.model} {MODELS[args.model]}, knobs {knobs}, store {args.store}://, 1 torch thread, "
+          f"round {args.rounds} of each trainer measured",
           flush=True)
     if "scale" not in skip:
         sizes = [int(x) for x in args.sizes.split(",")]
@@ -176,6 +217,19 @@ def main() -> int:
                   f"{r['trained_rows']} rows in the DN pass; DN {r.get('dn_ms', 0) / 1000:.2f} s, "
                   f"DR {r.get('dr_ms', 0) / 1000:.2f} s", flush=True)
         lo, hi = runs[sizes[0]], runs[sizes[-1]]
+        print("  bytes per round (the measured round's publish; ratio to the smallest N):", flush=True)
+        for n in sizes:
+            r = runs[n]
+            art = r["version_bytes"] + r["checkpoint_bytes"]
+            lo_art = lo["version_bytes"] + lo["checkpoint_bytes"]
+            print(f"    N={n:>9,}: publish {r['publish']:6.2f} s ({r['publish'] / lo['publish']:5.2f}x); artifacts "
+                  f"{art / mb:8.2f} MB ({art / lo_art:5.2f}x; version {r['version_bytes'] / mb:.2f} MB + "
+                  f"{r['checkpoint_kind']} checkpoint {r['checkpoint_bytes'] / mb:.2f} MB); feature store "
+                  f"{r['fs_rows']:,} rows = {r['fs_payload'] / mb:.2f} MB ({r['fs_payload'] / lo['fs_payload']:5.2f}x, "
+                  f"{'incremental' if r['incremental'] else 'full'}); written by the process "
+                  f"{r['wchar'] / mb:8.2f} MB ({r['wchar'] / lo['wchar']:5.2f}x)", flush=True)
+        if args.plot:
+            _plot(args.plot, sizes, runs, "full publish" if args.full_publish else "incremental publish")
         print(f"  ratio N={sizes[-1]:,} / N={sizes[0]:,}: train {hi['train'] / lo['train']:.2f}x, "
               f"round {hi['round'] / lo['round']:.2f}x, publish {hi['publish'] / lo['publish']:.2f}x, "
               f"round's peak RSS increase {hi['peak_increase'] / max(lo['peak_increase'], 1):.2f}x, "
@@ -197,6 +251,30 @@ def main() -> int:
         print(f"  fixed cost per active domain ({a} -> {b} domains): train {per:.2f} ms, "
               f"whole round {per_round:.2f} ms", flush=True)
     return 0
+
+
+def _plot(path: str, sizes: list[int], runs: dict[int, dict[str, float]], label: str) -> None:
+    """Publish seconds and bytes per round against N (log-log), one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mb = 1024 * 1024
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(sizes, [runs[n]["publish"] for n in sizes], "o-", label="publish")
+    a.plot(sizes, [runs[n]["round"] for n in sizes], "s--", label="whole round")
+    a.set(xscale="log", yscale="log", xlabel="ids per table (N)", ylabel="seconds", title=f"round time ({label})")
+    a.legend()
+    b.plot(sizes, [(runs[n]["version_bytes"] + runs[n]["checkpoint_bytes"]) / mb for n in sizes], "o-",
+           label="artifacts (version + checkpoint)")
+    b.plot(sizes, [runs[n]["fs_payload"] / mb for n in sizes], "s-", label="feature-store rows")
+    b.plot(sizes, [runs[n]["wchar"] / mb for n in sizes], "^--", label="all bytes written (wchar)")
+    b.set(xscale="log", yscale="log", xlabel="ids per table (N)", ylabel="MB per round", title="bytes per round")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"  plot: {path}", flush=True)
 
 
 if __name__ == "__main__":

@@ -195,6 +195,14 @@ class TrainerSettings(_Section):
         5, ge=2, description="newest published versions kept (plus live, pinned, rollback target, referenced)")
     pinned_versions: tuple[str, ...] = Field(
         (), description='versions retention never deletes (env: JSON list like ["v000012"]; CLI: --pin)')
+    # -- incremental publish (issue 13.3): a version writes what changed since its parent
+    incremental_publish: bool = Field(
+        True, description="write only the rows changed since the live version to the feature store and checkpoint")
+    checkpoint_rebase_ratio: float = Field(
+        1.0, gt=0, le=1000,
+        description="write a full checkpoint once the increments since the last one reach this × its size")
+    checkpoint_max_chain: int = Field(
+        50, ge=1, le=100_000, description="at most this many incremental checkpoints between two full ones")
 
 
 class Settings(BaseSettings):

@@ -3,6 +3,11 @@
 Embeddings live in versioned namespaces: a new set is written beside the live one under version V,
 then ``publish(V)`` switches one pointer so readers see all of V at once; ``gc(keep)`` drops old ones.
 Entities are ``"user"`` or ``"item"``; ids are strings; vectors have a declared dimension.
+
+A version declared with a ``parent`` is *incremental*: it holds only the rows it wrote or forgot,
+and reads it every other id as its parent does (the newest write on its lineage; lineage.py), so a
+version costs what changed, not the table. Every backend keeps these semantics and gc never
+deletes a row a kept version reads through its ancestors.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class Lookup:
 class VersionInfo:
     """What a version holds: declared dims, wire dtype, vectors per kind, creation time (epoch s).
 
+    ``counts`` are the vectors the version itself wrote (for an incremental version, the changed rows).
     memory:// and file:// count distinct ids; redis:// counts rows written (an id written twice
     counts twice), which is exact for the usual write-once versions.
     """
@@ -50,6 +56,7 @@ class VersionInfo:
     dtype: str
     counts: dict[Kind, int]
     created: float
+    parent: str | None = None  # incremental versions: the version it reads unwritten ids from
 
 
 class EmbeddingStore(ABC):
@@ -63,12 +70,19 @@ class EmbeddingStore(ABC):
         """
 
     @abstractmethod
-    def declare(self, version: str, dims: dict[Kind, int]) -> None:
+    def declare(self, version: str, dims: dict[Kind, int], parent: str | None = None) -> None:
         """Declare the vector dimension of each kind for a version before writing it.
 
         Declaring again merges kinds; a different dimension for an already declared kind is a
         ``Conflict``. Writing into the live version is refused (write a new one and publish it).
+        With ``parent`` (an existing version) the version is incremental: ids it does not write are
+        read as ``parent`` reads them; its dimensions and dtype are the parent's (``Conflict`` for
+        others, or for a version already declared with another parent).
         """
+
+    @abstractmethod
+    def forget(self, version: str, kind: Kind, ids: Sequence[str]) -> int:
+        """Make ``ids`` missing in ``version`` (an incremental version's tombstones). Returns n."""
 
     @abstractmethod
     def publish(self, version: str) -> None:

@@ -1,11 +1,18 @@
-"""Names and the Redis key layout: ``{ns}:v:{version}:u:{id}`` / ``:i:{id}`` beside the live version.
+"""Names and the Redis key layout (incremental versions: feature_store/lineage.py).
 
 - ``{ns}:current``: the pointer readers follow; publish switches it with one SET.
-- ``{ns}:versions``: sorted set of versions by creation time (oldest first).
-- ``{ns}:v:{version}:meta``: hash with dims, dtype, counts and creation time.
-- ``{ns}:v:{version}:live``: a random token, deleted FIRST by gc. Readers put it in the same
-  MGET as the vectors, so a present token proves every key of that version was present at that
-  instant (MGET is atomic) and a changed token tells them the version was rebuilt.
+- ``{ns}:versions``: sorted set of versions by creation time (oldest first); ``{ns}:ghosts``: deleted
+  versions whose rows kept versions still read; ``{ns}:seq``: the version sequence counter.
+- ``{ns}:v:{version}:meta``: hash with dims, dtype, counts, creation time, seq, root, parent,
+  lineage, floored, retired.
+- ``{ns}:v:{version}:live``: a random token, deleted FIRST by gc. Readers read it in the same
+  atomic command as the vectors, so a present token proves every row that version reads was
+  present at that instant and a changed token tells them the version was rebuilt.
+- ``{ns}:v:{version}:w:u`` / ``:w:i``: list of the ids an incremental version wrote (gc's index).
+- ``{ns}:t:{root}:u:{id}`` / ``:i:{id}``: the floor value of an id in the tree of ``root`` (a full
+  version writes here); ``{ns}:t:{root}:hu:{id}`` / ``:hi:{id}``: hash seq -> value of the writes of
+  incremental versions above the floor (b"" = forgotten); ``{ns}:t:{root}:su`` / ``:si``: set of the
+  ids that have such writes (a read fetches only their hashes).
 
 Namespaces and versions are slugs, so they never contain glob characters (gc uses SCAN MATCH).
 """
@@ -79,11 +86,29 @@ class KeyLayout:
     def live(self, version: str) -> str:
         return f"{self.prefix(version)}live"
 
-    def entity_prefix(self, version: str, kind: Kind) -> str:
-        return f"{self.prefix(version)}{KIND_TAG[kind]}:"
-
-    def entity(self, version: str, kind: Kind, id_: str) -> str:
-        return f"{self.entity_prefix(version, kind)}{id_}"
-
     def version_glob(self, version: str) -> str:
         return f"{self.prefix(version)}*"
+
+    @property
+    def ghosts(self) -> str:
+        return f"{self.namespace}:ghosts"
+
+    @property
+    def seq(self) -> str:
+        return f"{self.namespace}:seq"
+
+    def index(self, version: str, kind: Kind) -> str:
+        return f"{self.prefix(version)}w:{KIND_TAG[kind]}"
+
+    def floor_prefix(self, root: str, kind: Kind) -> str:
+        return f"{self.namespace}:t:{root}:{KIND_TAG[kind]}:"
+
+    def writes_prefix(self, root: str, kind: Kind) -> str:
+        return f"{self.namespace}:t:{root}:h{KIND_TAG[kind]}:"
+
+    def above_floor(self, root: str, kind: Kind) -> str:
+        """Set of the ids of ``kind`` with writes above the floor (readers look only those up)."""
+        return f"{self.namespace}:t:{root}:s{KIND_TAG[kind]}"
+
+    def tree_glob(self, root: str) -> str:
+        return f"{self.namespace}:t:{root}:*"

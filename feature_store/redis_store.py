@@ -1,6 +1,9 @@
 """``redis://`` / ``rediss://`` backend: the production store every serving replica reads.
 
-Reads: ``lookup`` is ONE ``MGET`` of [the version's live token, the user key, the item keys].
+Reads: ``lookup`` of a full version is ONE ``MGET`` of [the version's live token, the user key, the
+item keys]; of an incremental version ONE call of a server-side script (``_READ``) that does the
+same per id over its floor value and its writes above the floor, picking the newest on the
+version's lineage (feature_store/lineage.py): still one round trip, atomic like MGET.
 The version comes from the ``{ns}:current`` pointer, cached for ``pointer_ttl_s`` so the hot path
 needs no second round trip. A stale cached pointer can only mean "the previous complete version
 for up to pointer_ttl_s": all keys in the MGET belong to one version, and the live token in the
@@ -34,10 +37,73 @@ from contracts.settings import FeatureStoreSettings
 from contracts.urls import BackendUrl
 from feature_store.base import KINDS, EmbeddingStore, Kind, Lookup, VersionInfo
 from feature_store.codec import check_vectors, decode, decode_into, encode_rows, wire_dtype
-from feature_store.keys import KeyLayout, check_dims, check_kind, check_name
+from feature_store.keys import KIND_TAG, KeyLayout, check_dims, check_kind, check_name
+from feature_store.lineage import Intervals, Node, decode_lineage, encode_lineage, extend, flat, plan_gc
 
 _PIPELINE_CHUNKS = 8  # MSET chunks per pipeline flush: bounds client memory, keeps the socket busy
 _UNLINK_BATCH = 1000
+
+# KEYS: token, user set, item set (ids with writes above the floor), n floor keys, n writes hashes
+# (users first); ARGV: nlin, the lineage as lo1, hi1, ..., the number of user ids, then the n ids.
+# Returns the token, then per id the newest visible write (false if forgotten) or else the floor value:
+# one MGET and one SMISMEMBER per kind, a HGETALL only for ids written above the floor.
+_READ = """
+local nlin = tonumber(ARGV[1])
+local lin = {}
+for i = 1, nlin do lin[i] = tonumber(ARGV[1 + i]) end
+local nu = tonumber(ARGV[nlin + 2])
+local base = nlin + 2
+local n = (#KEYS - 3) / 2
+local out = {redis.call('GET', KEYS[1])}
+if n == 0 then return out end
+local floors = redis.call('MGET', unpack(KEYS, 4, 3 + n))
+local mu, mi = {}, {}
+if nu > 0 then mu = redis.call('SMISMEMBER', KEYS[2], unpack(ARGV, base + 1, base + nu)) end
+if n > nu then mi = redis.call('SMISMEMBER', KEYS[3], unpack(ARGV, base + nu + 1, base + n)) end
+for j = 1, n do
+  local val = floors[j]
+  local member = mi[j - nu]
+  if j <= nu then member = mu[j] end
+  if member == 1 then
+    local h = redis.call('HGETALL', KEYS[3 + n + j])
+    local best, v = -1, false
+    for k = 1, #h, 2 do
+      local s = tonumber(h[k])
+      if s > best then
+        for q = 1, nlin, 2 do
+          if s >= lin[q] and s <= lin[q + 1] then best = s; v = h[k + 1]; break end
+        end
+      end
+    end
+    if best >= 0 then
+      if #v == 0 then val = false else val = v end
+    end
+  end
+  out[#out + 1] = val
+end
+return out
+"""
+# KEYS: writes hashes; ARGV: seq, then one value per key.
+_WRITE = """
+for i = 1, #KEYS do redis.call('HSET', KEYS[i], ARGV[1], ARGV[i + 1]) end
+return #KEYS
+"""
+# KEYS: the kind's set, then (floor key, writes hash) per id; ARGV: seq, "fold" or "drop", then the ids.
+# fold: move that seq's write into the floor; drop: delete it. An id whose hash empties leaves the set.
+_SETTLE = """
+local fold = ARGV[2] == 'fold'
+for i = 2, #KEYS, 2 do
+  local v = redis.call('HGET', KEYS[i + 1], ARGV[1])
+  if v then
+    if fold then
+      if #v == 0 then redis.call('DEL', KEYS[i]) else redis.call('SET', KEYS[i], v) end
+    end
+    redis.call('HDEL', KEYS[i + 1], ARGV[1])
+  end
+  if redis.call('HLEN', KEYS[i + 1]) == 0 then redis.call('SREM', KEYS[1], ARGV[2 + i / 2]) end
+end
+return 0
+"""
 
 
 @dataclass(frozen=True)
@@ -45,6 +111,12 @@ class _Meta:
     dims: dict[Kind, int]
     dtype: str
     token: bytes
+    seq: int = 0
+    root: str = ""
+    parent: str | None = None
+    lineage: Intervals = ()
+    floored: bool = True
+    legacy: bool = False  # written before incremental versions: rows under ``{ns}:v:{version}:u:{id}``
 
 
 class RedisStore(EmbeddingStore):
@@ -80,6 +152,9 @@ class RedisStore(EmbeddingStore):
             raise ConfigError(f"feature store URL {self._where!r} is invalid: {exc}; "
                               "write e.g. redis://127.0.0.1:6379/0") from None
         self._r = redis.Redis(connection_pool=self._pool)
+        self._read = self._r.register_script(_READ)
+        self._write_script = self._r.register_script(_WRITE)
+        self._settle = self._r.register_script(_SETTLE)
         self._pointer: tuple[str | None, float] = (None, -1.0)
         self._meta_cache: dict[str, _Meta] = {}
 
@@ -112,10 +187,22 @@ class RedisStore(EmbeddingStore):
             self._meta_cache.pop(version, None)
             return None
         fields = {k.decode(): v.decode() for k, v in raw.items()}
+        if fields.get("retired") == "1":
+            self._meta_cache.pop(version, None)
+            return None
         dims: dict[Kind, int] = {k: int(fields[f"dims.{k}"]) for k in KINDS if f"dims.{k}" in fields}
-        meta = _Meta(dims, fields.get("dtype", "float32"), token)
+        meta = _Meta(dims, fields.get("dtype", "float32"), token, int(fields.get("seq", 0)),
+                     fields.get("root", version), fields.get("parent") or None,
+                     decode_lineage(fields.get("lineage", "")), fields.get("floored", "1") == "1",
+                     legacy="seq" not in fields)
         self._meta_cache[version] = meta
         return meta
+
+    def _floor(self, meta: _Meta, kind: Kind) -> str:
+        """Where a version's floor rows of ``kind`` live (a legacy version: its own old key prefix)."""
+        if meta.legacy:
+            return f"{self.keys.prefix(meta.root)}{KIND_TAG[kind]}:"
+        return self.keys.floor_prefix(meta.root, kind)
 
     def _meta(self, version: str, fresh: bool = False) -> _Meta:
         meta = None if fresh else self._meta_cache.get(version)
@@ -133,14 +220,44 @@ class RedisStore(EmbeddingStore):
         return name
 
     # -- writes -------------------------------------------------------------------------------
-    def declare(self, version: str, dims: dict[Kind, int]) -> None:
+    def declare(self, version: str, dims: dict[Kind, int], parent: str | None = None) -> None:
         check_name(version, "version")
         dims = check_dims(dims)
         meta_key = self.keys.meta(version)
         now = time.time()
         with self._guard("declaring a version"):
+            have = self._r.hmget(meta_key, ["seq", "parent", "retired"])
+        fields: dict[str, Any] = {}
+        if have[0] is None:  # new: a sequence number (never reused) and its lineage
+            p = self._meta(check_name(parent, "parent version"), fresh=True) if parent is not None else None
+            if p is not None and p.legacy:
+                raise Conflict(f"version {parent!r} was written before incremental versions: declare "
+                               f"{version!r} as a full version")
+            with self._guard("declaring a version"):
+                legacy = bool(self._r.exists(self.keys.meta(version)))
+                seq = 0 if legacy else int(self._r.incr(self.keys.seq))
+            if legacy:
+                raise Conflict(f"version {version!r} was written before incremental versions; pick a new name")
+            if p is None:
+                fields = {"seq": seq, "root": version, "parent": "", "floored": 1,
+                          "lineage": encode_lineage(((seq, seq),)), "dtype": self.settings.dtype}
+            else:
+                for kind, dim in dims.items():
+                    if p.dims.get(kind, dim) != dim:
+                        raise Conflict(f"version {version!r} declares {kind} dimension {dim}, its parent "
+                                       f"{parent!r} {p.dims[kind]}")
+                dims = {**p.dims, **dims}
+                fields = {"seq": seq, "root": p.root, "parent": parent, "floored": 0,
+                          "lineage": encode_lineage(extend(p.lineage, seq)), "dtype": p.dtype}
+        elif have[2] == b"1":
+            raise Conflict(f"version {version!r} was deleted; declare a new version")
+        elif parent is not None and parent != (have[1] or b"").decode():
+            raise Conflict(f"version {version!r} has parent {(have[1] or b'').decode() or None!r}, not {parent!r}")
+        with self._guard("declaring a version"):
             pipe = self._r.pipeline(transaction=True)
             pipe.hsetnx(meta_key, "created", repr(now))
+            for name, value in fields.items():
+                pipe.hsetnx(meta_key, name, value)
             pipe.hsetnx(meta_key, "dtype", self.settings.dtype)
             for kind, dim in dims.items():
                 pipe.hsetnx(meta_key, f"dims.{kind}", dim)
@@ -149,41 +266,66 @@ class RedisStore(EmbeddingStore):
             pipe.hgetall(meta_key)
             stored = pipe.execute()[-1]
         for kind, dim in dims.items():
-            have = int(stored[f"dims.{kind}".encode()])
-            if have != dim:
-                raise Conflict(f"version {version!r} declares {kind} dimension {have}, not {dim}")
+            have_dim = int(stored[f"dims.{kind}".encode()])
+            if have_dim != dim:
+                raise Conflict(f"version {version!r} declares {kind} dimension {have_dim}, not {dim}")
         self._meta_cache.pop(version, None)
 
-    def write(self, version: str, kind: Kind, ids: Sequence[str], vectors: np.ndarray) -> int:
-        check_kind(kind)
+    def _writable(self, version: str, kind: Kind) -> _Meta:
         meta = self._meta(check_name(version, "version"), fresh=True)
         if version == self.current_version():
             raise Conflict(f"version {version!r} is live; write a new version and publish it")
         if kind not in meta.dims:
             raise DataError(f"version {version!r} has no declared {kind} dimension; declare it first")
+        return meta
+
+    def write(self, version: str, kind: Kind, ids: Sequence[str], vectors: np.ndarray) -> int:
+        check_kind(kind)
+        meta = self._writable(version, kind)
         rows = encode_rows(check_vectors(ids, vectors, meta.dims[kind], meta.dtype, f"{kind} vectors"))
-        prefix = self.keys.entity_prefix(version, kind)
-        try:
-            keys = [prefix + i for i in ids]  # type: ignore[operator]
-        except TypeError:  # non-str ids
-            keys = [prefix + str(i) for i in ids]
+        self._put(version, meta, kind, [str(i) for i in ids], rows)
+        return len(rows)
+
+    def forget(self, version: str, kind: Kind, ids: Sequence[str]) -> int:
+        check_kind(kind)
+        meta = self._writable(version, kind)
+        keys = [str(i) for i in ids]
+        if meta.floored:  # a full version being built: the rows simply go
+            prefix = self._floor(meta, kind)
+            with self._guard("forgetting vectors"):
+                for start in range(0, len(keys), _UNLINK_BATCH):
+                    self._r.delete(*[prefix + k for k in keys[start : start + _UNLINK_BATCH]])
+        else:
+            self._put(version, meta, kind, keys, [b""] * len(keys), count=False)
+        return len(keys)
+
+    def _put(self, version: str, meta: _Meta, kind: Kind, ids: list[str], rows: list[bytes],
+             count: bool = True) -> None:
         n, chunk = len(rows), max(1, self.settings.write_chunk)
         with self._guard("writing vectors"):
             pipe = self._r.pipeline(transaction=False)
             queued = 0
             for start in range(0, n, chunk):
                 stop = min(n, start + chunk)
-                args: list[Any] = [None] * (2 * (stop - start))
-                args[0::2] = keys[start:stop]
-                args[1::2] = rows[start:stop]
-                pipe.execute_command("MSET", *args)
+                if meta.floored:  # a full version: plain keys, one MSET per chunk
+                    prefix = self._floor(meta, kind)
+                    args: list[Any] = [None] * (2 * (stop - start))
+                    args[0::2] = [prefix + i for i in ids[start:stop]]
+                    args[1::2] = rows[start:stop]
+                    pipe.execute_command("MSET", *args)
+                else:  # the index first: gc finds every write through it
+                    prefix = self.keys.writes_prefix(meta.root, kind)
+                    pipe.rpush(self.keys.index(version, kind), *ids[start:stop])
+                    pipe.sadd(self.keys.above_floor(meta.root, kind), *ids[start:stop])
+                    self._write_script(keys=[prefix + i for i in ids[start:stop]],
+                                       args=[meta.seq, *rows[start:stop]], client=pipe)
                 queued += 1
                 if queued == _PIPELINE_CHUNKS:
                     pipe.execute()
                     queued = 0
-            pipe.hincrby(self.keys.meta(version), f"count.{kind}", n)
+            if count:
+                pipe.hincrby(self.keys.meta(version), f"count.{kind}", n)
             pipe.execute()
-        return n
 
     def publish(self, version: str) -> None:
         live = self.keys.live(check_name(version, "version"))
@@ -218,12 +360,13 @@ class RedisStore(EmbeddingStore):
             pipe.hgetall(self.keys.meta(name))
             pipe.exists(self.keys.live(name))
             raw, live = pipe.execute()
-        if not raw or not live:
+        f = {k.decode(): v.decode() for k, v in (raw or {}).items()}
+        if not raw or not live or f.get("retired") == "1":
             raise NotFound(f"embedding version {name!r} does not exist in {self._where}")
-        f = {k.decode(): v.decode() for k, v in raw.items()}
         dims: dict[Kind, int] = {k: int(f[f"dims.{k}"]) for k in KINDS if f"dims.{k}" in f}
         counts: dict[Kind, int] = {k: int(f.get(f"count.{k}", 0)) for k in KINDS}
-        return VersionInfo(name, dims, f.get("dtype", "float32"), counts, float(f.get("created", 0.0)))
+        return VersionInfo(name, dims, f.get("dtype", "float32"), counts, float(f.get("created", 0.0)),
+                           f.get("parent") or None)
 
     def _mget_version(
         self, version: str | None, user_ids: list[str], kind: Kind, ids: Sequence[str]
@@ -232,14 +375,23 @@ class RedisStore(EmbeddingStore):
         for attempt in range(3):
             name = version or self._current(0.0 if attempt else self.settings.pointer_ttl_s)
             meta = self._meta(name, fresh=attempt > 0)
-            prefix = self.keys.entity_prefix(name, kind)
+            prefix = self._floor(meta, kind)
             try:
                 tail = [prefix + i for i in ids]  # type: ignore[operator]
             except TypeError:  # non-str ids (ints): the slower, general path
                 tail = [prefix + str(i) for i in ids]
-            keys = [self.keys.live(name), *(self.keys.entity(name, "user", u) for u in user_ids), *tail]
+            users = [self._floor(meta, "user") + u for u in user_ids]
             try:  # not the _guard context manager: this is the hot path
-                values = self._r.mget(keys)
+                if meta.parent is None:  # a full version: its rows are plain keys
+                    values = self._r.mget([self.keys.live(name), *users, *tail])
+                else:
+                    wu, wk = self.keys.writes_prefix(meta.root, "user"), self.keys.writes_prefix(meta.root, kind)
+                    all_ids = [str(u) for u in user_ids] + [str(i) for i in ids]
+                    hashes = [wu + u for u in all_ids[: len(user_ids)]] + [wk + i for i in all_ids[len(user_ids):]]
+                    lin = flat(meta.lineage)
+                    keys = [self.keys.live(name), self.keys.above_floor(meta.root, "user"),
+                            self.keys.above_floor(meta.root, kind), *users, *tail, *hashes]
+                    values = self._read(keys=keys, args=[len(lin), *lin, len(user_ids), *all_ids])
             except redis.exceptions.RedisError as exc:
                 raise self._unavailable(exc, "reading embeddings") from None
             if values[0] == meta.token:
@@ -288,36 +440,96 @@ class RedisStore(EmbeddingStore):
         if keep < 0:
             raise DataError(f"keep must be >= 0, got {keep}")
         doomed: list[str] = []
+        plans: list[Any] = []
+        keys = self.keys
 
         def retire(pipe: redis.client.Pipeline) -> None:
             # WATCHing the pointer: a publish meanwhile aborts and re-plans, so the current
-            # version is never retired. Token first: from then on no reader accepts that version.
-            # The version leaves the list only once its keys are gone, so a gc that dies halfway
-            # is finished by the next one.
+            # version is never retired. Tokens first: from then on no reader accepts a doomed
+            # version; every doomed version becomes a ghost, and the rest of gc works on ghosts,
+            # so a gc that dies halfway is finished by the next one.
             doomed.clear()
-            names = [v.decode() for v in pipe.zrange(self.keys.versions, 0, -1)]
-            raw = pipe.get(self.keys.current)
+            plans.clear()
+            names = [v.decode() for v in pipe.zrange(keys.versions, 0, -1)]
+            ghosts = [v.decode() for v in pipe.zrange(keys.ghosts, 0, -1)]
+            raw = pipe.get(keys.current)
             current = raw.decode() if raw is not None else None
-            kept = set(names[max(0, len(names) - keep) :] if keep else [])
-            doomed.extend(n for n in names if n not in kept and n != current and n not in protect)
+            nodes, lost = [], []
+            for n, name in enumerate(names + ghosts):
+                f = {k.decode(): v.decode() for k, v in pipe.hgetall(keys.meta(name)).items()}
+                if not f:  # a declare that died before its metadata
+                    lost.append(name)
+                    continue
+                retired = f.get("retired") == "1" or name in ghosts
+                if "seq" not in f:  # a full version written before incremental versions: its own tree
+                    nodes.append(Node(name, -n - 1, name, ((-n - 1, -n - 1),), float(f.get("created", 0.0)), True,
+                                      retired))
+                    continue
+                nodes.append(Node(name, int(f["seq"]), f.get("root", name), decode_lineage(f.get("lineage", "")),
+                                  float(f.get("created", 0.0)), f.get("floored") == "1", retired))
+            plan = plan_gc(nodes, current, keep, protect)
+            plans.append(plan)
+            doomed.extend(plan.doomed)
             pipe.multi()
-            for name in doomed:
-                pipe.delete(self.keys.live(name))
+            for name in plan.doomed:
+                pipe.delete(keys.live(name))
+                pipe.hset(keys.meta(name), "retired", 1)
+                pipe.zrem(keys.versions, name)
+                pipe.zadd(keys.ghosts, {name: 0})
+            for name in lost:
+                pipe.zrem(keys.versions, name)
+                pipe.zrem(keys.ghosts, name)
 
         with self._guard("deleting old versions"):
-            self._r.transaction(retire, self.keys.current)
-            for name in doomed:
-                batch: list[bytes] = []
-                for key in self._r.scan_iter(match=self.keys.version_glob(name), count=_UNLINK_BATCH):
-                    batch.append(key)
-                    if len(batch) >= _UNLINK_BATCH:
-                        self._r.unlink(*batch)
-                        batch.clear()
-                if batch:
-                    self._r.unlink(*batch)
-                self._r.zrem(self.keys.versions, name)
-                self._meta_cache.pop(name, None)
+            self._r.transaction(retire, keys.current)
+            plan = plans[0]
+            for root in plan.drop_trees:
+                self._unlink_matching(keys.tree_glob(root))
+                self._unlink_matching(keys.version_glob(root))  # a legacy version's rows live here
+            for node in plan.fold:  # ascending seq: a newer fold overwrites an older one's floor value
+                for kind in KINDS:
+                    self._settle_writes(node, kind, "fold")
+                pipe = self._r.pipeline(transaction=False)
+                pipe.hset(keys.meta(node.name), "floored", 1)
+                pipe.delete(keys.index(node.name, "user"), keys.index(node.name, "item"))
+                pipe.execute()
+            for node in plan.dead:
+                for kind in KINDS:
+                    self._settle_writes(node, kind, "drop")
+            for node in plan.forget:
+                self._r.delete(keys.meta(node.name), keys.live(node.name), keys.index(node.name, "user"),
+                               keys.index(node.name, "item"))
+                self._r.zrem(keys.ghosts, node.name)
+                self._r.zrem(keys.versions, node.name)
+                self._meta_cache.pop(node.name, None)
         return doomed
+
+    def _settle_writes(self, node: Node, kind: Kind, how: str) -> None:
+        """Fold a version's writes of ``kind`` into the floor, or drop them (gc)."""
+        floor, writes = self.keys.floor_prefix(node.root, kind), self.keys.writes_prefix(node.root, kind)
+        for chunk in self._index_chunks(node.name, kind):
+            self._settle(keys=[self.keys.above_floor(node.root, kind), *(k for i in chunk for k in (floor + i,
+                                                                                                   writes + i))],
+                         args=[node.seq, how, *chunk])
+
+    def _index_chunks(self, version: str, kind: Kind) -> Iterator[list[str]]:
+        key, start = self.keys.index(version, kind), 0
+        while True:
+            chunk = [v.decode() for v in self._r.lrange(key, start, start + _UNLINK_BATCH - 1)]
+            if not chunk:
+                return
+            yield list(dict.fromkeys(chunk))
+            start += _UNLINK_BATCH
+
+    def _unlink_matching(self, pattern: str) -> None:
+        batch: list[bytes] = []
+        for key in self._r.scan_iter(match=pattern, count=_UNLINK_BATCH):
+            batch.append(key)
+            if len(batch) >= _UNLINK_BATCH:
+                self._r.unlink(*batch)
+                batch.clear()
+        if batch:
+            self._r.unlink(*batch)
 
     def health(self) -> bool:
         try:

@@ -4,7 +4,11 @@ PATH is a directory (``embeddings.sqlite3`` is created inside) or a file ending 
 .sqlite3. Vectors are stored as the same raw little-endian bytes as in Redis. WAL lets readers in
 other processes run beside one writer; every read (pointer + vectors) happens in ONE read
 transaction, so it sees one snapshot: a publish in another process is visible to the next lookup
-and a lookup never mixes versions. gc deletes a version in one transaction.
+and a lookup never mixes versions. gc runs in one transaction.
+
+Incremental versions (feature_store/lineage.py): ``fs_writes`` holds one row per (tree, kind, id,
+seq); seq 0 is the tree's floor. A read takes an id's rows of its tree and picks the newest on the
+version's lineage. The tables are new (``fs_*``): a store of the older layout starts empty.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,18 +29,36 @@ from contracts.urls import BackendUrl
 from feature_store.base import KINDS, EmbeddingStore, Kind, Lookup, VersionInfo
 from feature_store.codec import check_vectors, decode, decode_into, encode_rows, wire_dtype
 from feature_store.keys import KIND_TAG, check_dims, check_kind, check_name, check_namespace
+from feature_store.lineage import FLOOR, Intervals, Node, decode_lineage, encode_lineage, extend, pick, plan_gc
 
 DB_NAME = "embeddings.sqlite3"
 _SQL_VARS = 900  # ids per IN (...) clause, under SQLite's host-parameter limit
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS versions (
+CREATE TABLE IF NOT EXISTS fs_versions (
     ns TEXT NOT NULL, version TEXT NOT NULL, created REAL NOT NULL, dtype TEXT NOT NULL,
-    dim_u INTEGER, dim_i INTEGER, PRIMARY KEY (ns, version)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS vectors (
-    ns TEXT NOT NULL, version TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL, vec BLOB NOT NULL,
-    PRIMARY KEY (ns, version, kind, id)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS pointer (ns TEXT PRIMARY KEY, version TEXT NOT NULL) WITHOUT ROWID;
+    dim_u INTEGER, dim_i INTEGER, seq INTEGER NOT NULL, root TEXT NOT NULL, parent TEXT,
+    lineage TEXT NOT NULL, floored INTEGER NOT NULL, retired INTEGER NOT NULL DEFAULT 0,
+    count_u INTEGER NOT NULL DEFAULT 0, count_i INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (ns, version)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fs_writes (
+    ns TEXT NOT NULL, root TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL,
+    vec BLOB NOT NULL, PRIMARY KEY (ns, root, kind, id, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS fs_writes_by_seq ON fs_writes (ns, root, seq);
+CREATE TABLE IF NOT EXISTS fs_seq (ns TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fs_pointer (ns TEXT PRIMARY KEY, version TEXT NOT NULL) WITHOUT ROWID;
 """
+
+
+@dataclass(frozen=True)
+class _Row:
+    name: str
+    dims: dict[Kind, int]
+    dtype: str
+    seq: int
+    root: str
+    parent: str | None
+    lineage: Intervals
+    floored: bool
 
 
 def db_path(path: Path) -> Path:
@@ -100,113 +123,151 @@ class SqliteStore(EmbeddingStore):
                     db.execute("ROLLBACK")
             raise BackendUnavailable(f"feature store file {self.path} failed: {exc}") from None
 
-    def _version_row(self, db: sqlite3.Connection, version: str | None) -> tuple[str, dict[Kind, int], str]:
+    _COLS = "version, dim_u, dim_i, dtype, seq, root, parent, lineage, floored"
+
+    def _row(self, r: tuple) -> _Row:
+        dims: dict[Kind, int] = {k: int(d) for k, d in zip(KINDS, r[1:3], strict=True) if d is not None}
+        return _Row(str(r[0]), dims, str(r[3]), int(r[4]), str(r[5]), r[6], decode_lineage(r[7]), bool(r[8]))
+
+    def _version_row(self, db: sqlite3.Connection, version: str | None) -> _Row:
         if version is None:
-            row = db.execute("SELECT version FROM pointer WHERE ns=?", (self.ns,)).fetchone()
+            row = db.execute("SELECT version FROM fs_pointer WHERE ns=?", (self.ns,)).fetchone()
             if row is None:
                 raise NotFound("no embedding version is published yet; load one (mamdr features load)")
             version = str(row[0])
-        row = db.execute("SELECT dim_u, dim_i, dtype FROM versions WHERE ns=? AND version=?",
+        row = db.execute(f"SELECT {self._COLS} FROM fs_versions WHERE ns=? AND version=? AND retired=0",
                          (self.ns, version)).fetchone()
         if row is None:
             raise NotFound(f"embedding version {version!r} does not exist in {self.path}")
-        dims: dict[Kind, int] = {k: int(d) for k, d in zip(KINDS, row[:2], strict=True) if d is not None}
-        return version, dims, str(row[2])
+        return self._row(row)
 
-    def _fetch(
-        self, db: sqlite3.Connection, version: str, kind: Kind, ids: Sequence[str]
-    ) -> list[bytes | None]:
-        found: dict[str, bytes] = {}
+    def _fetch(self, db: sqlite3.Connection, v: _Row, kind: Kind, ids: Sequence[str]) -> list[bytes | None]:
+        found: dict[str, dict[int, bytes]] = {}
         keys = [str(i) for i in ids]
         uniq = list(dict.fromkeys(keys))
         for start in range(0, len(uniq), _SQL_VARS):
             part = uniq[start : start + _SQL_VARS]
-            sql = (f"SELECT id, vec FROM vectors WHERE ns=? AND version=? AND kind=? "
+            sql = (f"SELECT id, seq, vec FROM fs_writes WHERE ns=? AND root=? AND kind=? "
                    f"AND id IN ({','.join('?' * len(part))})")
-            found.update(db.execute(sql, (self.ns, version, KIND_TAG[kind], *part)).fetchall())
-        return [found.get(k) for k in keys]
+            for key, seq, vec in db.execute(sql, (self.ns, v.root, KIND_TAG[kind], *part)):
+                found.setdefault(key, {})[seq] = vec
+        return [pick(found.get(k), v.lineage) for k in keys]
 
     # -- writes -------------------------------------------------------------------------------
-    def declare(self, version: str, dims: dict[Kind, int]) -> None:
+    def declare(self, version: str, dims: dict[Kind, int], parent: str | None = None) -> None:
         check_name(version, "version")
         dims = check_dims(dims)
         with self._tx(write=True) as db:
-            db.execute("INSERT OR IGNORE INTO versions (ns, version, created, dtype) VALUES (?,?,?,?)",
-                       (self.ns, version, time.time(), self.settings.dtype))
-            _, have, _ = self._version_row(db, version)
+            have = db.execute("SELECT parent, retired FROM fs_versions WHERE ns=? AND version=?",
+                              (self.ns, version)).fetchone()
+            if have is None:
+                db.execute("INSERT OR IGNORE INTO fs_seq VALUES (?, 0)", (self.ns,))
+                db.execute("UPDATE fs_seq SET seq = seq + 1 WHERE ns=?", (self.ns,))
+                seq = int(db.execute("SELECT seq FROM fs_seq WHERE ns=?", (self.ns,)).fetchone()[0])
+                if parent is None:
+                    db.execute("INSERT INTO fs_versions (ns, version, created, dtype, seq, root, parent, lineage, "
+                               "floored) VALUES (?,?,?,?,?,?,?,?,1)",
+                               (self.ns, version, time.time(), self.settings.dtype, seq, version, None,
+                                encode_lineage(((seq, seq),))))
+                else:
+                    p = self._version_row(db, check_name(parent, "parent version"))
+                    for kind, dim in dims.items():
+                        if p.dims.get(kind, dim) != dim:
+                            raise Conflict(f"version {version!r} declares {kind} dimension {dim}, its parent "
+                                           f"{parent!r} {p.dims[kind]}")
+                    db.execute("INSERT INTO fs_versions (ns, version, created, dtype, dim_u, dim_i, seq, root, "
+                               "parent, lineage, floored) VALUES (?,?,?,?,?,?,?,?,?,?,0)",
+                               (self.ns, version, time.time(), p.dtype, p.dims.get("user"), p.dims.get("item"),
+                                seq, p.root, parent, encode_lineage(extend(p.lineage, seq))))
+            elif have[1]:
+                raise Conflict(f"version {version!r} was deleted; declare a new version")
+            elif parent is not None and parent != have[0]:
+                raise Conflict(f"version {version!r} has parent {have[0]!r}, not {parent!r}")
+            v = self._version_row(db, version)
             for kind, dim in dims.items():
-                if have.get(kind, dim) != dim:
-                    raise Conflict(f"version {version!r} declares {kind} dimension {have[kind]}, not {dim}")
-                db.execute(f"UPDATE versions SET dim_{KIND_TAG[kind]}=? WHERE ns=? AND version=?",
+                if v.dims.get(kind, dim) != dim:
+                    raise Conflict(f"version {version!r} declares {kind} dimension {v.dims[kind]}, not {dim}")
+                db.execute(f"UPDATE fs_versions SET dim_{KIND_TAG[kind]}=? WHERE ns=? AND version=?",
                            (dim, self.ns, version))
 
-    def write(self, version: str, kind: Kind, ids: Sequence[str], vectors: np.ndarray) -> int:
+    def _put(self, version: str, kind: Kind, ids: Sequence[str], vectors: np.ndarray | None) -> int:
         check_kind(kind)
         check_name(version, "version")
         with self._tx(write=True) as db:
-            _, dims, dtype = self._version_row(db, version)
-            live = db.execute("SELECT version FROM pointer WHERE ns=?", (self.ns,)).fetchone()
+            v = self._version_row(db, version)
+            live = db.execute("SELECT version FROM fs_pointer WHERE ns=?", (self.ns,)).fetchone()
             if live is not None and live[0] == version:
                 raise Conflict(f"version {version!r} is live; write a new version and publish it")
-            if kind not in dims:
+            if kind not in v.dims:
                 raise DataError(f"version {version!r} has no declared {kind} dimension; declare it first")
-            rows = encode_rows(check_vectors(ids, vectors, dims[kind], dtype, f"{kind} vectors"))
-            tag = KIND_TAG[kind]
-            db.executemany("INSERT OR REPLACE INTO vectors VALUES (?,?,?,?,?)",
-                           ((self.ns, version, tag, str(i), r) for i, r in zip(ids, rows, strict=True)))
+            tag, seq = KIND_TAG[kind], FLOOR if v.floored else v.seq
+            if vectors is None:
+                if seq == FLOOR:
+                    db.executemany("DELETE FROM fs_writes WHERE ns=? AND root=? AND kind=? AND id=? AND seq=0",
+                                   ((self.ns, v.root, tag, str(i)) for i in ids))
+                else:
+                    db.executemany("INSERT OR REPLACE INTO fs_writes VALUES (?,?,?,?,?,?)",
+                                   ((self.ns, v.root, tag, str(i), seq, b"") for i in ids))
+                return len(ids)
+            rows = encode_rows(check_vectors(ids, vectors, v.dims[kind], v.dtype, f"{kind} vectors"))
+            db.executemany("INSERT OR REPLACE INTO fs_writes VALUES (?,?,?,?,?,?)",
+                           ((self.ns, v.root, tag, str(i), seq, r) for i, r in zip(ids, rows, strict=True)))
+            db.execute(f"UPDATE fs_versions SET count_{tag} = count_{tag} + ? WHERE ns=? AND version=?",
+                       (len(rows), self.ns, version))
         return len(rows)
+
+    def write(self, version: str, kind: Kind, ids: Sequence[str], vectors: np.ndarray) -> int:
+        return self._put(version, kind, ids, vectors)
+
+    def forget(self, version: str, kind: Kind, ids: Sequence[str]) -> int:
+        return self._put(version, kind, ids, None)
 
     def publish(self, version: str) -> None:
         check_name(version, "version")
         with self._tx(write=True) as db:
             self._version_row(db, version)
-            db.execute("INSERT OR REPLACE INTO pointer VALUES (?,?)", (self.ns, version))
+            db.execute("INSERT OR REPLACE INTO fs_pointer VALUES (?,?)", (self.ns, version))
 
     # -- reads --------------------------------------------------------------------------------
     def current_version(self) -> str | None:
         with self._tx() as db:
-            row = db.execute("SELECT version FROM pointer WHERE ns=?", (self.ns,)).fetchone()
+            row = db.execute("SELECT version FROM fs_pointer WHERE ns=?", (self.ns,)).fetchone()
         return str(row[0]) if row else None
 
     def dims(self, version: str | None = None) -> dict[Kind, int]:
         with self._tx() as db:
-            return self._version_row(db, version)[1]
+            return self._version_row(db, version).dims
 
     def describe(self, version: str | None = None) -> VersionInfo:
         with self._tx() as db:
-            name, dims, dtype = self._version_row(db, version)
-            created = db.execute("SELECT created FROM versions WHERE ns=? AND version=?",
-                                 (self.ns, name)).fetchone()[0]
-            counts: dict[Kind, int] = {
-                k: int(db.execute("SELECT COUNT(*) FROM vectors WHERE ns=? AND version=? AND kind=?",
-                                  (self.ns, name, KIND_TAG[k])).fetchone()[0])
-                for k in KINDS
-            }
-        return VersionInfo(name, dims, dtype, counts, float(created))
+            v = self._version_row(db, version)
+            created, cu, ci = db.execute("SELECT created, count_u, count_i FROM fs_versions WHERE ns=? AND "
+                                         "version=?", (self.ns, v.name)).fetchone()
+        return VersionInfo(v.name, v.dims, v.dtype, {"user": int(cu), "item": int(ci)}, float(created), v.parent)
 
     def lookup(self, user_id: str, item_ids: Sequence[str], version: str | None = None) -> Lookup:
         with self._tx() as db:  # one snapshot: pointer and vectors agree
-            name, dims, dtype = self._version_row(db, version)
-            raw_user = self._fetch(db, name, "user", [str(user_id)])[0]
-            values = self._fetch(db, name, "item", item_ids)
-        user = decode(raw_user, dims["user"], dtype) if raw_user is not None else None
-        items = np.zeros((len(item_ids), dims.get("item", 0)), dtype=np.float32)
-        missing = decode_into(items, values, items.shape[1], dtype)
-        return Lookup(version=name, user=user, items=items, missing_items=missing)
+            v = self._version_row(db, version)
+            raw_user = self._fetch(db, v, "user", [str(user_id)])[0]
+            values = self._fetch(db, v, "item", item_ids)
+        user = decode(raw_user, v.dims["user"], v.dtype) if raw_user is not None else None
+        items = np.zeros((len(item_ids), v.dims.get("item", 0)), dtype=np.float32)
+        missing = decode_into(items, values, items.shape[1], v.dtype)
+        return Lookup(version=v.name, user=user, items=items, missing_items=missing)
 
     def get_many(
         self, kind: Kind, ids: Sequence[str], version: str | None = None
     ) -> tuple[np.ndarray, list[int]]:
         check_kind(kind)
         with self._tx() as db:
-            name, dims, dtype = self._version_row(db, version)
-            values = self._fetch(db, name, kind, ids)
-        out = np.zeros((len(ids), dims.get(kind, 0)), dtype=np.float32)
-        return out, decode_into(out, values, out.shape[1], dtype)
+            v = self._version_row(db, version)
+            values = self._fetch(db, v, kind, ids)
+        out = np.zeros((len(ids), v.dims.get(kind, 0)), dtype=np.float32)
+        return out, decode_into(out, values, out.shape[1], v.dtype)
 
     def versions(self) -> list[str]:
         with self._tx() as db:
-            rows = db.execute("SELECT version FROM versions WHERE ns=? ORDER BY created, version",
+            rows = db.execute("SELECT version FROM fs_versions WHERE ns=? AND retired=0 ORDER BY created, seq",
                               (self.ns,)).fetchall()
         return [str(r[0]) for r in rows]
 
@@ -214,17 +275,31 @@ class SqliteStore(EmbeddingStore):
     def gc(self, keep: int, protect: Collection[str] = ()) -> list[str]:
         if keep < 0:
             raise DataError(f"keep must be >= 0, got {keep}")
+        ns = self.ns
         with self._tx(write=True) as db:
-            names = [str(r[0]) for r in db.execute(
-                "SELECT version FROM versions WHERE ns=? ORDER BY created, version", (self.ns,))]
-            row = db.execute("SELECT version FROM pointer WHERE ns=?", (self.ns,)).fetchone()
-            current = row[0] if row else None
-            kept = set(names[max(0, len(names) - keep) :] if keep else [])
-            doomed = [n for n in names if n not in kept and n != current and n not in protect]
-            for n in doomed:
-                db.execute("DELETE FROM vectors WHERE ns=? AND version=?", (self.ns, n))
-                db.execute("DELETE FROM versions WHERE ns=? AND version=?", (self.ns, n))
-        return doomed
+            nodes = [Node(str(n), int(seq), str(root), decode_lineage(lin), float(c), bool(f), bool(r))
+                     for n, seq, root, lin, c, f, r in db.execute(
+                         "SELECT version, seq, root, lineage, created, floored, retired FROM fs_versions WHERE ns=?",
+                         (ns,))]
+            row = db.execute("SELECT version FROM fs_pointer WHERE ns=?", (ns,)).fetchone()
+            plan = plan_gc(nodes, row[0] if row else None, keep, protect)
+            for root in plan.drop_trees:
+                db.execute("DELETE FROM fs_writes WHERE ns=? AND root=?", (ns, root))
+            for node in plan.fold:  # ascending seq: a newer fold overwrites an older one's floor value
+                db.execute("DELETE FROM fs_writes WHERE ns=? AND root=? AND seq=0 AND (kind, id) IN "
+                           "(SELECT kind, id FROM fs_writes WHERE ns=? AND root=? AND seq=?)",
+                           (ns, node.root, ns, node.root, node.seq))
+                db.execute("DELETE FROM fs_writes WHERE ns=? AND root=? AND seq=? AND vec=X''",
+                           (ns, node.root, node.seq))
+                db.execute("UPDATE fs_writes SET seq=0 WHERE ns=? AND root=? AND seq=?", (ns, node.root, node.seq))
+                db.execute("UPDATE fs_versions SET floored=1 WHERE ns=? AND version=?", (ns, node.name))
+            for node in plan.dead:
+                db.execute("DELETE FROM fs_writes WHERE ns=? AND root=? AND seq=?", (ns, node.root, node.seq))
+            for node in plan.retire:
+                db.execute("UPDATE fs_versions SET retired=1 WHERE ns=? AND version=?", (ns, node.name))
+            for node in plan.forget:
+                db.execute("DELETE FROM fs_versions WHERE ns=? AND version=?", (ns, node.name))
+        return plan.doomed
 
     def health(self) -> bool:
         try:

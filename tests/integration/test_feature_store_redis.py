@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import redis
 
-from contracts.errors import BackendUnavailable, NotFound
+from contracts.errors import BackendUnavailable, Conflict, NotFound
 from contracts.settings import FeatureStoreSettings
 from feature_store import EmbeddingStore, open_store
 from feature_store.redis_store import RedisStore
@@ -70,15 +70,58 @@ def test_gc_unlinks_every_key_of_old_versions(make_store: MakeStore, redis_url: 
     assert store.gc(keep=1) == ["v0", "v1"]
     admin = redis.Redis.from_url(redis_url)
     ns = store.settings.namespace  # type: ignore[attr-defined]
-    assert not list(admin.scan_iter(match=f"{ns}:v:v0:*"))
-    assert not list(admin.scan_iter(match=f"{ns}:v:v1:*"))
-    assert len(list(admin.scan_iter(match=f"{ns}:v:v2:*"))) == 30 + 40 + 2  # + meta + live token
+    for gone in ("v0", "v1"):
+        assert not list(admin.scan_iter(match=f"{ns}:v:{gone}:*"))
+        assert not list(admin.scan_iter(match=f"{ns}:t:{gone}:*"))
+    assert len(list(admin.scan_iter(match=f"{ns}:v:v2:*"))) == 2  # meta + live token
+    assert len(list(admin.scan_iter(match=f"{ns}:t:v2:*"))) == 30 + 40
     # A gc that died after retiring the token but before unlinking is finished by the next gc.
     fill(store, "v3", 3.0)
     admin.delete(f"{ns}:v:v2:live")
     store.publish("v3")
     assert store.gc(keep=0) == ["v2"]
     assert not list(admin.scan_iter(match=f"{ns}:v:v2:*")) and store.versions() == ["v3"]
+    assert not list(admin.scan_iter(match=f"{ns}:t:v2:*"))
+    admin.close()
+
+
+def test_incremental_versions_cost_their_changed_rows_in_one_round_trip(make_store: MakeStore,
+                                                                         redis_url: str) -> None:
+    """Redis memory per incremental version follows the rows it changed, not the table; gc folds
+    what every kept version reads into the floor, and a lookup stays one command."""
+    store = make_store(write_chunk=500)
+    admin = redis.Redis.from_url(redis_url)
+    ns = store.settings.namespace  # type: ignore[attr-defined]
+    n, dim, changed = 4000, 32, 20
+    store.declare("v0", {"user": dim, "item": dim})
+    store.write("v0", "user", [f"u{i}" for i in range(n)], np.zeros((n, dim)))
+    store.write("v0", "item", [f"i{i}" for i in range(n)], np.zeros((n, dim)))
+    store.publish("v0")
+    keys_base = admin.dbsize()
+    parent = "v0"
+    for k in range(1, 7):
+        version = f"v{k}"
+        store.declare(version, {"user": dim, "item": dim}, parent=parent)
+        rows = [f"u{(k * 37 + j) % n}" for j in range(changed)]
+        store.write(version, "user", rows, np.full((changed, dim), float(k)))
+        store.forget(version, "item", [f"i{k}"])
+        store.publish(version)
+        store.gc(keep=2)
+        parent = version
+    # the floor (one key per id) + the writes of the two kept versions (hashes) + a few version keys
+    extra = admin.dbsize() - keys_base
+    assert extra <= 2 * (changed + 1) + 12, extra
+    assert not list(admin.scan_iter(match=f"{ns}:v:v0:*"))  # the base is gone as a version ...
+    got = store.get_many("user", [f"u{(6 * 37 + j) % n}" for j in range(changed)] + ["u3999"], version="v6")
+    assert (got[0][:changed] == 6.0).all() and (got[0][changed] == 0.0).all()  # ... its rows are not
+    assert store.lookup("u0", ["i6", "i5", "i0"], version="v6").missing_items == [0, 1]
+    store.lookup("u0", ["i0"])  # warm the caches
+    admin.config_resetstat()
+    store.lookup("u1", [f"i{i}" for i in range(100)])
+    calls = _commands(admin)
+    calls.pop("config|resetstat", None)
+    calls.pop("config", None)
+    assert calls.pop("evalsha") == 1 and set(calls) <= {"hgetall", "get", "mget", "smismember"}, calls  # in it
     admin.close()
 
 
@@ -195,3 +238,31 @@ def test_tls(tls_redis: tuple[int, Path]) -> None:
         untrusted.versions()
     plain = open_store(f"redis://127.0.0.1:{port}")  # plaintext against a TLS port
     assert not plain.health()
+
+
+def test_versions_written_before_incremental_versions_stay_readable_and_collectable(make_store: MakeStore,
+                                                                                      redis_url: str) -> None:
+    """An upgraded deployment: serving still reads the live version of the old key layout, a new
+    lineage starts beside it with a full version, and gc deletes the old one with all its keys."""
+    store = make_store()
+    ns = store.settings.namespace  # type: ignore[attr-defined]
+    admin = redis.Redis.from_url(redis_url)
+    admin.hset(f"{ns}:v:old:meta", mapping={"created": repr(time.time() - 60), "dtype": "float32",
+                                            "dims.user": 4, "dims.item": 4, "count.user": 1, "count.item": 2})
+    admin.set(f"{ns}:v:old:live", "tok")
+    admin.zadd(f"{ns}:versions", {"old": time.time() - 60})
+    admin.set(f"{ns}:v:old:u:a", np.full(4, 1.0, dtype="<f4").tobytes())
+    admin.mset({f"{ns}:v:old:i:{k}": np.full(4, 2.0, dtype="<f4").tobytes() for k in ("x", "y")})
+    admin.set(f"{ns}:current", "old")
+    got = store.lookup("a", ["x", "zz", "y"])
+    assert got.version == "old" and got.user is not None and float(got.user[0]) == 1.0 and got.missing_items == [1]
+    assert store.gc(keep=0) == []  # the current one stays
+    assert store.versions() == ["old"]
+    with pytest.raises(Conflict, match="before incremental"):
+        store.declare("new", {"user": 4, "item": 4}, parent="old")
+    fill(store, "new", 3.0)
+    store.publish("new")
+    assert store.gc(keep=0) == ["old"]
+    assert not list(admin.scan_iter(match=f"{ns}:v:old:*")) and store.versions() == ["new"]
+    assert float(store.lookup("u1", ["i1"]).items[0, 0]) == 3.0
+    admin.close()

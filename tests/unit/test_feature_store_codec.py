@@ -17,8 +17,8 @@ def test_key_layout() -> None:
     k = KeyLayout("mamdr")
     assert k.current == "mamdr:current"
     assert k.versions == "mamdr:versions"
-    assert k.entity("20260101", "user", "42") == "mamdr:v:20260101:u:42"
-    assert k.entity("20260101", "item", "a:b") == "mamdr:v:20260101:i:a:b"  # ids may contain ':'
+    assert k.floor_prefix("20260101", "user") + "42" == "mamdr:t:20260101:u:42"
+    assert k.writes_prefix("20260101", "item") + "a:b" == "mamdr:t:20260101:hi:a:b"  # ids may contain ':'
     assert k.meta("v1") == "mamdr:v:v1:meta" and k.live("v1") == "mamdr:v:v1:live"
     assert k.version_glob("v1") == "mamdr:v:v1:*"  # cannot match v10 (the ':' follows the name)
     with pytest.raises(ConfigError, match="NAMESPACE"):

@@ -206,6 +206,97 @@ class StoreContract:
         assert len({v for v, _ in seen}) >= 2
 
 
+    # -- incremental versions (a version holds what changed; reads resolve through its parents) -------
+    def test_incremental_versions_read_through_their_lineage(self, make_store: MakeStore) -> None:
+        store, reader = make_store(), make_store(pointer_ttl_s=0.0)
+        views = _incremental_history(store)
+        for version, view in views.items():
+            _assert_view(reader, version, view)
+        info = store.describe("b2")
+        assert info.parent == "b1" and info.counts == {"user": 0, "item": 1}  # its writes (not the forgotten u2)
+        assert store.describe("b0").parent is None
+        assert reader.lookup("u2", ["i0"], version="b2").user is None  # forgotten in b2
+        with pytest.raises(NotFound):
+            store.declare("c1", {"user": 4, "item": 4}, parent="nope")
+        with pytest.raises(Conflict):
+            store.declare("c1", {"user": 5}, parent="b0")  # a tree has one dimension per kind
+        with pytest.raises(Conflict):
+            store.declare("b2", {"user": 4}, parent="b0")  # b2 already has a parent
+
+    def test_gc_keeps_every_row_a_kept_version_reads_through_its_parents(self, make_store: MakeStore) -> None:
+        store, reader = make_store(), make_store(pointer_ttl_s=0.0)
+        views = _incremental_history(store)
+        store.publish("b4")
+        # keep b3 (an ancestor of b4 on the first branch), b4 and b2's child b5 is gone: what each kept
+        # version reads must not change, though b0..b2 (their base and parents) are deleted
+        assert sorted(store.gc(keep=0, protect={"b3", "b5"})) == ["b0", "b1", "b2", "r1"]
+        assert store.versions() == ["b3", "b4", "b5"]
+        for version in ("b3", "b4", "b5"):
+            _assert_view(reader, version, views[version])
+        for gone in ("b0", "b1", "b2", "r1"):
+            with pytest.raises(NotFound):
+                reader.lookup("u0", ["i0"], version=gone)
+        assert store.gc(keep=0, protect={"b3", "b5"}) == []  # idempotent
+        assert sorted(store.gc(keep=0, protect={"b5"})) == ["b3"]
+        for version in ("b4", "b5"):
+            _assert_view(reader, version, views[version])
+        assert store.gc(keep=0) == ["b5"]  # b5's branch is dead: its rows go, b4 still reads its own
+        _assert_view(reader, "b4", views["b4"])
+        store.declare("b6", {"user": 4, "item": 4}, parent="b4")
+        store.write("b6", "user", ["u0"], np.full((1, 4), 60.0))
+        store.publish("b6")
+        assert store.gc(keep=0) == ["b4"]
+        _assert_view(reader, "b6", {**views["b4"], ("user", "u0"): 60.0})
+
+
+def _incremental_history(store: EmbeddingStore) -> dict[str, dict[tuple[str, str], float | None]]:
+    """A base, a chain, a rollback branch and an unrelated full version; what each version reads.
+
+    b0 (full) ← b1 ← b2 ← b3 ← b4 and b2 ← b5 (a rollback to b2 then a new version); r1 (full).
+    """
+    ids = {"user": [f"u{i}" for i in range(4)], "item": [f"i{i}" for i in range(6)]}
+    view: dict[tuple[str, str], float | None] = {(k, i): 0.5 for k, v in ids.items() for i in v}
+    views: dict[str, dict[tuple[str, str], float | None]] = {}
+    store.declare("b0", {"user": 4, "item": 4})
+    for kind, keys in ids.items():
+        store.write("b0", kind, keys, np.full((len(keys), 4), 0.5))
+    views["b0"] = dict(view)
+    changes = {  # version: (parent, {(kind, id): value or None to forget})
+        "b1": ("b0", {("user", "u1"): 1.0, ("item", "i1"): 1.0, ("item", "i5"): None}),
+        "b2": ("b1", {("user", "u2"): None, ("item", "i1"): 2.0}),
+        "b3": ("b2", {("user", "u1"): 3.0, ("item", "i2"): 3.0, ("item", "i5"): 3.0}),
+        "b4": ("b3", {("user", "u3"): 4.0, ("item", "i2"): 4.0}),
+        "b5": ("b2", {("user", "u1"): 5.0, ("item", "i0"): 5.0}),
+    }
+    for version, (parent, change) in changes.items():
+        view = dict(views[parent])
+        store.declare(version, {"user": 4, "item": 4}, parent=parent)
+        for (kind, key), value in change.items():
+            if value is None:
+                store.forget(version, kind, [key])  # type: ignore[arg-type]
+            else:
+                store.write(version, kind, [key], np.full((1, 4), value))  # type: ignore[arg-type]
+            view[(kind, key)] = value
+        views[version] = view
+    store.declare("r1", {"user": 4, "item": 4})
+    store.write("r1", "user", ["u0"], np.full((1, 4), 9.0))
+    return views
+
+
+def _assert_view(store: EmbeddingStore, version: str, view: dict[tuple[str, str], float | None]) -> None:
+    for kind in ("user", "item"):
+        keys = sorted(i for k, i in view if k == kind)
+        vecs, missing = store.get_many(kind, keys, version=version)  # type: ignore[arg-type]
+        for n, key in enumerate(keys):
+            want = view[(kind, key)]
+            assert (n in missing) == (want is None), (version, kind, key)
+            if want is not None:
+                assert float(vecs[n, 0]) == want, (version, kind, key, float(vecs[n, 0]), want)
+    items = sorted(i for k, i in view if k == "item")
+    got = store.lookup("u1", items, version=version)
+    assert got.version == version and got.user is not None and float(got.user[0]) == view[("user", "u1")]
+
+
 @pytest.fixture(params=["memory", "file"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
     name = uuid.uuid4().hex

@@ -11,6 +11,10 @@ One round, every ``round_seconds`` or ``round_events`` (whichever comes first):
    targets advanced together (``BatchedDR``, vmapped);
 3. publish version N: trainer checkpoint, embeddings in the feature store under N, ONNX shared model
    + deltas + manifest holding the consumed offsets, registered and promoted in the registry;
+   incrementally (``incremental_publish``): the feature-store version N has the live version's as
+   parent and holds only the rows changed since it (trained, assigned, seen, or forgotten ids), the
+   checkpoint holds only those rows too (a full one now and then), and a domain whose delta did not
+   change points at its older file;
 4. only then commit the offsets to the consumer group;
 5. retention deletes versions beyond the kept ones (trainer/service/retention.py).
 On start the trainer resumes from the live version's checkpoint and seeks to its manifest's offsets,
@@ -28,6 +32,7 @@ uniform sample of ``round_events`` of its events; the rest are counted
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import threading
@@ -40,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from contracts.errors import BackendUnavailable, ConfigError, Conflict
+from contracts.errors import BackendUnavailable, ConfigError, Conflict, DataError, IntegrityError, NotFound
 from contracts.settings import Settings
 from domain_registry.base import Registry
 from feature_store.base import EmbeddingStore
@@ -60,7 +65,7 @@ from trainer.service.graduation import Graduation
 from trainer.service.health import Heartbeat
 from trainer.service.metrics import TrainerMetrics
 from trainer.service.prequential import Prequential
-from trainer.service.state import CHECKPOINT_DIR, META_FILE, ModelState
+from trainer.service.state import CHAIN_FILE, CHECKPOINT_DIR, META_FILE, ModelState, checkpoint_chain
 
 log = logging.getLogger("mamdr.trainer")
 VERSION_RE = re.compile(r"^v(\d{6})$")
@@ -122,6 +127,9 @@ class ContinualTrainer:
         self.distributed: Any = None  # this rank's trainer.distributed Replica in a multi-process run
         self.ingested = 0  # events this process polled and ingested, and the seconds that took (no rounds)
         self.ingest_seconds = 0.0
+        # table rows a round trained since the last publish (what an incremental version writes)
+        self._trained_rows: dict[str, list[np.ndarray]] = {"user": [], "item": []}
+        self.last_publish: dict[str, Any] = {}  # what the last publish wrote (rows, full or not)
 
     # -- start / resume -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -347,6 +355,8 @@ class ContinualTrainer:
         rng = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.round_no)
         torch.manual_seed(self.cfg.seed * 1_000_003 + self.round_no)  # dropout draws: same seed, same model
         order = fw.shuffled_domains(rng)
+        for kind in ("user", "item"):  # every row a step of this round can move (DN, its outer step, replay)
+            self._trained_rows[kind].append(np.unique(np.concatenate([getattr(s, kind) for s in train.values()])))
         # one pass over the round's rows, more when it holds fewer than min_batches mini-batches
         bs = self.cfg.batch_size
         passes = max(1, -(-self.cfg.min_batches * bs // max(1, self._last_train["rows"])))
@@ -402,9 +412,20 @@ class ContinualTrainer:
         if totals is not None:
             self._round_valid, self._round_rejected = int(totals["valid"]), int(totals["rejected"])
         # embeddings first, under the new version (serving reads the version its manifest names)
-        (user_ids, user_rows), (item_ids, item_rows) = state.users.live(), state.items.live()
-        sync_embeddings(state.model, user_ids, item_ids, self.store, version, publish=True, user_rows=user_rows,
-                        item_rows=item_rows)
+        changed = self._changed_rows()
+        fs_parent = self._fs_parent() if changed is not None else None
+        if fs_parent is not None:
+            assert changed is not None
+            try:
+                written = self._write_changed(version, fs_parent, changed)
+            except Conflict as exc:  # e.g. a parent of the store's layout before incremental versions
+                log.warning("writing %s in full: %s", version, exc.message)
+                fs_parent = None
+        if fs_parent is None:
+            (user_ids, user_rows), (item_ids, item_rows) = state.users.live(), state.items.live()
+            sync_embeddings(state.model, user_ids, item_ids, self.store, version, publish=True,
+                            user_rows=user_rows, item_rows=item_rows)
+            written = {"user": len(user_ids), "item": len(item_ids), "forgotten": 0}
         failpoint("mid_publish")
         round_figs = self.prequential.cumulative()
         # the registry caps a version's metrics at 16 KiB of JSON: per-domain figures only up to
@@ -420,7 +441,9 @@ class ContinualTrainer:
                    "prequential": round_figs if len(round_figs) <= METRIC_DOMAINS else {},
                    "prequential_domains": len(round_figs), "prequential_mean_auc": self.prequential.mean_auc(),
                    "round": self.round_no, "valid": self._round_valid, "rejected": self._round_rejected}
-        state.save(self.root, version, {"round": self.round_no, "offsets": offsets})
+        ckpt = state.save(self.root, version, {"round": self.round_no, "offsets": offsets},
+                          parent=self.live_version, changed=changed, rebase_ratio=self.cfg.checkpoint_rebase_ratio,
+                          max_chain=self.cfg.checkpoint_max_chain)
         failpoint("after_checkpoint")
         domains = {d: s for d, s in state.slots().items() if self._known.get(d, "active") != "retired"}
         without_delta = [d for d in domains if d not in graduated]  # served by θS (with their own rows)
@@ -440,6 +463,11 @@ class ContinualTrainer:
                              rejected=self._round_rejected, domains_trained=[names[s] for s in trained],
                              seconds=time.monotonic() - t0, prequential=round_figs)
         self.live_version = version
+        self.last_publish = {"fs_parent": fs_parent, "rows": written,
+                             "checkpoint": json.loads((ckpt / CHAIN_FILE).read_text())["kind"]}
+        state.users.clear_changes()
+        state.items.clear_changes()
+        self._trained_rows = {"user": [], "item": []}
         self._pending, self._event_ts = [], []
         self._round_valid = self._round_rejected = 0
         self.metrics.round_seconds.observe(report.seconds)
@@ -454,6 +482,57 @@ class ContinualTrainer:
                  "prequential mean AUC %.4f", version, events, report.valid, report.rejected,
                  len(trained), report.seconds, self.prequential.mean_auc())
         return report
+
+    # -- incremental publish -------------------------------------------------------------------------
+    def _changed_rows(self) -> dict[str, np.ndarray] | None:
+        """Table rows changed since the live version (None: write everything, e.g. the first version
+        or a dense table optimizer, which moves every row at every step)."""
+        assert self.state is not None
+        if not self.cfg.incremental_publish or self.live_version is None or self.cfg.table_optimizer == "dense":
+            return None
+        if self.distributed is not None:  # the replicas' reconcile also moves rows other ranks trained
+            return None
+        out = {}
+        for kind, vocab in (("user", self.state.users), ("item", self.state.items)):
+            rows, _ = vocab.changes()
+            out[kind] = np.unique(np.concatenate([rows, *self._trained_rows[kind]]).astype(np.int64))
+        return out
+
+    def _fs_parent(self) -> str | None:
+        """The feature-store version the live manifest names, if the store still has it."""
+        if self.live_version is None:
+            return None
+        try:
+            name = read_manifest(self.root / self.live_version).feature_store_version
+        except (NotFound, IntegrityError):
+            return None
+        return name if name is not None and name in self.store.versions() else None
+
+    def _write_changed(self, version: str, parent: str, changed: dict[str, np.ndarray]) -> dict[str, int]:
+        """An incremental feature-store version: the changed rows ids own, tombstones for ids that
+        lost their row; everything else is read through ``parent``."""
+        from feature_store.loaders import bulk_write
+        from trainer.feature_sync import table_rows
+
+        assert self.state is not None
+        model = self.state.model
+        self.store.declare(version, {"user": model.config.udim, "item": model.config.idim}, parent=parent)
+        written = {"forgotten": 0}
+        for kind, vocab in (("user", self.state.users), ("item", self.state.items)):
+            rows = changed[kind]
+            names = vocab.marks(rows)[0] if len(rows) else []
+            owned = np.array([n is not None for n in names], dtype=bool)
+            ids = [n for n in names if n is not None]
+            vectors = table_rows(model, kind, 0, rows[owned]) if ids else np.zeros((0, 1), np.float32)
+            if ids:
+                bulk_write(self.store, version, kind, ids, vectors)  # type: ignore[arg-type]
+            gone = vocab.changes()[1]
+            if gone:
+                self.store.forget(version, kind, gone)  # type: ignore[arg-type]
+            written[kind] = len(ids)
+            written["forgotten"] += len(gone)
+        self.store.publish(version)
+        return written
 
     # -- bounded tables (issue 13.4: trainer/service/vocab.py) -----------------------------------------
     def _bound_tables(self) -> None:
@@ -554,9 +633,16 @@ def _finite(obj: object) -> object:
 
 
 def check_resumable(root: Path, version: str) -> None:
-    """Refuse to reset silently: the live version must have its checkpoint to resume from."""
+    """Refuse to reset silently: the live version must have its checkpoint (and, for an incremental
+    one, every link back to its full base) to resume from."""
     if not (Path(root) / CHECKPOINT_DIR / version / META_FILE).exists():
         raise ConfigError(f"live version {version} has no trainer checkpoint in {Path(root) / CHECKPOINT_DIR}: "
                           "restore it, promote a version that has one, or pass --new-lineage to start a new "
                           "model lineage on purpose")
+    try:
+        checkpoint_chain(root, version)
+    except DataError as exc:
+        raise ConfigError(f"live version {version} cannot be resumed: {exc.message}; restore it, promote a "
+                          "version that has its checkpoints, or pass --new-lineage to start a new model lineage "
+                          "on purpose") from None
 

@@ -3,8 +3,10 @@
 Kept (the *keep set*): the newest ``keep_versions`` published versions, the live one, every pinned
 one (``TrainerSettings.pinned_versions``), and the rollback target (the superseded version that was
 live most recently: what ``registry.rollback()`` would restore). Also kept, as files only: every
-file a kept manifest points at (a version's unchanged deltas live in an ancestor's folder) and every
-feature-store version a kept manifest names.
+file a kept manifest points at (a version's unchanged deltas live in an ancestor's folder), every
+feature-store version a kept manifest names (the store keeps every row such a version reads through
+its parents: feature_store/lineage.py), and every checkpoint a kept version's checkpoint chain
+needs back to its full base (incremental checkpoints: trainer/service/state.py).
 
 Everything else the trainer produced (ids ``vNNNNNN``; other ids are never touched) is deleted, in
 an order that leaves a consistent state wherever a crash stops it:
@@ -12,8 +14,8 @@ an order that leaves a consistent state wherever a crash stops it:
 1. the registry record first (``delete_model``): from then on nobody can promote or roll back to
    the version, so deleting its files can no longer break a live model;
 2. feature-store versions no kept manifest names (one ``gc(0, protect=...)``);
-3. trainer checkpoints of doomed versions; a checkpoint is kept for *every* kept version, so a
-   restart after any rollback the registry allows finds its checkpoint;
+3. trainer checkpoints no kept version's chain needs; a checkpoint (with its chain) is kept for
+   *every* kept version, so a restart after any rollback the registry allows finds it;
 4. version folders: the manifest first (the folder stops being a version), then each file no kept
    manifest references; a folder still holding referenced deltas stays as a husk of those files;
 5. crash leftovers older than ``grace_s``: ``.tmp-*`` folders of interrupted publishes and
@@ -40,12 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contracts.artifacts import read_manifest
-from contracts.errors import Conflict, IntegrityError, NotFound
+from contracts.errors import Conflict, DataError, IntegrityError, NotFound
 from contracts.manifest import LIVE_POINTER_FILE, MANIFEST_FILE, Manifest
 from domain_registry.base import Registry
 from feature_store.base import EmbeddingStore
 from trainer.service.failpoints import failpoint
-from trainer.service.state import CHECKPOINT_DIR
+from trainer.service.state import CHECKPOINT_DIR, checkpoint_chain
 
 log = logging.getLogger("mamdr.trainer.retention")
 VERSION_RE = re.compile(r"^v(\d{6})$")
@@ -186,8 +188,15 @@ def apply_retention(root: Path, registry: Registry, store: EmbeddingStore | None
         protect = fs_kept | kept | {v for v in store.versions() if not VERSION_RE.match(v)}
         with contextlib.suppress(NotFound):
             report.feature_store = store.gc(0, protect=protect)
-    # 3. checkpoints: one per kept version, no others
-    for version in sorted(_versions_in(ckpt) - kept):
+    # 3. checkpoints: the chain of every kept version, no others (a broken chain keeps every checkpoint)
+    needed = set(kept)
+    for version in kept:
+        try:
+            needed.update(checkpoint_chain(root, version))
+        except DataError:
+            if (ckpt / version).exists():
+                needed |= _versions_in(ckpt)
+    for version in sorted(_versions_in(ckpt) - needed):
         shutil.rmtree(ckpt / version, ignore_errors=True)
         report.checkpoints.append(version)
     # 4. version folders (referenced delta files survive as husks)

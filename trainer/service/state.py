@@ -9,6 +9,14 @@ rebuilt (the caller rebuilds its framework after a growth).
 The checkpoint of version V lives in ``<artifacts>/.trainer/V/`` (tensors via ``torch.save`` and
 loaded with ``weights_only=True``; vocabularies and config as JSON), written atomically before V is
 published; a restart loads the checkpoint of the live version only.
+
+A checkpoint is *full* (every tensor and the whole vocabularies) or *incremental*: the dense
+tensors and θi (small), plus only the table rows and vocabulary rows that changed since its parent
+(``rows.npz`` without pickles, their ids in JSON). ``chain.json`` names its parent and base; loading
+replays base → ... → V. The trainer writes a full one when the increments since the last full one
+reach ``checkpoint_rebase_ratio`` × its size (or ``checkpoint_max_chain`` links), so the bytes a
+round writes stay proportional to its changed rows on average and a restart reads a bounded chain.
+Retention keeps every checkpoint a kept version's chain needs (``checkpoint_chain``).
 """
 
 from __future__ import annotations
@@ -34,6 +42,41 @@ from trainer.service.vocab import Vocab
 CHECKPOINT_DIR = ".trainer"
 TENSORS_FILE = "state.pt"
 META_FILE = "meta.json"
+ROWS_FILE = "rows.npz"
+CHAIN_FILE = "chain.json"
+TABLES = {"user": "user_embedding.weight", "item": "item_embedding.weight"}
+
+
+def read_chain(root: Path, version: str) -> dict[str, Any]:
+    """A checkpoint's ``chain.json`` (a checkpoint without one is full: written before increments)."""
+    path = Path(root) / CHECKPOINT_DIR / version / CHAIN_FILE
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return {"kind": "full", "parent": None, "base": version, "base_bytes": 0, "chain_bytes": 0, "chain_len": 0}
+
+
+def checkpoint_chain(root: Path, version: str) -> list[str]:
+    """The checkpoints loading ``version`` reads, newest first (``version`` ... its full base).
+
+    ``DataError`` when a link is missing: that version cannot be resumed from."""
+    chain, seen = [version], {version}
+    while True:
+        folder = Path(root) / CHECKPOINT_DIR / chain[-1]
+        if not (folder / META_FILE).exists():
+            raise DataError(f"checkpoint {chain[-1]} (needed by {version}) is missing in {folder.parent}")
+        link = read_chain(root, chain[-1])
+        parent = link.get("parent") if link.get("kind") == "rows" else None
+        if parent is None:
+            return chain
+        if parent in seen:
+            raise DataError(f"checkpoint chain of {version} loops at {parent}")
+        chain.append(parent)
+        seen.add(parent)
+
+
+def _dir_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
 def _generator(*parts: int) -> torch.Generator:
@@ -179,22 +222,58 @@ class ModelState:
         return torch.sigmoid(logits).numpy()
 
     # -- checkpoint -----------------------------------------------------------------------------
-    def save(self, root: Path, version: str, extra: dict[str, Any]) -> Path:
-        """Write ``<root>/.trainer/<version>`` atomically."""
+    def save(self, root: Path, version: str, extra: dict[str, Any], parent: str | None = None,
+             changed: dict[str, np.ndarray] | None = None, rebase_ratio: float = 1.0,
+             max_chain: int = 50) -> Path:
+        """Write ``<root>/.trainer/<version>`` atomically: incremental (the ``changed`` rows per table
+        since the checkpoint ``parent``) unless there is no parent or the chain is due a full base."""
         base = Path(root) / CHECKPOINT_DIR
         base.mkdir(parents=True, exist_ok=True)
+        link = read_chain(root, parent) if parent is not None and changed is not None else None
+        if link is not None and not (base / parent / META_FILE).exists():  # type: ignore[operator]
+            link = None
+        if link is not None and (link["chain_len"] + 1 > max_chain
+                                 or link["chain_bytes"] > rebase_ratio * max(1, link["base_bytes"])):
+            link = None  # the increments since the base outweigh it: a new full base
         tmp = base / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
-        tensors = {f"model/{k}": v.detach().clone() for k, v in self.model.state_dict().items()}
-        tensors.update(self.params.state())
-        torch.save(tensors, tmp / TENSORS_FILE)
-        meta = {
-            "model": self.model_name, "config": self.model.config.to_json(), "specific": self.specific,
-            "seed": self.seed,
-            "users": self.users.ids, "items": self.items.ids, "domains": self.domains.ids,
-            "vocab_state": {"users": self.users.state(), "items": self.items.state()}, **extra,
-        }
-        (tmp / META_FILE).write_text(json.dumps(meta))
+        meta: dict[str, Any] = {"model": self.model_name, "config": self.model.config.to_json(),
+                                "specific": self.specific, "seed": self.seed, "domains": self.domains.ids,
+                                **extra}
+        if link is None or changed is None:
+            tensors = {f"model/{k}": v.detach() for k, v in self.model.state_dict().items()}
+            tensors.update(self.params.state())
+            torch.save(tensors, tmp / TENSORS_FILE)
+            meta.update({"users": self.users.ids, "items": self.items.ids,
+                         "vocab_state": {"users": self.users.state(), "items": self.items.state()}})
+            (tmp / META_FILE).write_text(json.dumps(meta))
+            size = _dir_bytes(tmp)
+            chain = {"kind": "full", "parent": None, "base": version, "base_bytes": size, "chain_bytes": 0,
+                     "chain_len": 0}
+        else:
+            skip = set(TABLES.values())
+            tensors = {f"model/{k}": v.detach() for k, v in self.model.state_dict().items() if k not in skip}
+            tensors.update(self.params.state())
+            torch.save(tensors, tmp / TENSORS_FILE)
+            arrays: dict[str, np.ndarray] = {}
+            ids: dict[str, list[str | None]] = {}
+            for kind, vocab in (("user", self.users), ("item", self.items)):
+                rows = np.asarray(changed[kind], dtype=np.int64)
+                weight = dict(self.model.named_parameters())[TABLES[kind]].detach()
+                names, last_round, last_time = vocab.marks(rows)
+                arrays[f"{kind}_rows"] = rows
+                arrays[f"{kind}_vecs"] = weight[torch.from_numpy(rows)].numpy()
+                arrays[f"{kind}_last_round"] = np.asarray(last_round, dtype=np.int64)
+                arrays[f"{kind}_last_time"] = np.asarray(last_time, dtype=np.float64)
+                ids[kind] = names
+            np.savez(tmp / ROWS_FILE, **arrays)
+            meta.update({"row_ids": ids, "n_rows": {"user": len(self.users), "item": len(self.items)},
+                         "vocab_small": {"users": self.users.small_state(), "items": self.items.small_state()}})
+            (tmp / META_FILE).write_text(json.dumps(meta))
+            size = _dir_bytes(tmp)
+            chain = {"kind": "rows", "parent": parent, "base": link["base"], "base_bytes": link["base_bytes"],
+                     "chain_bytes": link["chain_bytes"] + size, "chain_len": link["chain_len"] + 1}
+        (tmp / CHAIN_FILE).write_text(json.dumps(chain))
         final = base / version
         if final.exists():
             shutil.rmtree(final)
@@ -216,6 +295,57 @@ class ModelState:
         if not (folder / META_FILE).exists():
             raise DataError(f"no trainer checkpoint for live version {version} in {folder}; "
                             "start from scratch with a new artifacts folder or restore the checkpoint")
+        chain = checkpoint_chain(root, version)
+        if len(chain) == 1:
+            return cls._load_full(folder)
+        state, _ = cls._load_full(Path(root) / CHECKPOINT_DIR / chain[-1])
+        tables = {k: dict(state.model.named_parameters())[n].detach().clone() for k, n in TABLES.items()}
+        marks = {"user": state.users, "item": state.items}
+        ids = {k: v.ids for k, v in marks.items()}
+        rounds = {k: list(v.state()["last_round"]) for k, v in marks.items()}
+        times = {k: list(v.state()["last_time"]) for k, v in marks.items()}
+        meta: dict[str, Any] = {}
+        for link in reversed(chain[:-1]):  # oldest increment first
+            meta = json.loads((Path(root) / CHECKPOINT_DIR / link / META_FILE).read_text())
+            with np.load(Path(root) / CHECKPOINT_DIR / link / ROWS_FILE, allow_pickle=False) as rows:
+                for kind in TABLES:
+                    n = int(meta["n_rows"][kind])
+                    for lst, fill in ((ids[kind], None), (rounds[kind], 0), (times[kind], 0.0)):
+                        lst.extend([fill] * (n - len(lst)))  # type: ignore[list-item]
+                    r = rows[f"{kind}_rows"]
+                    for j, row in enumerate(r.tolist()):
+                        ids[kind][row] = meta["row_ids"][kind][j]
+                        rounds[kind][row] = int(rows[f"{kind}_last_round"][j])
+                        times[kind][row] = float(rows[f"{kind}_last_time"][j])
+                    vecs = torch.from_numpy(rows[f"{kind}_vecs"])
+                    cfg = ModelConfig.from_json(meta["config"])
+                    need = max(cfg.n_users if kind == "user" else cfg.n_items, int(r.max()) + 1 if len(r) else 0)
+                    if tables[kind].shape[0] < need:  # the rows a growth added, drawn as the trainer drew them
+                        grown = nn.Embedding.from_pretrained(tables[kind], freeze=False)
+                        _grow_rows(grown, need, state.seed, 1 if kind == "user" else 2)
+                        tables[kind] = grown.weight.detach()
+                    if len(r):
+                        tables[kind][torch.from_numpy(r)] = vecs.to(tables[kind].dtype)
+        state = cls(meta["model"], ModelConfig.from_json(meta["config"]), meta.get("specific"),
+                    int(meta.get("seed", 0)))
+        small = meta.get("vocab_small", {})
+        state.users = Vocab.restore(ids["user"], {"last_round": rounds["user"], "last_time": times["user"],
+                                                  **small.get("users", {})})
+        state.items = Vocab.restore(ids["item"], {"last_round": rounds["item"], "last_time": times["item"],
+                                                  **small.get("items", {})})
+        state.domains = Vocab(meta["domains"])
+        tensors = torch.load(folder / TENSORS_FILE, weights_only=True)
+        state.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, strict=False)
+        params = dict(state.model.named_parameters())
+        with torch.no_grad():
+            for kind, name in TABLES.items():
+                n = min(params[name].shape[0], tables[kind].shape[0])
+                params[name][:n] = tables[kind][:n]
+        state.params.load_state({k: v for k, v in tensors.items() if k.startswith("delta/")})
+        return state, meta
+
+    @classmethod
+    def _load_full(cls, folder: Path) -> tuple[ModelState, dict[str, Any]]:
         meta = json.loads((folder / META_FILE).read_text())
         state = cls(meta["model"], ModelConfig.from_json(meta["config"]), meta.get("specific"),
                     int(meta.get("seed", 0)))

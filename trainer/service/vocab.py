@@ -14,7 +14,9 @@ of a model lineage. Two options bound the user and item tables on an endless str
   (and the feature-store version written from it) stays as large as the ids seen recently.
 
 The vocabulary is saved with every version (plain JSON, never pickled): ``ids`` with ``null`` for
-free rows, plus the last-seen marks and the filter's counts.
+free rows, plus the last-seen marks and the filter's counts. An incremental version saves only the
+rows that changed since the last publish (``changes``: rows assigned, freed or seen; ids that lost
+their row), so a version costs what the round touched, not the vocabulary.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class Vocab:
         self._pending: dict[str, tuple[int, int]] = {}
         self._round = 0
         self._now = 0.0
+        self._dirty: set[int] = set()  # rows assigned, freed or seen since ``clear_changes``
+        self._gone: set[str] = set()  # ids that lost their row since then
         for i in ids:  # row r of the table belongs to ids[r] (None: a free row)
             row = self._append(i)
             if i is None:
@@ -75,6 +79,8 @@ class Vocab:
         else:
             row = self._append(key)
         self._index[key] = row
+        self._dirty.add(row)
+        self._gone.discard(key)
         return row
 
     def add(self, key: str) -> int:
@@ -82,6 +88,7 @@ class Vocab:
         row = self._index.get(key)
         if row is not None:
             self._last_round[row], self._last_time[row] = self._round, self._now
+            self._dirty.add(row)
             return row
         if self.min_count > 1:
             count = self._pending.pop(key, (0, 0))[0] + 1
@@ -125,6 +132,8 @@ class Vocab:
                 self._ids[row] = None
                 heapq.heappush(self._free, row)
                 freed.append(row)
+                self._dirty.add(row)
+                self._gone.add(key)
         if rounds and self._pending:  # counts of held-back ids age out the same way
             self._pending = {k: v for k, v in self._pending.items() if round_no - v[1] < rounds}
         return np.array(sorted(freed), dtype=np.int64)
@@ -133,6 +142,26 @@ class Vocab:
         """Ids that own a row and their rows, in row order."""
         pairs = sorted((row, key) for key, row in self._index.items())
         return [k for _, k in pairs], np.fromiter((r for r, _ in pairs), dtype=np.int64, count=len(pairs))
+
+    def changes(self) -> tuple[np.ndarray, list[str]]:
+        """Rows assigned, freed or seen since ``clear_changes`` (sorted) and ids that lost their row
+        and own none now: what an incremental version writes and forgets."""
+        rows = np.fromiter(sorted(self._dirty), dtype=np.int64, count=len(self._dirty))
+        return rows, sorted(k for k in self._gone if k not in self._index)
+
+    def clear_changes(self) -> None:
+        """After a publish: the next version's changes start here."""
+        self._dirty.clear()
+        self._gone.clear()
+
+    def marks(self, rows: np.ndarray) -> tuple[list[str | None], list[int], list[float]]:
+        """Id, last round and last time of each of ``rows`` (an incremental checkpoint's rows)."""
+        return ([self._ids[r] for r in rows], [self._last_round[r] for r in rows],
+                [self._last_time[r] for r in rows])
+
+    def small_state(self) -> dict[str, Any]:
+        """``state()`` without the per-row lists (saved by an incremental checkpoint)."""
+        return {"pending": [[k, c, r] for k, (c, r) in self._pending.items()], "round": self._round, "now": self._now}
 
     @property
     def ids(self) -> list[str | None]:
