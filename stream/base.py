@@ -43,6 +43,19 @@ def split_tp_key(key: str) -> tuple[str, int]:
     return topic, int(part)
 
 
+def partition_offsets(topic: str, offsets: dict[str, int]) -> dict[int, int]:
+    """``{"clicks:3": 17}`` -> ``{3: 17}``, refusing keys of another topic and negative offsets."""
+    out = {}
+    for key, offset in offsets.items():
+        key_topic, p = split_tp_key(key)
+        if key_topic != topic:
+            raise ConfigError(f"offset key {key!r} is not a partition of {topic!r}")
+        if int(offset) < 0:
+            raise ConfigError(f"offset {offset} for {key} is negative")
+        out[p] = int(offset)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     """One message as read from a stream. ``timestamp`` is seconds since the epoch (producer time)."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from contracts.errors import BackendUnavailable, ConfigError
 from contracts.settings import StreamSettings
-from stream.base import Record, StreamConsumer, check_reset, check_shard, in_shard, split_tp_key, tp_key
+from stream.base import Record, StreamConsumer, check_reset, check_shard, in_shard, partition_offsets, tp_key
 
 try:
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
@@ -163,15 +163,7 @@ class ConfluentStreamConsumer(StreamConsumer):
         return {tp_key(self._topic, p): self._pos[p] for p in sorted(self._assigned)}
 
     def _check(self, offsets: dict[str, int]) -> dict[int, int]:
-        out = {}
-        for key, offset in offsets.items():
-            topic, p = split_tp_key(key)
-            if topic != self._topic:
-                raise ConfigError(f"offset key {key!r} is not a partition of {self._topic!r}")
-            if int(offset) < 0:
-                raise ConfigError(f"offset {offset} for {key} is negative")
-            out[p] = int(offset)
-        return out
+        return partition_offsets(self._topic, offsets)
 
     def seek(self, offsets: dict[str, int]) -> None:
         checked = self._check(offsets)

@@ -40,7 +40,7 @@ from stream.base import (
     check_shard,
     event_bytes,
     in_shard,
-    split_tp_key,
+    partition_offsets,
     tp_key,
 )
 
@@ -255,15 +255,7 @@ class KafkaStreamConsumer(StreamConsumer):
         return out
 
     def _to_tps(self, offsets: dict[str, int]) -> dict[TopicPartition, int]:
-        out = {}
-        for key, offset in offsets.items():
-            topic, p = split_tp_key(key)
-            if topic != self._topic:
-                raise ConfigError(f"offset key {key!r} is not a partition of {self._topic!r}")
-            if int(offset) < 0:
-                raise ConfigError(f"offset {offset} for {key} is negative")
-            out[TopicPartition(topic, p)] = int(offset)
-        return out
+        return {TopicPartition(self._topic, p): o for p, o in partition_offsets(self._topic, offsets).items()}
 
     def seek(self, offsets: dict[str, int]) -> None:
         assigned = self._consumer.assignment()
