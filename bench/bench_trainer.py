@@ -163,12 +163,34 @@ class ReadyPoller(threading.Thread):
             time.sleep(0.02)
 
 
-def bench_freshness(rounds: int, round_events: int, rate: float, tmp: Path) -> None:
+def plot_freshness(points: list[tuple[float, float]], publishes: list[float], path: Path) -> None:
+    """Freshness of every event against when it was produced, with the moments serving saw each version."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    xs, ys = zip(*points, strict=True)
+    ax.plot(xs, ys, ".", ms=2, alpha=0.5, label="an event: time until serving reports a version including it")
+    for n, t in enumerate(publishes):
+        ax.axvline(t, color="grey", lw=0.8, ls="--", label="serving reports a new version" if n == 0 else None)
+    ax.set_xlabel("event produced at (s since the stream started)")
+    ax.set_ylabel("freshness (s)")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def bench_freshness(rounds: int, round_events: int, rate: float, tmp: Path, plot: Path | None = None) -> None:
     url = f"file://{tmp}/fresh/clicks"
     registry_url, store_url = f"sqlite://{tmp}/fresh.db", f"file://{tmp}/fresh_fs"
     # one partition: offsets sum to the number of events consumed in production order
+    # every version kept: the figures read each round's manifest afterwards
     settings = settings_for(tmp, url, partitions=1, round_events=round_events, round_seconds=3600.0,
-                            inner_batches=4)
+                            inner_batches=4, keep_versions=rounds + 2)
     (tmp / "artifacts").mkdir(parents=True, exist_ok=True)
     trainer = make_trainer(tmp, settings, 10, store_url=store_url, registry_url=registry_url)
     port = devstack.free_port()
@@ -211,12 +233,16 @@ def bench_freshness(rounds: int, round_events: int, rate: float, tmp: Path) -> N
             time.sleep(0.05)
         poller.stop.set()
         fresh, prev, secs = [], 0, []
+        points: list[tuple[float, float]] = []  # (produced at, freshness) for the plot
+        publishes: list[float] = []
         for rep in reports:
             end = sum(json.loads((tmp / "artifacts" / rep.version / "manifest.json").read_text())["offsets"].values())
             live = poller.first_seen.get(rep.version)
             if rep is not reports[0] and live is not None:
                 mine = [live - ts for ts in stamps[prev:end]]
                 fresh += mine
+                points += [(ts - t_start, live - ts) for ts in stamps[prev:end]]
+                publishes.append(live - t_start)
                 secs.append(rep.seconds)
                 print(f"  {rep.version}: {len(mine)} events, freshness {min(mine):.2f}-{max(mine):.2f} s, "
                       f"round {rep.seconds:.2f} s", flush=True)
@@ -226,6 +252,9 @@ def bench_freshness(rounds: int, round_events: int, rate: float, tmp: Path) -> N
               f"{len(secs)} rounds of {round_events} at {rate:.0f} events/s: p50 {np.percentile(f, 50):.2f} s, "
               f"p99 {np.percentile(f, 99):.2f} s, max {f.max():.2f} s; round time mean {np.mean(secs):.2f} s",
               flush=True)
+        if plot is not None and points:
+            plot_freshness(points, publishes, plot)
+            print(f"plot: {plot}", flush=True)
     finally:
         devstack.stop_process(tmp, "serving", timeout_s=10)
         trainer.close()
@@ -243,6 +272,7 @@ def main() -> int:
     parser.add_argument("--fresh-events", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--skip", default="", help="comma list of ingest,rounds,freshness to skip")
+    parser.add_argument("--plot", type=Path, default=None, help="write the freshness-over-time plot here")
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
@@ -268,7 +298,7 @@ def main() -> int:
         if "rounds" not in skip:
             bench_rounds([int(x) for x in args.domains.split(",")], args.round_events, args.inner_batches)
         if "freshness" not in skip:
-            bench_freshness(args.fresh_rounds, args.fresh_events, args.rate, tmp / "fresh")
+            bench_freshness(args.fresh_rounds, args.fresh_events, args.rate, tmp / "fresh", args.plot)
     return 0
 
 
