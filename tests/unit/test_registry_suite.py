@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from contracts.errors import Conflict, DataError, Gone, NotFound
+from contracts.errors import BackendUnavailable, Conflict, DataError, Gone, NotFound
 from domain_registry import Registry, open_registry
 from domain_registry.base import ModelVersion
 
@@ -341,22 +341,33 @@ class RegistrySuite:
         barrier = threading.Barrier(n)
         won: list[list[str]] = [[] for _ in range(n)]
         conflicts = [0] * n
+        errors: list[BaseException] = []
 
         def worker(k: int) -> None:
-            with open_registry(registry_url) as reg:
-                barrier.wait()
-                for domain_id in ids:
-                    try:
-                        reg.create_domain(domain_id, actor=f"t{k}")
-                        won[k].append(domain_id)
-                    except Conflict:
-                        conflicts[k] += 1
+            try:
+                with open_registry(registry_url) as reg:
+                    barrier.wait()
+                    for domain_id in ids:
+                        for attempt in range(3):  # a busy database is retryable (503), as a client retries it
+                            try:
+                                reg.create_domain(domain_id, actor=f"t{k}")
+                                won[k].append(domain_id)
+                            except Conflict:
+                                conflicts[k] += 1
+                            except BackendUnavailable:
+                                if attempt == 2:
+                                    raise
+                                continue
+                            break
+            except BaseException as exc:  # surfaced below: a thread's error must fail the test, not vanish
+                errors.append(exc)
 
         threads = [threading.Thread(target=worker, args=(k,)) for k in range(n)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(60)
+        assert not errors, errors
         flat = [d for w in won for d in w]
         assert sorted(flat) == sorted(ids), "each id created exactly once"
         assert sum(conflicts) == len(ids) * (n - 1)
