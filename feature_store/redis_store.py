@@ -83,10 +83,15 @@ for j = 1, n do
 end
 return out
 """
-# KEYS: writes hashes; ARGV: seq, then one value per key.
+# KEYS: the kind's above-floor set, then the writes hashes; ARGV: seq, the ids, then one value per id. Marking
+# the id and writing its value in one script: a gc in between would see the hash empty and unmark the id.
 _WRITE = """
-for i = 1, #KEYS do redis.call('HSET', KEYS[i], ARGV[1], ARGV[i + 1]) end
-return #KEYS
+local n = #KEYS - 1
+for i = 1, n do
+  redis.call('SADD', KEYS[1], ARGV[1 + i])
+  redis.call('HSET', KEYS[1 + i], ARGV[1], ARGV[1 + n + i])
+end
+return n
 """
 # KEYS: the kind's set, then (floor key, writes hash) per id; ARGV: seq, "fold" or "drop", then the ids.
 # fold: move that seq's write into the floor; drop: delete it. An id whose hash empties leaves the set.
@@ -316,9 +321,9 @@ class RedisStore(EmbeddingStore):
                 else:  # the index first: gc finds every write through it
                     prefix = self.keys.writes_prefix(meta.root, kind)
                     pipe.rpush(self.keys.index(version, kind), *ids[start:stop])
-                    pipe.sadd(self.keys.above_floor(meta.root, kind), *ids[start:stop])
-                    self._write_script(keys=[prefix + i for i in ids[start:stop]],
-                                       args=[meta.seq, *rows[start:stop]], client=pipe)
+                    self._write_script(keys=[self.keys.above_floor(meta.root, kind),
+                                             *[prefix + i for i in ids[start:stop]]],
+                                       args=[meta.seq, *ids[start:stop], *rows[start:stop]], client=pipe)
                 queued += 1
                 if queued == _PIPELINE_CHUNKS:
                     pipe.execute()

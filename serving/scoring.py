@@ -64,14 +64,17 @@ class Job:
 
 
 def _read(state: ServingState, version: str | None, jobs: Sequence[Job]) -> list[Lookup]:
-    """The jobs' vectors from one embedding version: one MGET for one job, two for a batch."""
+    """The jobs' vectors from one embedding version: one read for one job, one per kind for a batch."""
     store = state.store
     if len(jobs) == 1:
         return [store.lookup(jobs[0].user_id, jobs[0].item_ids, version=version)]
-    name = version or store.current_version() or ""
-    users, missing_users = store.get_many("user", [j.user_id for j in jobs], version=version)
+    # one name for both reads: resolving "live" twice could read users and items of two versions
+    name = version or store.current_version()
+    if not name:
+        raise NotFound("the feature store has no live embedding version")
+    users, missing_users = store.get_many("user", [j.user_id for j in jobs], version=name)
     flat = [i for j in jobs for i in j.item_ids]
-    items, missing_items = store.get_many("item", flat, version=version)
+    items, missing_items = store.get_many("item", flat, version=name)
     cold_users = set(missing_users)
     found, start, m = [], 0, 0
     for k, job in enumerate(jobs):

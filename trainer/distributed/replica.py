@@ -416,6 +416,7 @@ class Replica:
                              domains_trained=[], seconds=time.monotonic() - t0)
         trainer.round_no += 1
         trainer.live_version = version
+        trainer.forget_changes()  # rank 0 published: a worker's change set must not grow round after round
         trainer._pending, trainer._event_ts = [], []
         trainer._round_valid = trainer._round_rejected = 0
         return report

@@ -465,9 +465,7 @@ class ContinualTrainer:
         self.live_version = version
         self.last_publish = {"fs_parent": fs_parent, "rows": written,
                              "checkpoint": json.loads((ckpt / CHAIN_FILE).read_text())["kind"]}
-        state.users.clear_changes()
-        state.items.clear_changes()
-        self._trained_rows = {"user": [], "item": []}
+        self.forget_changes()
         self._pending, self._event_ts = [], []
         self._round_valid = self._round_rejected = 0
         self.metrics.round_seconds.observe(report.seconds)
@@ -484,6 +482,14 @@ class ContinualTrainer:
         return report
 
     # -- incremental publish -------------------------------------------------------------------------
+    def forget_changes(self) -> None:
+        """A version was published (by this process or, on a worker rank, by rank 0): start the next
+        change set empty, so it never grows across rounds."""
+        assert self.state is not None
+        self.state.users.clear_changes()
+        self.state.items.clear_changes()
+        self._trained_rows = {"user": [], "item": []}
+
     def _changed_rows(self) -> dict[str, np.ndarray] | None:
         """Table rows changed since the live version (None: write everything, e.g. the first version
         or a dense table optimizer, which moves every row at every step)."""
