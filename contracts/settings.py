@@ -96,8 +96,9 @@ class ServingSettings(_Section):
         description="uvicorn limit_concurrency: past this many open connections or tasks, answer 503 (None: no limit)")
     composition: str = Field("feed", description="feed (one session, weights fed) or session (per domain)")
     max_batch: int = Field(
-        16, ge=1, le=256, description="requests (users) scored together in one onnxruntime run (1: no "
-        "cross-request batching); also the most users one v2 infer request may carry")
+        16, ge=1, le=64, description="requests (users) scored together in one onnxruntime run (1: no "
+        "cross-request batching); also the most users one v2 infer request may carry (each group size up to "
+        "it builds a grouped graph at every version load, so the bound stays small)")
     batch_wait_s: float = Field(
         0.0002, ge=0, le=0.05, description="while other requests are still being read, wait at most this long "
         "for them to join a batch (never waits when nothing else is in flight)")

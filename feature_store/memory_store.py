@@ -194,6 +194,29 @@ class MemoryStore(EmbeddingStore):
         with self._space.lock:
             return [n for n, v in self._space.versions.items() if not v.retired]
 
+    def _settle(self, v: _Version, seq: int, fold: bool) -> None:
+        """Move version ``seq``'s writes into the floor (``fold``) or delete them; an id left with no
+        writes leaves its table (the Redis backend's settle script does the same)."""
+        data = self._space.data.get(v.root, {})
+        for kind in KINDS:
+            table = data.get(kind, {})
+            for key in v.index[kind]:
+                writes = table.get(key)
+                if writes is None or seq not in writes:
+                    continue
+                value = writes.pop(seq)
+                if fold:
+                    if value:
+                        writes[FLOOR] = value
+                    else:
+                        writes.pop(FLOOR, None)
+                if not writes:
+                    del table[key]
+        if fold:
+            for kind in KINDS:
+                v.index[kind] = set()
+            v.floored = True
+
     def gc(self, keep: int, protect: Collection[str] = ()) -> list[str]:
         if keep < 0:
             raise DataError(f"keep must be >= 0, got {keep}")
@@ -204,34 +227,9 @@ class MemoryStore(EmbeddingStore):
             for root in plan.drop_trees:
                 sp.data.pop(root, None)
             for node in plan.fold:  # ascending seq: the newest fold wins
-                v = sp.versions[node.name]
-                data = sp.data.get(v.root, {})
-                for kind in KINDS:
-                    table = data.get(kind, {})
-                    for key in v.index[kind]:
-                        writes = table.get(key)
-                        if writes is None or node.seq not in writes:
-                            continue
-                        value = writes.pop(node.seq)
-                        if value:
-                            writes[FLOOR] = value
-                        else:
-                            writes.pop(FLOOR, None)
-                        if not writes:
-                            del table[key]
-                    v.index[kind] = set()
-                v.floored = True
+                self._settle(sp.versions[node.name], node.seq, fold=True)
             for node in plan.dead:
-                v = sp.versions[node.name]
-                data = sp.data.get(v.root, {})
-                for kind in KINDS:
-                    table = data.get(kind, {})
-                    for key in v.index[kind]:
-                        writes = table.get(key)
-                        if writes is not None:
-                            writes.pop(node.seq, None)
-                            if not writes:
-                                del table[key]
+                self._settle(sp.versions[node.name], node.seq, fold=False)
             for node in plan.retire:
                 sp.versions[node.name].retired = True
             for node in plan.forget:
