@@ -6,6 +6,7 @@ prequential figures use the same ``auc``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -29,16 +30,48 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores))
 
 
-def domain_auc(scorer: Scorer, splits: Mapping[int, Split], batch_size: int = 8192) -> dict[int, float]:
-    """AUC of each domain on its own split."""
+def paired_auc_z(labels: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """(AUC(a) − AUC(b)) / its standard error, for two scorings of the same rows (DeLong et al. 1988).
+
+    The AUC is the mean of ψ(x_i, y_j) over positive/negative pairs; its variance follows from each
+    row's mean ψ against the other class (the "structural components"), which are ranks: O(n log n).
+    Paired, so what the two scorings share (the rows' difficulty) cancels. NaN when a class is missing;
+    ±inf when the difference is certain (zero variance, nonzero difference).
+    """
+    labels = np.asarray(labels).astype(bool)
+    pos, neg = labels.sum(), (~labels).sum()
+    if pos == 0 or neg == 0:
+        return float("nan")
+    comps = []
+    for s in (np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)):
+        x, y = np.sort(s[labels]), np.sort(s[~labels])
+        # mean over negatives of ψ(x_i, ·) = (#y < x_i + ½ #y == x_i) / n, and symmetrically for y_j
+        v10 = (np.searchsorted(y, s[labels], "left") + np.searchsorted(y, s[labels], "right")) / (2.0 * neg)
+        v01 = 1.0 - (np.searchsorted(x, s[~labels], "left") + np.searchsorted(x, s[~labels], "right")) / (2.0 * pos)
+        comps.append((v10, v01))
+    d10, d01 = comps[0][0] - comps[1][0], comps[0][1] - comps[1][1]
+    diff = float(d10.mean())  # = AUC(a) − AUC(b)
+    var = (d10.var(ddof=1) / pos if pos > 1 else 0.0) + (d01.var(ddof=1) / neg if neg > 1 else 0.0)
+    if var <= 0.0:
+        return 0.0 if diff == 0.0 else math.copysign(math.inf, diff)
+    return diff / math.sqrt(var)
+
+
+def domain_scores(scorer: Scorer, splits: Mapping[int, Split], batch_size: int = 8192) -> dict[int, np.ndarray]:
+    """Each domain's scores on its own split, in the split's row order."""
     import torch
 
-    out: dict[int, float] = {}
+    out: dict[int, np.ndarray] = {}
     with torch.no_grad():
         for d, split in splits.items():
             scores = [scorer(u, i, dom).float().cpu() for u, i, dom, _ in split.batches(d, batch_size, shuffle=False)]
-            out[d] = auc(split.label, torch.cat(scores).numpy()) if scores else float("nan")
+            out[d] = torch.cat(scores).numpy() if scores else np.zeros(0, dtype=np.float32)
     return out
+
+
+def domain_auc(scorer: Scorer, splits: Mapping[int, Split], batch_size: int = 8192) -> dict[int, float]:
+    """AUC of each domain on its own split."""
+    return {d: auc(splits[d].label, s) for d, s in domain_scores(scorer, splits, batch_size).items()}
 
 
 def mean_auc(per_domain: Mapping[int, float]) -> float:

@@ -48,6 +48,8 @@ class FrameworkConfig:
     ``dr_select`` (staged): ``domain`` keeps, for each domain, θi from the DR epoch with that domain's
     best validation AUC, or no θi at all when no DR epoch beat θS alone (the offline analogue of the
     paper's "graduation" of a domain); ``mean`` keeps all θi of the epoch with the best mean.
+    ``dr_select_se``: with ``domain``, θi counts as better only when its validation AUC beats θS alone's
+    by that many standard errors of the paired difference (the one-standard-error rule; 0: any rise).
 
     Stopping (``fit``): a run stops when the mean validation AUC has not risen by more than
     ``min_delta`` for ``patience`` epochs *of Alternate-equivalent progress*: with
@@ -82,6 +84,7 @@ class FrameworkConfig:
     dr_epochs: int | None = None  # staged: epoch budget of the DR phase (None: ``epochs``)
     dr_patience: int | None = 1  # staged: patience of the DR phase (None: ``patience``)
     dr_select: str = "domain"  # staged: keep each θi from its domain's best DR epoch (or none); "mean"
+    dr_select_se: float = 1.0  # "domain": θi must beat θS alone by this many standard errors (DeLong)
     l2: float = 1e-5
     specific: str | None = "all"  # θi on every trainable parameter (embeddings too)
     delta_init: str = "zeros"  # or "random" (the authors' independent initialisation)
@@ -106,6 +109,7 @@ class FrameworkConfig:
             (self.dr_budget in DR_BUDGETS, f"dr_budget {self.dr_budget!r}: use {DR_BUDGETS}"),
             (self.delta_init in DELTA_INITS, f"delta_init {self.delta_init!r}: use {DELTA_INITS}"),
             (self.dr_select in ("domain", "mean"), f"dr_select {self.dr_select!r}: use domain or mean"),
+            (self.dr_select_se >= 0, f"dr_select_se must be >= 0, got {self.dr_select_se}"),
             (0 < self.beta <= 1, f"beta must be in (0, 1], got {self.beta}"),
             (0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}"),
             (self.k >= 0, f"k must be >= 0, got {self.k}"),

@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-from trainer.evaluation import EarlyStopping, domain_auc, mean_auc
+from trainer.evaluation import EarlyStopping, auc, domain_auc, domain_scores, mean_auc, paired_auc_z
 from trainer.frameworks.base import Framework
 from trainer.frameworks.config import SAFETY_EPOCHS, FrameworkConfig
 from trainer.frameworks.finetune import finetune_deltas
@@ -26,11 +27,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DeltaSelection:
-    """``dr_select="domain"``: per domain, the best validation AUC seen in the DR phase and its θi.
-    The baseline (epoch -1) is θS alone: a domain whose θi never beat it serves θS."""
+    """``dr_select="domain"``: per domain, the DR epoch whose θi beats θS alone on that domain's
+    validation rows, or none (epoch -1: the domain serves θS alone).
+
+    With many domains, picking each domain's best epoch on its own noisy validation AUC is optimistic
+    (the winner's curse: some θi win by chance and lose on test). So θi must beat θS alone by
+    ``dr_select_se`` standard errors of the paired AUC difference (DeLong), the one-standard-error rule
+    of model selection: the simpler model (θS) is kept unless the richer one is better beyond noise.
+    """
 
     best: dict[int, float]
     epoch: dict[int, int]
+    baseline: dict[int, np.ndarray]  # θS alone: each domain's validation scores
     deltas: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
@@ -38,16 +46,23 @@ class DeltaSelection:
         saved = dict(fw.params.deltas)
         fw.params.deltas.clear()
         try:
-            base = domain_auc(fw.score, fw.dataset.val, fw.config.eval_batch_size)
+            scores = domain_scores(fw.score, fw.dataset.val, fw.config.eval_batch_size)
         finally:
             fw.params.deltas.update(saved)
-        return cls(best=dict(base), epoch={d: epoch for d in base})
+        base = {d: auc(fw.dataset.val[d].label, s) for d, s in scores.items()}
+        return cls(best=base, epoch={d: epoch for d in base}, baseline=scores)
 
     def observe(self, fw: Framework, per_domain: dict[int, float], epoch: int) -> None:
-        for d, value in per_domain.items():
-            if value == value and value > self.best.get(d, -float("inf")):
-                self.best[d], self.epoch[d] = value, epoch
-                self.deltas[d] = {n: t.detach().clone() for n, t in fw.params.delta(d).items()}
+        risen = {d for d, value in per_domain.items() if value == value and value > self.best.get(d, -float("inf"))}
+        if not risen:
+            return
+        val = fw.dataset.val
+        scores = domain_scores(fw.score, {d: val[d] for d in risen}, fw.config.eval_batch_size)
+        for d in risen:
+            if paired_auc_z(val[d].label, scores[d], self.baseline[d]) < fw.config.dr_select_se:
+                continue  # not better than θS alone beyond noise
+            self.best[d], self.epoch[d] = per_domain[d], epoch
+            self.deltas[d] = {n: t.detach().clone() for n, t in fw.params.delta(d).items()}
 
     def install(self, fw: Framework) -> None:
         fw.params.deltas.clear()

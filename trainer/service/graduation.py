@@ -4,8 +4,10 @@ DR trains θi for every domain with fresh clicks, but a delta learned from a few
 the shared model it is added to (the paper's θi are judged offline, on validation data; a stream has none). The
 trainer therefore scores every arriving click twice before training on it (prequential, "test, then train"):
 with Θi = θS + θi and with θS alone. Over each domain's last ``window`` scored clicks it compares the two AUCs;
-the delta is *graduated* (exported, served) only when Θi's AUC is at least ``margin`` above θS's on at least
-``min_clicks`` clicks of both classes. Otherwise the domain is exported without its delta and served by θS,
+the delta is *graduated* (exported, served) only when Θi's AUC beats θS's by ``se`` standard errors of the
+paired difference (DeLong; the one-standard-error rule, as the offline per-domain selection: a delta that wins
+by less than the window's noise is as likely to lose on the next clicks) on at least ``min_clicks`` clicks of
+both classes. Otherwise the domain is exported without its delta and served by θS,
 with its own row of the domain-indexed tensors, exactly the model the trainer scored as "θS". The served score
 of a click (and so the prequential AUC the trainer reports) is the one of whichever model its domain was served
 with when the click arrived.
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from trainer.evaluation import auc
+from trainer.evaluation import auc, paired_auc_z
 
 
 @dataclass
@@ -32,7 +34,7 @@ class _Window:
 class Graduation:
     window: int = 5000
     min_clicks: int = 200
-    margin: float = 0.0
+    se: float = 1.0
     graduated: set[str] = field(default_factory=set)
     _seen: dict[str, _Window] = field(default_factory=dict)
 
@@ -56,12 +58,13 @@ class Graduation:
             if len(y) < self.min_clicks or positives == 0 or positives == len(y):
                 report[domain] = {"graduated": domain in self.graduated, "clicks": float(len(y))}
                 continue  # too little evidence: keep the last decision
-            a_shared = auc(y, np.fromiter(w.shared, dtype=np.float64))
-            a_specific = auc(y, np.fromiter(w.specific, dtype=np.float64))
-            if a_specific >= a_shared + self.margin and a_specific > a_shared:
+            shared, specific = np.fromiter(w.shared, dtype=np.float64), np.fromiter(w.specific, dtype=np.float64)
+            a_shared, a_specific = auc(y, shared), auc(y, specific)
+            z = paired_auc_z(y > 0.5, specific, shared)
+            if a_specific > a_shared and z >= self.se:
                 self.graduated.add(domain)
             else:
                 self.graduated.discard(domain)
             report[domain] = {"graduated": domain in self.graduated, "clicks": float(len(y)),
-                              "auc_shared": a_shared, "auc_specific": a_specific}
+                              "auc_shared": a_shared, "auc_specific": a_specific, "z": z}
         return report
