@@ -89,6 +89,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--report-only", action="store_true",
                    help="grid: train nothing; tables from the finished cells (missing ones left out)")
     p.add_argument("--models", default=None, help="grid: comma list of models (default: --model)")
+    p.add_argument("--lrs", default=None,
+                   help="comma list of inner learning rates: every method runs each, and per method and seed the "
+                        "one with the best validation AUC is reported (the same tuning budget for all; "
+                        "not with --grid)")
     _add_framework_flags(p)
     p.set_defaults(func=cmd_experiment)
 
@@ -145,14 +149,29 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise ConfigError("--seeds must be >= 1")
+    lrs = _parse_lrs(args.lrs)
     if args.grid:
+        if lrs:
+            raise ConfigError("--lrs is for a single experiment; run the grid at one --lr")
         return _run_grid(args)
     cfg = ExperimentConfig(
         dataset=args.dataset, model=args.model.lower(), methods=parse_methods(args.frameworks),
         seeds=tuple(range(args.seed_offset, args.seed_offset + args.seeds)), out=args.out,
-        framework=_framework_config(args), data_dir=args.data_dir, emb_dim=args.emb_dim,
+        framework=_framework_config(args), data_dir=args.data_dir, emb_dim=args.emb_dim, lrs=lrs,
     )
     return _run(cfg, args.threads, show=not args.no_progress)
+
+
+def _parse_lrs(spec: str | None) -> tuple[float, ...]:
+    if not spec:
+        return ()
+    try:
+        lrs = tuple(dict.fromkeys(float(x) for x in spec.split(",") if x.strip()))
+    except ValueError as exc:
+        raise ConfigError(f"--lrs {spec!r}: a comma list of numbers, e.g. 5e-4,1e-3,2e-3") from exc
+    if not lrs or any(not 0 < lr <= 1 for lr in lrs) or len(lrs) > 8:
+        raise ConfigError(f"--lrs {spec!r}: 1 to 8 learning rates in (0, 1]")
+    return lrs
 
 
 

@@ -38,12 +38,31 @@ def test_experiment_writes_results_and_plot_reproducibly(tmp_path: Path) -> None
         assert m["per_domain"] == second["methods"][name]["per_domain"], name
 
 
+def test_a_learning_rate_grid_keeps_each_methods_best_rate_on_validation(tmp_path: Path) -> None:
+    """--lrs: every method runs at each rate; the reported run is the one with the best validation AUC,
+    and it is exactly the single-rate run at that rate (the grid changes nothing else)."""
+    base = dict(dataset="synthetic", model="mlp", methods=("alternate", "mamdr"), seeds=(0,), emb_dim=8,
+                framework=FrameworkConfig(epochs=2, batch_size=64, k=1),
+                dataset_options={"n_domains": 3, "n_users": 40, "n_items": 30, "rows_per_domain": 100})
+    grid = run_experiment(ExperimentConfig(out=tmp_path / "grid", lrs=(1e-3, 1e-2), **base))
+    for m, info in grid["methods"].items():
+        (seed,) = info["per_seed"]
+        assert set(seed["lr_val_auc"]) == {"0.001", "0.01"}
+        assert seed["lr"] == max((1e-3, 1e-2), key=lambda lr: seed["lr_val_auc"][f"{lr:g}"])
+        single = run_experiment(ExperimentConfig(
+            out=tmp_path / m, **{**base, "framework": base["framework"].with_(inner_lr=seed["lr"])}))
+        assert single["methods"][m]["per_domain"] == info["per_domain"], m
+    assert "best validation AUC is shown" in grid["table"]
+
+
 @pytest.mark.parametrize(("argv", "needle", "exit_code"), [
     (["--dataset", "no-such-data"], "no-such-data", 2),
     (["--dataset", "/nonexistent/folder/x"], "/nonexistent/folder/x", 3),  # not found
     (["--dataset", "synthetic", "--model", "nope"], "unknown model 'nope'", 2),
     (["--dataset", "synthetic", "--frameworks", "alternate,nope"], "unknown framework 'nope'", 2),
     (["--dataset", "synthetic", "--beta", "0"], "beta", 2),
+    (["--dataset", "synthetic", "--lrs", "1e-3,fast"], "--lrs", 2),
+    (["--dataset", "synthetic", "--lrs", "0,1e-3"], "--lrs", 2),
 ])
 def test_bad_input_is_one_error_line(argv: list[str], needle: str, exit_code: int, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:

@@ -52,9 +52,14 @@ class RunSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class ExperimentConfig(RunSpec):
-    """One model: every method for every seed."""
+    """One model: every method for every seed.
+
+    ``lrs``: the same learning-rate grid for every method; per method and seed, the rate with the best
+    validation AUC is kept (the others' runs only cost time). Empty: ``framework.inner_lr`` alone.
+    """
 
     model: str
+    lrs: tuple[float, ...] = ()
 
 
 def parse_methods(spec: str) -> tuple[str, ...]:
@@ -111,33 +116,8 @@ def run_experiment(cfg: ExperimentConfig,
     for seed in cfg.seeds:
         ds = load(cfg.dataset, seed, cfg.data_dir, cfg.dataset_options)
         domains, summary = ds.domains, ds.summary()
-        cells: dict[str, dict[str, Any]] = {}
-        first_stages: dict[str, Any] = {}  # finished Alternate/DN runs a staged DR/MAMDR resumes from
-        for base in bases:
-            finetune = f"{base}{FINETUNE_SUFFIX}" in cfg.methods
-            fcfg = cfg.framework.with_(seed=seed, finetune=finetune)
-            fw = build_framework(base, build(ds, cfg, seed), ds, fcfg)
-
-            def report(epoch: int, value: float, base: str = base, seed: int = seed) -> None:
-                if progress is not None:
-                    progress(f"seed {seed} {base} epoch {epoch + 1}: val AUC {value:.4f}")
-
-            resume = first_stages.get(STAGED_FIRST.get(base, "")) if fcfg.schedule == "staged" else None
-            result = fit(fw, report, resume_shared=resume)
-            if base in STAGED_FIRST.values() and result.state is not None:
-                first_stages[base] = result.state
-            info = {"epochs": result.epochs, "best_epoch": result.best_epoch + 1, "phases": result.phases,
-                    "epoch_times_s": result.epoch_times,
-                    "epoch_time_s": result.mean_epoch_time, "train_time_s": sum(result.epoch_times),
-                    "best_val_auc": result.best_val_auc, "val_history": result.val_history,
-                    "time_to_best_s": result.time_to_best_s, "capped": result.capped,
-                    "conflict": result.conflict}
-            if base in cfg.methods:
-                cells[base] = {"per_domain": result.test, **info}
-            if finetune and result.test_finetuned is not None:
-                cells[f"{base}{FINETUNE_SUFFIX}"] = {"per_domain": result.test_finetuned, **info}
-            if progress is not None:
-                progress(f"seed {seed} {base}: test AUC {result.test_auc:.4f} after {result.epochs} epochs")
+        by_lr = {lr: _run_seed(cfg, ds, seed, bases, lr, progress) for lr in (cfg.lrs or (cfg.framework.inner_lr,))}
+        cells = _pick_lr(by_lr) if cfg.lrs else by_lr[cfg.framework.inner_lr]
         ranks = average_rank({m: c["per_domain"] for m, c in cells.items()})
         for m, c in cells.items():
             c["avg_auc"], c["avg_rank"] = mean_auc(c["per_domain"]), ranks[m]
@@ -147,6 +127,50 @@ def run_experiment(cfg: ExperimentConfig,
     (cfg.out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
     plot_per_domain(results, cfg.out / "per_domain_auc.png")
     return results
+
+
+def _run_seed(cfg: ExperimentConfig, ds: MultiDomainDataset, seed: int, bases: list[str], lr: float,
+              progress: Callable[[str], None] | None) -> dict[str, dict[str, Any]]:
+    """Every method on one seed at one inner learning rate (staged DR/MAMDR resume from Alternate/DN)."""
+    cells: dict[str, dict[str, Any]] = {}
+    first_stages: dict[str, Any] = {}  # finished Alternate/DN runs a staged DR/MAMDR resumes from
+    tag = f" lr {lr:g}" if cfg.lrs else ""
+    for base in bases:
+        finetune = f"{base}{FINETUNE_SUFFIX}" in cfg.methods
+        fcfg = cfg.framework.with_(seed=seed, finetune=finetune, inner_lr=lr)
+        fw = build_framework(base, build(ds, cfg, seed), ds, fcfg)
+
+        def report(epoch: int, value: float, base: str = base) -> None:
+            if progress is not None:
+                progress(f"seed {seed}{tag} {base} epoch {epoch + 1}: val AUC {value:.4f}")
+
+        resume = first_stages.get(STAGED_FIRST.get(base, "")) if fcfg.schedule == "staged" else None
+        result = fit(fw, report, resume_shared=resume)
+        if base in STAGED_FIRST.values() and result.state is not None:
+            first_stages[base] = result.state
+        info = {"epochs": result.epochs, "best_epoch": result.best_epoch + 1, "phases": result.phases,
+                "epoch_times_s": result.epoch_times,
+                "epoch_time_s": result.mean_epoch_time, "train_time_s": sum(result.epoch_times),
+                "best_val_auc": result.best_val_auc, "val_history": result.val_history,
+                "time_to_best_s": result.time_to_best_s, "capped": result.capped,
+                "conflict": result.conflict, "lr": lr}
+        if base in cfg.methods:
+            cells[base] = {"per_domain": result.test, **info}
+        if finetune and result.test_finetuned is not None:
+            cells[f"{base}{FINETUNE_SUFFIX}"] = {"per_domain": result.test_finetuned, **info}
+        if progress is not None:
+            progress(f"seed {seed}{tag} {base}: test AUC {result.test_auc:.4f} after {result.epochs} epochs")
+    return cells
+
+
+def _pick_lr(by_lr: dict[float, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per method, the run whose learning rate gave the best validation AUC (test AUC never looked at)."""
+    methods = next(iter(by_lr.values()))
+    picked: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        best = max(by_lr, key=lambda lr: by_lr[lr][m]["best_val_auc"])
+        picked[m] = {**by_lr[best][m], "lr_val_auc": {f"{lr:g}": by_lr[lr][m]["best_val_auc"] for lr in by_lr}}
+    return picked
 
 
 def _ms(values: Sequence[float]) -> tuple[float, float]:
@@ -197,11 +221,19 @@ def aggregate(cfg: ExperimentConfig, per_seed: list[dict[str, dict[str, Any]]], 
             "delta_vs_alternate_per_seed": deltas,
             "time_to_alternate_best_s_per_seed": match,
             "capped": [sorted(set(c["capped"])) for c in cells],
+            "lr_per_seed": [c.get("lr") for c in cells],
             "per_seed": [{"avg_auc": c["avg_auc"], "avg_rank": c["avg_rank"], "val_history": c["val_history"],
                           "phases": c.get("phases", []), "epoch_times_s": c.get("epoch_times_s", []),
-                          "capped": c["capped"], "conflict": c["conflict"],
+                          "capped": c["capped"], "conflict": c["conflict"], "lr": c.get("lr"),
+                          "lr_val_auc": c.get("lr_val_auc"),
                           "per_domain": {domains[d]: v for d, v in c["per_domain"].items()}} for c in cells],
         }
+    table = format_table(methods)
+    if cfg.lrs:
+        grid = ", ".join(f"{lr:g}" for lr in cfg.lrs)
+        table += (f"\nevery method ran at each learning rate in {{{grid}}}; per method and seed the one with the "
+                  "best validation AUC is shown:\n" + "\n".join(
+                      f"  {m:<20} {' '.join(f'{lr:g}' for lr in info['lr_per_seed'])}" for m, info in methods.items()))
     return {"dataset": cfg.dataset, "summary": summary, "model": cfg.model, "seeds": list(cfg.seeds),
             "domains": domains, "framework_config": cfg.framework.to_json(), "methods": methods,
-            "table": format_table(methods)}
+            "lrs": list(cfg.lrs), "table": table}
