@@ -59,6 +59,9 @@ def _add_framework_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dr-patience", type=int, default=None, help="staged: DR-phase patience (default 1)")
     p.add_argument("--dr-select", default=None, choices=("domain", "mean"),
                    help="staged: domain (default: each domain keeps θi from its best DR epoch, or none) | mean")
+    p.add_argument("--no-dn-guard", dest="dn_guard", action="store_false", default=None,
+                   help="keep DN's θS even where plain alternate training (run from the same start) beats it on "
+                        "validation (default: the better of the two)")
     p.add_argument("--dr-select-se", type=float, default=None,
                    help="domain: θi is kept only if it beats θS alone on the domain's validation by this many "
                         "standard errors of the paired AUC difference (default 1; 0: any rise)")
@@ -103,7 +106,7 @@ def _framework_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     given = {
         "beta": args.beta, "gamma": args.gamma, "k": args.k, "dr_budget": args.dr_budget,
         "schedule": args.schedule, "dr_patience": args.dr_patience, "dr_select": args.dr_select,
-        "dr_select_se": args.dr_select_se, "specific": args.specific,
+        "dr_select_se": args.dr_select_se, "dn_guard": args.dn_guard, "specific": args.specific,
     }
     return FrameworkConfig(
         epochs=args.epochs, patience=args.patience, min_delta=args.min_delta,

@@ -63,7 +63,7 @@ def _auc_table(model_name: str, framework: str) -> tuple[dict[int, float], torch
     ds = toy_dataset(n_domains=3, rows=48)
     torch.manual_seed(5)
     cfg = FrameworkConfig(epochs=1, batch_size=32, k=1, seed=5, schedule="interleaved", finetune=framework == "mamdr",
-                          finetune_epochs=1)
+                          finetune_epochs=1, dn_guard=False)  # one run of one epoch (the guard adds Alternate's)
     fw = build_framework(framework, toy_model(ds, model_name, dropout=0.5), ds, cfg)
     result = fit(fw)
     assert result.epochs == 1 and len(result.test) == 3
@@ -96,8 +96,9 @@ def test_staged_schedule_moves_to_dr_after_shared_converges() -> None:
     fw = build_framework("mamdr", toy_model(ds), ds,
                          FrameworkConfig(epochs=6, patience=1, batch_size=32, k=1, schedule="staged"))
     result = fit(fw)
-    assert result.phases[0] == "shared"
-    assert "dr" in result.phases, result.phases
+    first = result.phases.index("dr")
+    assert first > 0 and set(result.phases[:first]) <= {"alternate", "dn"}  # θS (dn_guard: both runs) first
+    assert set(result.phases[first:]) == {"dr"}, result.phases
 
 
 @pytest.mark.parametrize(("first", "second"), [("alternate", "dr"), ("dn", "mamdr")])

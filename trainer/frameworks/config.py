@@ -48,6 +48,9 @@ class FrameworkConfig:
     ``dr_select`` (staged): ``domain`` keeps, for each domain, θi from the DR epoch with that domain's
     best validation AUC, or no θi at all when no DR epoch beat θS alone (the offline analogue of the
     paper's "graduation" of a domain); ``mean`` keeps all θi of the epoch with the best mean.
+    ``dn_guard`` (DN, staged MAMDR): Alternate is also run from the same start, and DN's θS is kept only if
+    its best validation AUC is at least Alternate's (else θS is Alternate's; MAMDR's DR phase starts from
+    the kept one): negotiation slows θS by β, which loses where the best model comes after a few large steps.
     ``dr_select_se``: with ``domain``, θi counts as better only when its validation AUC beats θS alone's
     by that many standard errors of the paired difference (the one-standard-error rule; 0: any rise).
 
@@ -84,6 +87,7 @@ class FrameworkConfig:
     dr_epochs: int | None = None  # staged: epoch budget of the DR phase (None: ``epochs``)
     dr_patience: int | None = 1  # staged: patience of the DR phase (None: ``patience``)
     dr_select: str = "domain"  # staged: keep each θi from its domain's best DR epoch (or none); "mean"
+    dn_guard: bool = True  # DN's θS only where it beats plain alternate training on validation
     dr_select_se: float = 1.0  # "domain": θi must beat θS alone by this many standard errors (DeLong)
     l2: float = 1e-5
     specific: str | None = "all"  # θi on every trainable parameter (embeddings too)

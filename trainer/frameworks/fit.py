@@ -18,8 +18,10 @@ import numpy as np
 import torch
 
 from trainer.evaluation import EarlyStopping, auc, domain_auc, domain_scores, mean_auc, paired_auc_z
+from trainer.frameworks.alternate import Alternate
 from trainer.frameworks.base import Framework
 from trainer.frameworks.config import SAFETY_EPOCHS, FrameworkConfig
+from trainer.frameworks.dn import DomainNegotiation
 from trainer.frameworks.finetune import finetune_deltas
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,7 @@ class FitState:
     capped: list[str] = field(default_factory=list)  # phases that hit a budget while still improving
     selection: DeltaSelection | None = None
     conflict: list[list[list[float]]] = field(default_factory=list)  # DN: per-epoch domain cosine matrix
+    guard: str | None = None  # dn_guard: whose θS was kept ("dn" or "alternate")
 
 
 @dataclass
@@ -98,6 +101,7 @@ class FitResult:
     capped: list[str] = field(default_factory=list)
     conflict: list[list[list[float]]] = field(default_factory=list)
     kept_deltas: int | None = None  # dr_select="domain": domains that keep their θi
+    guard: str | None = None  # dn_guard: whose θS was kept ("dn" or "alternate")
 
     @property
     def time_to_best_s(self) -> float:
@@ -131,12 +135,57 @@ def patience_at(fw: Framework, epoch: int, second_phase: bool) -> int:
 
 
 def fit(fw: Framework, progress: Callable[[int, float], None] | None = None,
-        resume_shared: FitState | None = None) -> FitResult:
+        resume_shared: FitState | None = None, reference: FitResult | None = None) -> FitResult:
     """Train ``fw`` until early stopping (patience on mean validation AUC) or ``epochs``.
 
     ``resume_shared``: the state of a finished run of this framework's first stage (same seed and
     config); its best θS is loaded and training continues with the next phase.
+    ``reference``: with ``dn_guard``, a finished Alternate run of the same seed and config (it is run
+    here when not given; passing it only saves that time).
     """
+    if resume_shared is None and _guarded(fw):
+        return _fit_guarded(fw, progress, reference)
+    return _fit(fw, progress, resume_shared)
+
+
+def _guarded(fw: Framework) -> bool:
+    cfg = fw.config
+    negotiates = cfg.outer != "interp" or cfg.beta < 1 or cfg.beta_schedule != "constant"
+    staged = fw.name == "dn" or (fw.name == "mamdr" and cfg.schedule == "staged")
+    return cfg.dn_guard and negotiates and staged and isinstance(fw, DomainNegotiation)
+
+
+def _fit_guarded(fw: Framework, progress: Callable[[int, float], None] | None,
+                 reference: FitResult | None) -> FitResult:
+    """DN's θS is kept only where it beats plain alternate training on validation (``dn_guard``).
+
+    Negotiation moves θS β of the way per epoch; on data where the best model comes after a few large
+    steps (a small set that over-fits within 2-3 epochs) that costs more than eq. 18's term gains, and
+    DN ends below Alternate. Both runs start from the same initial model and seed; the one with the higher
+    best validation AUC gives θS (for MAMDR, the θS its DR phase starts from). The time is both runs'.
+    """
+    start = copy.deepcopy(fw.model)  # untouched: the framework was just built
+    negotiated = _fit(DomainNegotiation(copy.deepcopy(start), fw.dataset, fw.config), progress, None)
+    if reference is None:
+        reference = _fit(Alternate(copy.deepcopy(start), fw.dataset, fw.config), progress, None)
+    assert negotiated.state is not None and reference.state is not None
+    keep_dn = negotiated.best_val_auc >= reference.best_val_auc
+    first, second = (reference.state, negotiated.state) if keep_dn else (negotiated.state, reference.state)
+    state = copy.deepcopy(second)  # the kept run is put last, so its epochs are the ones "up to the best"
+    offset = len(first.times)
+    state.times, state.history = list(first.times) + state.times, list(first.history) + state.history
+    state.phases = list(first.phases) + state.phases
+    state.capped = list(first.capped) + state.capped
+    state.conflict = list(negotiated.state.conflict)
+    state.stopper.best_epoch += offset
+    state.guard = "dn" if keep_dn else "alternate"
+    if fw.name == "dn":
+        return _result(fw, state)
+    return _fit(fw, progress, state)  # MAMDR: the DR phase from the kept θS
+
+
+def _fit(fw: Framework, progress: Callable[[int, float], None] | None,
+         resume_shared: FitState | None) -> FitResult:
     cfg = fw.config
     rng = torch.Generator()
     if resume_shared is None:
@@ -201,8 +250,14 @@ def fit(fw: Framework, progress: Callable[[int, float], None] | None = None,
                 continue
             break
     state.rng_state, state.torch_rng_state = rng.get_state(), torch.get_rng_state()
+    return _result(fw, state)
+
+
+def _result(fw: Framework, state: FitState) -> FitResult:
+    """Install the best state (and the selected θi), then the test figures of a finished run."""
+    cfg = fw.config
     fw.restore(state.best_state)
-    best_epoch, best_val, kept = stopper.best_epoch, stopper.best, None
+    best_epoch, best_val, kept = state.stopper.best_epoch, state.stopper.best, None
     if state.selection is not None:  # per-domain θi (or θS alone) from each domain's best DR epoch
         sel = state.selection
         state.selection.install(fw)
@@ -220,7 +275,7 @@ def fit(fw: Framework, progress: Callable[[int, float], None] | None = None,
         fw.params.deltas.update(saved)
     return FitResult(fw.name, best_epoch, len(state.times), best_val, list(state.times),
                      list(state.history), test, tuned, list(state.phases), state, list(state.capped),
-                     list(state.conflict), kept)
+                     list(state.conflict), kept, state.guard)
 
 
 def _selection(fw: Framework, epoch: int) -> DeltaSelection | None:

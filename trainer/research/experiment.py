@@ -134,6 +134,7 @@ def _run_seed(cfg: ExperimentConfig, ds: MultiDomainDataset, seed: int, bases: l
     """Every method on one seed at one inner learning rate (staged DR/MAMDR resume from Alternate/DN)."""
     cells: dict[str, dict[str, Any]] = {}
     first_stages: dict[str, Any] = {}  # finished Alternate/DN runs a staged DR/MAMDR resumes from
+    finished: dict[str, Any] = {}  # this seed's results: DN's guard compares with Alternate's run
     tag = f" lr {lr:g}" if cfg.lrs else ""
     for base in bases:
         finetune = f"{base}{FINETUNE_SUFFIX}" in cfg.methods
@@ -145,7 +146,8 @@ def _run_seed(cfg: ExperimentConfig, ds: MultiDomainDataset, seed: int, bases: l
                 progress(f"seed {seed}{tag} {base} epoch {epoch + 1}: val AUC {value:.4f}")
 
         resume = first_stages.get(STAGED_FIRST.get(base, "")) if fcfg.schedule == "staged" else None
-        result = fit(fw, report, resume_shared=resume)
+        result = fit(fw, report, resume_shared=resume, reference=finished.get("alternate"))
+        finished[base] = result
         if base in STAGED_FIRST.values() and result.state is not None:
             first_stages[base] = result.state
         info = {"epochs": result.epochs, "best_epoch": result.best_epoch + 1, "phases": result.phases,
@@ -153,7 +155,7 @@ def _run_seed(cfg: ExperimentConfig, ds: MultiDomainDataset, seed: int, bases: l
                 "epoch_time_s": result.mean_epoch_time, "train_time_s": sum(result.epoch_times),
                 "best_val_auc": result.best_val_auc, "val_history": result.val_history,
                 "time_to_best_s": result.time_to_best_s, "capped": result.capped,
-                "conflict": result.conflict, "lr": lr}
+                "conflict": result.conflict, "lr": lr, "guard": result.guard}
         if base in cfg.methods:
             cells[base] = {"per_domain": result.test, **info}
         if finetune and result.test_finetuned is not None:
@@ -225,7 +227,7 @@ def aggregate(cfg: ExperimentConfig, per_seed: list[dict[str, dict[str, Any]]], 
             "per_seed": [{"avg_auc": c["avg_auc"], "avg_rank": c["avg_rank"], "val_history": c["val_history"],
                           "phases": c.get("phases", []), "epoch_times_s": c.get("epoch_times_s", []),
                           "capped": c["capped"], "conflict": c["conflict"], "lr": c.get("lr"),
-                          "lr_val_auc": c.get("lr_val_auc"),
+                          "lr_val_auc": c.get("lr_val_auc"), "guard": c.get("guard"),
                           "per_domain": {domains[d]: v for d, v in c["per_domain"].items()}} for c in cells],
         }
     table = format_table(methods)
