@@ -1,7 +1,9 @@
 """KServe Open Inference Protocol v2 (the REST protocol Triton and KServe speak), one model per domain.
 
 Routes: ``GET /v2`` (server metadata), ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{domain}``
-(model metadata), ``/v2/models/{domain}/ready`` and ``POST /v2/models/{domain}/infer``. Infer takes BYTES
+(model metadata), ``/v2/models/{domain}/ready`` and ``POST /v2/models/{domain}/infer``, and the same three
+under ``/v2/models/{domain}/versions/{version}`` for a published version other than the live one (also
+``parameters.model_version`` or the ``X-Model-Version`` header; see :mod:`serving.versions`). Infer takes BYTES
 inputs ``user_id`` (shape [1]) or ``user_ids`` (shape [B], a batch of users) and ``item_ids`` (shape [N]:
 the same candidates for every user, or [B, N]: each user's own), and returns the FP32 output ``scores``
 ([N] for ``user_id``, [B, N] for ``user_ids``, rows in the order of the users). Scoring is the per-domain
@@ -11,6 +13,7 @@ endpoint's (``serving.scoring`` through the batcher); errors are ``contracts.htt
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,9 +25,12 @@ from contracts.errors import DataError, MamdrError
 from contracts.http import COMMON_ERRORS, DirectRoute, MappedRoute, v2_error_responses
 from serving.batching import Batcher
 from serving.errors import ModelNotReady
+from serving.live import LiveModel
+from serving.metrics import MIXED_VERSIONS
 from serving.reload import ServingState
 from serving.schemas import parse_json
 from serving.scoring import Job
+from serving.versions import VERSION_HEADER, model_for, requested_version
 
 PLATFORM = "onnxruntime_onnx"
 USER_ID, USER_IDS, ITEM_IDS, SCORES = "user_id", "user_ids", "item_ids", "scores"
@@ -209,13 +215,17 @@ def build_v2_router(state_of: Callable[[Request], ServingState], batcher_of: Cal
     router = APIRouter(prefix="/v2", tags=["v2 (KServe Open Inference Protocol)"], route_class=MappedRoute,
                        responses=v2_error_responses(*COMMON_ERRORS))
 
-    def live_model(request: Request, domain: str) -> tuple[ServingState, str]:
+    async def model_of(request: Request, domain: str, version: str | None = None) -> LiveModel:
+        """The model serving ``domain``: the live one, or ``version`` (404 unknown domain or version, 410 retired
+        domain, 503 no model yet)."""
         state = state_of(request)
         state.domains.check(domain)
         live = state.live
         if live is None:
             raise ModelNotReady("no model version is loaded yet; publish and promote one (see /readyz)")
-        return state, live.version
+        if version is None:
+            return live
+        return await model_for(state, requested_version(version), "")
 
     @router.get("", response_model=V2ServerMetadata)
     async def server_metadata() -> V2ServerMetadata:
@@ -234,25 +244,43 @@ def build_v2_router(state_of: Callable[[Request], ServingState], batcher_of: Cal
         ready = state.live is not None and state.domains.lost is None
         return Response(V2Ready(ready=ready).model_dump_json(), status_code=200 if ready else 503, media_type=_JSON)
 
-    @router.get("/models/{domain}", response_model=V2ModelMetadata, responses=v2_error_responses(404, 410))
-    async def model_metadata(domain: str, request: Request) -> V2ModelMetadata:
-        """Metadata of the model serving ``domain``: its inputs and output."""
-        _, version = live_model(request, domain)
+    def metadata(domain: str, versions: list[str]) -> V2ModelMetadata:
         return V2ModelMetadata(
-            name=domain, versions=[version], platform=PLATFORM,
+            name=domain, versions=versions, platform=PLATFORM,
             inputs=[V2TensorMetadata(name=USER_ID, datatype="BYTES", shape=[1]),
                     V2TensorMetadata(name=USER_IDS, datatype="BYTES", shape=[-1]),
                     V2TensorMetadata(name=ITEM_IDS, datatype="BYTES", shape=[-1, -1])],
             outputs=[V2TensorMetadata(name=SCORES, datatype="FP32", shape=[-1, -1])],
         )
 
+    @router.get("/models/{domain}", response_model=V2ModelMetadata, responses=v2_error_responses(404, 410))
+    async def model_metadata(domain: str, request: Request) -> V2ModelMetadata:
+        """Metadata of the model serving ``domain``: its inputs and output; ``versions``: the live version first,
+        then the versions held beside it (pinned, canary)."""
+        live = await model_of(request, domain)
+        held = [v for v in state_of(request).versions.held() if v != live.version]
+        return metadata(domain, [live.version, *held])
+
+    @router.get("/models/{domain}/versions/{version}", response_model=V2ModelMetadata,
+                responses=v2_error_responses(404, 410))
+    async def version_metadata(domain: str, version: str, request: Request) -> V2ModelMetadata:
+        """Metadata of ``domain`` in a published ``version`` (loaded if it is not held; 404 if it cannot be)."""
+        return metadata(domain, [(await model_of(request, domain, version)).version])
+
     @router.get("/models/{domain}/ready", response_model=V2ModelReady, responses=v2_error_responses(404, 410))
     async def model_ready(domain: str, request: Request) -> V2ModelReady:
         """200 when ``domain`` can be scored now (404 unknown, 410 retired, 503 no model yet)."""
-        live_model(request, domain)
+        await model_of(request, domain)
         return V2ModelReady(name=domain, ready=True)
 
-    async def infer(domain: str, request: Request) -> Response:
+    @router.get("/models/{domain}/versions/{version}/ready", response_model=V2ModelReady,
+                responses=v2_error_responses(404, 410))
+    async def version_ready(domain: str, version: str, request: Request) -> V2ModelReady:
+        """200 when ``domain`` can be scored now with ``version`` (404 unknown domain or version)."""
+        await model_of(request, domain, version)
+        return V2ModelReady(name=domain, ready=True)
+
+    async def infer(domain: str, request: Request, version: str | None = None) -> Response:
         """Scores of ``item_ids`` for ``user_id`` (or for each of ``user_ids``) in ``domain``."""
         started = time.perf_counter()
         batcher = batcher_of(request)
@@ -269,7 +297,13 @@ def build_v2_router(state_of: Callable[[Request], ServingState], batcher_of: Cal
             jobs, batch = jobs_of(domain, body, state.settings.serving.max_batch)
         finally:
             batcher.entered -= 1
-        results = await batcher.score(jobs)
+        named = (body.parameters or {}).get("model_version")
+        if named is not None and not isinstance(named, str):
+            raise InvalidInferRequest("parameters.model_version must be a string (a published version id)")
+        pinned = requested_version(version, named, request.headers.get(VERSION_HEADER))
+        models = [await model_for(state, pinned, job.user_id) for job in jobs]  # a canary slices by user
+        request.state.model_version = models[0].version if len(set(map(id, models))) == 1 else MIXED_VERSIONS
+        results = await _score_by_model(batcher, jobs, models)
         for result in results:
             if isinstance(result, MamdrError):
                 raise result
@@ -277,21 +311,48 @@ def build_v2_router(state_of: Callable[[Request], ServingState], batcher_of: Cal
         n = len(jobs[0].item_ids)
         data = [s for r in scored for s in r.scores]
         degraded = any(r.degraded for r in scored)
+        parameters: dict[str, Any] = {
+            "cold_users": [j.user_id for j, r in zip(jobs, scored, strict=True) if r.cold_user],
+            "cold_items": sorted({i for r in scored for i in r.cold_items}), "degraded": degraded}
+        row_versions = [r.model_version for r in scored]
+        if len(set(row_versions)) > 1:  # a canary took some of the users: each row says which version scored it
+            parameters["model_versions"] = row_versions
         response = V2InferResponse(
-            model_name=domain, model_version=scored[0].model_version, id=body.id,
-            parameters={"cold_users": [j.user_id for j, r in zip(jobs, scored, strict=True) if r.cold_user],
-                        "cold_items": sorted({i for r in scored for i in r.cold_items}),
-                        "degraded": degraded},
+            model_name=domain, model_version=scored[0].model_version, id=body.id, parameters=parameters,
             outputs=[V2Output(name=SCORES, datatype="FP32", shape=[len(jobs), n] if batch else [n], data=data)],
         )
         count(request, domain, 200, time.perf_counter() - started, degraded)
         return Response(response.model_dump_json(), media_type=_JSON)
 
+    body_schema = {"requestBody": {"required": True,
+                                   "content": {_JSON: {"schema": V2InferRequest.model_json_schema()}}}}
     router.add_api_route("/models/{domain}/infer", infer, methods=["POST"], response_model=V2InferResponse,
                          responses=v2_error_responses(404, 410), route_class_override=DirectRoute,
-                         openapi_extra={"requestBody": {"required": True, "content": {
-                             _JSON: {"schema": V2InferRequest.model_json_schema()}}}})
+                         openapi_extra=body_schema)
+
+    async def infer_version(domain: str, version: str, request: Request) -> Response:
+        """Scores as ``/infer`` gives them, from the published ``version`` (404 if it cannot be served)."""
+        return await infer(domain, request, version)
+
+    router.add_api_route("/models/{domain}/versions/{version}/infer", infer_version, methods=["POST"],
+                         response_model=V2InferResponse, responses=v2_error_responses(404, 410),
+                         route_class_override=DirectRoute, openapi_extra=body_schema)
     return router
+
+
+async def _score_by_model(batcher: Batcher, jobs: list[Job], models: list[LiveModel]) -> list[Any]:
+    """Each model's jobs through the batcher (concurrently), results back in job order."""
+    groups: dict[int, list[int]] = {}
+    for k, model in enumerate(models):
+        groups.setdefault(id(model), []).append(k)
+    if len(groups) == 1:
+        return await batcher.score(jobs, models[0])
+    parts = await asyncio.gather(*(batcher.score([jobs[k] for k in ks], models[ks[0]]) for ks in groups.values()))
+    results: list[Any] = [None] * len(jobs)
+    for ks, part in zip(groups.values(), parts, strict=True):
+        for k, result in zip(ks, part, strict=True):
+            results[k] = result
+    return results
 
 
 def _first_problem(exc: ValidationError) -> str:
