@@ -41,7 +41,7 @@ from serving.metrics import NO_VERSION
 from serving.reload import Reloader, ServingState
 from serving.schemas import CTRRequest, CTRResponse, Readiness, parse_json
 from serving.scoring import Job
-from serving.v2 import build_v2_router
+from serving.v2 import add_v2_routes
 from serving.versions import VERSION_HEADER, model_for, requested_version
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,7 @@ def create_app(
     app.router.add_api_route(CTR_PATH, ctr, methods=["POST"], response_model=CTRResponse, tags=["scoring"],
                              openapi_extra=_CTR_BODY, responses=error_responses(404, 410, 422, 503),
                              route_class_override=DirectRoute)
+    add_v2_routes(app, _state, _batcher, count)  # v2 infer matched right after this route
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -196,8 +197,6 @@ def create_app(
             state.metrics.count_composer_misses(state.live.composer, state.live.composer.misses)
         state.metrics.keep_versions(state.served_versions())
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
-
-    app.include_router(build_v2_router(_state, _batcher, count))
 
     from domain_registry.api import build_router
 
