@@ -296,7 +296,7 @@ def wrk(port: int, reqs: list[tuple[str, bytes]], connections: int, seconds: flo
 
 # --------------------------------------------------------------------------------------------- strategies
 def strategies(tmp: Path, n_domains: int, iters: int) -> list[str]:
-    """Per-strategy miss cost, run latency at N=100 and RSS per domain held (full-network deltas)."""
+    """Per-strategy miss cost, run latency at N=100 and RSS per domain held (full-network SYNTH_DTYPE deltas)."""
     from contracts.artifacts import load_version
     from serving.composition import build_composer
     from trainer.export.onnx_graph import delta_model
@@ -308,9 +308,10 @@ def strategies(tmp: Path, n_domains: int, iters: int) -> list[str]:
     deltas = {}
     for k in range(n_domains):
         arrays = {n: (a + rng.standard_normal(a.shape).astype(np.float32) * 1e-3) for n, a in real.items()}
-        deltas[f"f{k}"] = (delta_model(f"f{k}", arrays), arrays)
+        deltas[f"f{k}"] = (delta_model(f"f{k}", arrays, SYNTH_DTYPE), arrays)
     root = tmp / "art-full"
-    publish_version(root, "v1", base.shared_bytes, deltas, base.manifest.contract, fsync=False)
+    publish_version(root, "v1", base.shared_bytes, deltas, base.manifest.contract, delta_dtype=SYNTH_DTYPE,
+                    fsync=False)
     loaded = load_version(root / "v1")
     u = np.random.default_rng(2).standard_normal((N_CANDIDATES, 128), dtype=np.float32)
     i = np.random.default_rng(3).standard_normal((N_CANDIDATES, 128), dtype=np.float32)
@@ -333,6 +334,15 @@ def strategies(tmp: Path, n_domains: int, iters: int) -> list[str]:
         p50, p99 = pct(lat)
         lines.append(f"  {name:8s} miss (load+compose+build) {miss_ms:6.2f} ms   held {held:5.2f} MiB/domain   "
                      f"run N=100 p50 {p50:.3f} ms p99 {p99:.3f} ms")
+        if name == "feed":  # what the in-graph Cast + Add of a delta costs per run: the same rows without one
+            lat = []
+            for _ in range(iters):
+                t = time.perf_counter()
+                composer.logits("no-delta", u, i)
+                lat.append(time.perf_counter() - t)
+            p50, p99 = pct(lat)
+            lines.append(f"  feed, a domain without a delta (θS graph, weights constant): "
+                         f"run N=100 p50 {p50:.3f} ms p99 {p99:.3f} ms")
         del composer
     return lines
 
@@ -432,6 +442,7 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "serving_domains.png")
     ap.add_argument("--json", type=Path, default=None, help="also write every figure here")
     ap.add_argument("--strategies", action="store_true", help="also compare the composition strategies")
+    ap.add_argument("--strategies-only", action="store_true", help="only the floor and the strategies (no HTTP)")
     args = ap.parse_args()
     iters = 300 if args.quick else 3_000
     counts = (10, 100) if args.quick else (10, 1_000, 10_000)
@@ -447,11 +458,14 @@ def main() -> None:
         results["floor"] = fl
         print(f"floor (Redis MGET + onnxruntime, no HTTP): p50 {fl['p50']:.3f} ms  p99 {fl['p99']:.3f} ms  "
               f"(feature store p50 {fl['fs_p50']:.3f} ms); 1-core ceiling {1e3 / fl['mean']:.0f} req/s", flush=True)
-        http_section(tmp, redis_url, world, fl, iters, seconds, results)
-        if args.strategies:
-            print("composition strategies, in-process, full-network deltas (all dense layers), N=100:", flush=True)
+        if not args.strategies_only:
+            http_section(tmp, redis_url, world, fl, iters, seconds, results)
+        if args.strategies or args.strategies_only:
+            print(f"composition strategies, in-process, full-network {SYNTH_DTYPE} deltas, N=100:", flush=True)
             for line in strategies(tmp, 50 if args.quick else 300, iters):
                 print(line, flush=True)
+        if args.strategies_only:
+            return
         domains_section(tmp, redis_url, world, counts, iters, results)
         plot(results, fl, args.plot)
         if args.json:
