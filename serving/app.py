@@ -42,7 +42,7 @@ from serving.reload import Reloader, ServingState
 from serving.schemas import CTRRequest, CTRResponse, Readiness, parse_json
 from serving.scoring import Job
 from serving.v2 import add_v2_routes
-from serving.versions import VERSION_HEADER, model_for, requested_version
+from serving.versions import VERSION_HEADER, VERSION_HEADER_DOC, model_for, requested_version
 
 log = logging.getLogger(__name__)
 CTR_PATH = "/v1/domains/{domain}/ctr"
@@ -57,7 +57,8 @@ def _batcher(request: Request) -> Batcher:
     return request.app.state.batcher  # type: ignore[no-any-return]
 
 
-_CTR_BODY = {"requestBody": {"required": True, "content": {_JSON: {"schema": CTRRequest.model_json_schema()}}}}
+_CTR_BODY = {"requestBody": {"required": True, "content": {_JSON: {"schema": CTRRequest.model_json_schema()}}},
+             "parameters": [VERSION_HEADER_DOC]}
 
 
 def create_app(

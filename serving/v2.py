@@ -31,7 +31,7 @@ from serving.metrics import MIXED_VERSIONS
 from serving.reload import ServingState
 from serving.schemas import parse_json
 from serving.scoring import Job
-from serving.versions import VERSION_HEADER, model_for, requested_version
+from serving.versions import VERSION_HEADER, VERSION_HEADER_DOC, model_for, requested_version
 
 PLATFORM = "onnxruntime_onnx"
 USER_ID, USER_IDS, ITEM_IDS, SCORES = "user_id", "user_ids", "item_ids", "scores"
@@ -297,8 +297,11 @@ def add_v2_routes(app: FastAPI, state_of: Callable[[Request], ServingState], bat
         await model_of(request, domain, version)
         return V2ModelReady(name=domain, ready=True)
 
-    async def infer(domain: str, request: Request, version: str | None = None) -> Response:
+    async def infer(domain: str, request: Request) -> Response:
         """Scores of ``item_ids`` for ``user_id`` (or for each of ``user_ids``) in ``domain``."""
+        return await run_infer(domain, request, None)
+
+    async def run_infer(domain: str, request: Request, version: str | None) -> Response:
         started = time.perf_counter()
         batcher = batcher_of(request)
         batcher.entered += 1
@@ -344,10 +347,11 @@ def add_v2_routes(app: FastAPI, state_of: Callable[[Request], ServingState], bat
 
     async def infer_version(domain: str, version: str, request: Request) -> Response:
         """Scores as ``/infer`` gives them, from the published ``version`` (404 if it cannot be served)."""
-        return await infer(domain, request, version)
+        return await run_infer(domain, request, version)
 
     body_schema = {"requestBody": {"required": True,
-                                   "content": {_JSON: {"schema": V2InferRequest.model_json_schema()}}}}
+                                   "content": {_JSON: {"schema": V2InferRequest.model_json_schema()}}},
+                   "parameters": [VERSION_HEADER_DOC]}
     for path, endpoint in (("/models/{domain}/infer", infer),
                            ("/models/{domain}/versions/{version}/infer", infer_version)):
         app.router.add_api_route(V2_PREFIX + path, endpoint, methods=["POST"], response_model=V2InferResponse,

@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 VERSION_HEADER = "x-model-version"
+# The header in the OpenAPI schema of the scoring routes (they read it themselves: no FastAPI parameter).
+VERSION_HEADER_DOC = {"name": "X-Model-Version", "in": "header", "required": False, "schema": {"type": "string"},
+                      "description": "score with this published version instead of the live one (404 if it is "
+                                     "unknown, rolled back or deleted)"}
 _SCALE = float(1 << 64)
 
 
