@@ -30,15 +30,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 N_CANDIDATES = 100
-# Tensors a synthetic delta overrides: the domain row and the last two layers (a typical θi scope
-# when thousands of domains are served); the parity tests use full-network deltas.
-SYNTH_TENSORS = ("domain_embedding.weight", "tower.6.weight", "tower.6.bias", "out.weight", "out.bias")
+# Synthetic deltas are full-network (every tensor the exported version's deltas override: the domain
+# table and every dense layer), stored as the trainer publishes them by default.
+SYNTH_DTYPE = "float16"
 
 
 def free_port() -> int:
@@ -111,7 +112,7 @@ def build_world(tmp: Path, redis_url: str, n_users: int, n_items: int) -> dict[s
 
 
 def publish_synthetic(tmp: Path, n_domains: int) -> tuple[Path, str]:
-    """A registry + version with ``n_domains`` random deltas over SYNTH_TENSORS (fsync off: bulk)."""
+    """A registry + version with ``n_domains`` random full-network deltas in SYNTH_DTYPE (fsync off: bulk)."""
     from contracts.artifacts import load_version
     from domain_registry import open_registry
     from domain_registry.base import ModelVersion
@@ -121,12 +122,24 @@ def publish_synthetic(tmp: Path, n_domains: int) -> tuple[Path, str]:
 
     base = load_version(tmp / "art" / "v1")
     root = tmp / f"art-{n_domains}"
-    rng = np.random.default_rng(n_domains)
-    deltas = {}
-    for k in range(n_domains):
-        arrays = {n: (rng.standard_normal(base.shared[n].shape) * 0.01).astype(np.float32) for n in SYNTH_TENSORS}
-        deltas[f"s{k}"] = (delta_model(f"s{k}", arrays), arrays)
-    m = publish_version(root, "v1", base.shared_bytes, deltas, base.manifest.contract,
+
+    class Deltas(Mapping[str, tuple[bytes, dict[str, np.ndarray]]]):
+        """Each domain's delta made when publish_version reads it (10,000 held at once would take GBs)."""
+
+        def __getitem__(self, domain: str) -> tuple[bytes, dict[str, np.ndarray]]:
+            rng = np.random.default_rng([n_domains, int(domain[1:])])
+            arrays = {n: rng.standard_normal(base.shared[n].shape, dtype=np.float32) * np.float32(0.01)
+                      for n in base.delta_names}
+            return delta_model(domain, arrays, SYNTH_DTYPE), arrays
+
+        def __iter__(self) -> Iterator[str]:
+            return (f"s{k}" for k in range(n_domains))
+
+        def __len__(self) -> int:
+            return n_domains
+
+    deltas = Deltas()
+    m = publish_version(root, "v1", base.shared_bytes, deltas, base.manifest.contract, delta_dtype=SYNTH_DTYPE,
                         feature_store_version="emb-1", cold_start=base.manifest.cold_start, fsync=False)
     db = tmp / f"registry-{n_domains}.db"
     registry = open_registry(f"sqlite://{db}")
@@ -159,7 +172,7 @@ def floor(tmp: Path, redis_url: str, world: dict, iters: int) -> dict[str, float
         found = store.lookup(user, items, version="emb-1")
         t1 = time.perf_counter()
         users = np.ascontiguousarray(np.broadcast_to(found.user, (N_CANDIDATES, found.user.shape[0])))
-        composer.session.run(["logit"], {"user_emb": users, "item_emb": found.items})
+        composer.base.run(["logit"], {"user_emb": users, "item_emb": found.items})
         t2 = time.perf_counter()
         if k >= 50:
             lat.append(t2 - t0)
@@ -283,7 +296,7 @@ def wrk(port: int, reqs: list[tuple[str, bytes]], connections: int, seconds: flo
 
 # --------------------------------------------------------------------------------------------- strategies
 def strategies(tmp: Path, n_domains: int, iters: int) -> list[str]:
-    """Per-strategy miss cost, run latency at N=100 and RSS per domain held (full-network deltas)."""
+    """Per-strategy miss cost, run latency at N=100 and RSS per domain held (full-network SYNTH_DTYPE deltas)."""
     from contracts.artifacts import load_version
     from serving.composition import build_composer
     from trainer.export.onnx_graph import delta_model
@@ -295,9 +308,10 @@ def strategies(tmp: Path, n_domains: int, iters: int) -> list[str]:
     deltas = {}
     for k in range(n_domains):
         arrays = {n: (a + rng.standard_normal(a.shape).astype(np.float32) * 1e-3) for n, a in real.items()}
-        deltas[f"f{k}"] = (delta_model(f"f{k}", arrays), arrays)
+        deltas[f"f{k}"] = (delta_model(f"f{k}", arrays, SYNTH_DTYPE), arrays)
     root = tmp / "art-full"
-    publish_version(root, "v1", base.shared_bytes, deltas, base.manifest.contract, fsync=False)
+    publish_version(root, "v1", base.shared_bytes, deltas, base.manifest.contract, delta_dtype=SYNTH_DTYPE,
+                    fsync=False)
     loaded = load_version(root / "v1")
     u = np.random.default_rng(2).standard_normal((N_CANDIDATES, 128), dtype=np.float32)
     i = np.random.default_rng(3).standard_normal((N_CANDIDATES, 128), dtype=np.float32)
@@ -320,6 +334,15 @@ def strategies(tmp: Path, n_domains: int, iters: int) -> list[str]:
         p50, p99 = pct(lat)
         lines.append(f"  {name:8s} miss (load+compose+build) {miss_ms:6.2f} ms   held {held:5.2f} MiB/domain   "
                      f"run N=100 p50 {p50:.3f} ms p99 {p99:.3f} ms")
+        if name == "feed":  # what the in-graph Cast + Add of a delta costs per run: the same rows without one
+            lat = []
+            for _ in range(iters):
+                t = time.perf_counter()
+                composer.logits("no-delta", u, i)
+                lat.append(time.perf_counter() - t)
+            p50, p99 = pct(lat)
+            lines.append(f"  feed, a domain without a delta (θS graph, weights constant): "
+                         f"run N=100 p50 {p50:.3f} ms p99 {p99:.3f} ms")
         del composer
     return lines
 
@@ -356,7 +379,8 @@ def domains_section(tmp: Path, redis_url: str, world: dict, counts: tuple[int, .
     """p50/p99 over uniformly random domains with every domain held, and bytes per held domain: the RSS
     growth over the smallest count's server divided by the extra domains (a server composes its LRU while
     loading, so the growth between two counts is what the extra domains cost)."""
-    print(f"domains held (feed, every domain in the LRU, deltas over {', '.join(SYNTH_TENSORS)}):", flush=True)
+    print(f"domains held (feed, every domain in the LRU, full-network {SYNTH_DTYPE} deltas of the paper MLP):",
+          flush=True)
     base: dict[str, float] = {}
     first: tuple[int, float] | None = None
     for n in counts:
@@ -418,6 +442,7 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "serving_domains.png")
     ap.add_argument("--json", type=Path, default=None, help="also write every figure here")
     ap.add_argument("--strategies", action="store_true", help="also compare the composition strategies")
+    ap.add_argument("--strategies-only", action="store_true", help="only the floor and the strategies (no HTTP)")
     args = ap.parse_args()
     iters = 300 if args.quick else 3_000
     counts = (10, 100) if args.quick else (10, 1_000, 10_000)
@@ -433,11 +458,14 @@ def main() -> None:
         results["floor"] = fl
         print(f"floor (Redis MGET + onnxruntime, no HTTP): p50 {fl['p50']:.3f} ms  p99 {fl['p99']:.3f} ms  "
               f"(feature store p50 {fl['fs_p50']:.3f} ms); 1-core ceiling {1e3 / fl['mean']:.0f} req/s", flush=True)
-        http_section(tmp, redis_url, world, fl, iters, seconds, results)
-        if args.strategies:
-            print("composition strategies, in-process, full-network deltas (all dense layers), N=100:", flush=True)
+        if not args.strategies_only:
+            http_section(tmp, redis_url, world, fl, iters, seconds, results)
+        if args.strategies or args.strategies_only:
+            print(f"composition strategies, in-process, full-network {SYNTH_DTYPE} deltas, N=100:", flush=True)
             for line in strategies(tmp, 50 if args.quick else 300, iters):
                 print(line, flush=True)
+        if args.strategies_only:
+            return
         domains_section(tmp, redis_url, world, counts, iters, results)
         plot(results, fl, args.plot)
         if args.json:

@@ -132,8 +132,16 @@ class LoadedVersion:
         """Every tensor some domain overrides (sorted): the ones a composer must be able to replace."""
         return sorted({t.name for e in self.manifest.deltas.values() for t in e.tensors})
 
+    @property
+    def delta_dtype(self) -> str:
+        """``float16`` when every delta tensor of the version is stored so, else ``float32`` (a version mixing
+        both, e.g. an old parent's files, is held in float32: upcasting float16 is exact, the reverse is not)."""
+        dtypes = {t.dtype for e in self.manifest.deltas.values() for t in e.tensors}
+        return "float16" if dtypes == {"float16"} else "float32"
+
     def read_delta(self, domain: str) -> dict[str, np.ndarray]:
-        """θi of a domain as float32 arrays ({} for a domain served by θS alone)."""
+        """θi of a domain in the dtype it is stored in ({} for a domain served by θS alone): float16 deltas
+        stay float16, so a server holding many domains holds half the bytes."""
         entry = self.manifest.deltas.get(domain)
         if entry is None:
             return {}
@@ -142,7 +150,10 @@ class LoadedVersion:
         expected = {t.name: t.shape for t in entry.tensors}
         if {n: list(a.shape) for n, a in arrays.items()} != expected:
             raise IntegrityError(f"delta of {domain!r} does not hold the tensors its manifest lists")
-        return {n: np.asarray(a, dtype=np.float32) for n, a in arrays.items()}
+        dtypes = {t.name: t.dtype for t in entry.tensors}
+        if any(a.dtype.name != dtypes[n] for n, a in arrays.items()):
+            raise IntegrityError(f"delta of {domain!r} does not hold the dtypes its manifest lists")
+        return {n: np.ascontiguousarray(a) for n, a in arrays.items()}
 
 
 def version_dir_of(artifact_uri: str, artifacts_url: str) -> Path:

@@ -37,10 +37,12 @@ from contracts.settings import Settings, get_settings
 from domain_registry.base import Registry
 from feature_store.base import EmbeddingStore
 from serving.batching import Batcher
+from serving.metrics import NO_VERSION
 from serving.reload import Reloader, ServingState
 from serving.schemas import CTRRequest, CTRResponse, Readiness, parse_json
 from serving.scoring import Job
-from serving.v2 import build_v2_router
+from serving.v2 import add_v2_routes
+from serving.versions import VERSION_HEADER, VERSION_HEADER_DOC, model_for, requested_version
 
 log = logging.getLogger(__name__)
 CTR_PATH = "/v1/domains/{domain}/ctr"
@@ -55,7 +57,8 @@ def _batcher(request: Request) -> Batcher:
     return request.app.state.batcher  # type: ignore[no-any-return]
 
 
-_CTR_BODY = {"requestBody": {"required": True, "content": {_JSON: {"schema": CTRRequest.model_json_schema()}}}}
+_CTR_BODY = {"requestBody": {"required": True, "content": {_JSON: {"schema": CTRRequest.model_json_schema()}}},
+             "parameters": [VERSION_HEADER_DOC]}
 
 
 def create_app(
@@ -111,13 +114,15 @@ def create_app(
 
     def count(request: Request, domain: str, status: int, seconds: float | None = None,
               degraded: bool = False) -> None:
-        """A finished scoring request (either protocol) in the metrics: status by domain, latency if answered,
-        and whether it was scored with fallback embeddings."""
+        """A finished scoring request (either protocol) in the metrics: status by domain and by the model version
+        chosen for it (``request.state.model_version``, "none" if refused before), latency if answered, and
+        whether it was scored with fallback embeddings."""
         state = _state(request)
         label = state.domains.label(domain)
-        state.metrics.requests.labels(label, str(status)).inc()
+        version = getattr(request.state, "model_version", NO_VERSION)
+        state.metrics.requests.labels(label, str(status), version).inc()
         if seconds is not None:
-            state.metrics.latency.labels(label).observe(seconds)
+            state.metrics.latency.labels(label, version).observe(seconds)
         if degraded:
             state.metrics.degraded.labels(label).inc()
 
@@ -146,7 +151,11 @@ def create_app(
                                                "type": "json_invalid"}]) from None
         finally:
             batcher.entered -= 1
-        result = (await batcher.score([Job(domain, body.user_id, body.item_ids)]))[0]
+        state = _state(request)
+        pinned = requested_version(body.model_version, request.headers.get(VERSION_HEADER))
+        model = await model_for(state, pinned, body.user_id)
+        request.state.model_version = model.version
+        result = (await batcher.score([Job(domain, body.user_id, body.item_ids)], model))[0]
         if isinstance(result, MamdrError):
             raise result  # contracts.http.map_exception answers it; count_error counts it
         count(request, domain, 200, time.perf_counter() - started, result.degraded)
@@ -155,6 +164,7 @@ def create_app(
     app.router.add_api_route(CTR_PATH, ctr, methods=["POST"], response_model=CTRResponse, tags=["scoring"],
                              openapi_extra=_CTR_BODY, responses=error_responses(404, 410, 422, 503),
                              route_class_override=DirectRoute)
+    add_v2_routes(app, _state, _batcher, count)  # v2 infer matched right after this route
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -174,6 +184,7 @@ def create_app(
             composition=live.composer.name if live else None,
             domains_cached=live.composer.held() if live else 0,
             last_reload_error=f"domain registry {lost}" if lost else state.last_reload_error,
+            versions_held=state.versions.held(),
         )
         return Response(body.model_dump_json(), status_code=200 if body.ready else 503, media_type=_JSON)
 
@@ -185,9 +196,8 @@ def create_app(
         if state.live is not None:
             state.metrics.domains_cached.set(state.live.composer.held())
             state.metrics.count_composer_misses(state.live.composer, state.live.composer.misses)
+        state.metrics.keep_versions(state.served_versions())
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
-
-    app.include_router(build_v2_router(_state, _batcher, count))
 
     from domain_registry.api import build_router
 

@@ -7,6 +7,8 @@ reading requests and queues their jobs; when the thread is free it takes everyth
 so concurrency 1 pays no wait. Only while other requests have entered a route but not yet queued their
 jobs (their bodies are being read) does the batcher wait for them, at most ``serving.batch_wait_s``,
 yielding to the event loop (a timer would round a sub-millisecond wait up to the loop's 1 ms resolution).
+A batch is scored by one model version: requests pinned to another version (or in a canary's slice) queue
+beside the others and form their own batches, in arrival order.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from contracts.errors import MamdrError
+from serving.live import LiveModel
 from serving.reload import ServingState
 from serving.schemas import CTRResponse
 from serving.scoring import Job, score_many
@@ -31,7 +34,7 @@ class Batcher:
         self.state = state
         self.max_batch = state.settings.serving.max_batch
         self.wait_s = state.settings.serving.batch_wait_s
-        self._pending: deque[tuple[Sequence[Job], asyncio.Future[Results]]] = deque()
+        self._pending: deque[tuple[Sequence[Job], LiveModel | None, asyncio.Future[Results]]] = deque()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="mamdr-score")
         self._draining = False
         self._task: asyncio.Task[None] | None = None
@@ -42,37 +45,38 @@ class Batcher:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _run(self, batch: Sequence[Job]) -> Results:
+    def _run(self, batch: Sequence[Job], model: LiveModel | None) -> Results:
         """One batch, in the scoring thread."""
         self.batches += 1
         self.jobs += len(batch)
         self.state.metrics.batches.inc()
         self.state.metrics.batched_requests.inc(len(batch))
-        return score_many(self.state, batch)
+        return score_many(self.state, batch, model)
 
-    async def score(self, jobs: Sequence[Job]) -> Results:
-        """Results of ``jobs`` (one request's), scored with whatever else is queued; errors of the whole
-        batch (no model, feature store down, model refused) are raised."""
+    async def score(self, jobs: Sequence[Job], model: LiveModel | None = None) -> Results:
+        """Results of ``jobs`` (one request's) scored by ``model`` (default: the live version when the batch
+        runs), with whatever else is queued for the same model; errors of the whole batch (no model, feature
+        store down, model refused) are raised."""
         loop = asyncio.get_running_loop()
         if not self._draining and not self._pending and self.entered == 0 and len(jobs) <= self.max_batch:
             # idle (e.g. concurrency 1): straight to the scoring thread, no queue and no drain task
             self._draining = True
             try:
-                return await loop.run_in_executor(self._executor, self._run, jobs)
+                return await loop.run_in_executor(self._executor, self._run, jobs, model)
             finally:
                 self._draining = False
                 if self._pending:  # requests that came while this one was scored
                     self._draining = True
                     self._task = loop.create_task(self._drain())
         future: asyncio.Future[Results] = loop.create_future()
-        self._pending.append((jobs, future))
+        self._pending.append((jobs, model, future))
         if not self._draining:
             self._draining = True
             self._task = loop.create_task(self._drain())
         return await future
 
     def _queued_jobs(self) -> int:
-        return sum(len(jobs) for jobs, _ in self._pending)
+        return sum(len(jobs) for jobs, _, _ in self._pending)
 
     async def _gather_more(self, loop: asyncio.AbstractEventLoop) -> None:
         """Yield to the loop while requests still being read may join, at most ``wait_s``."""
@@ -80,19 +84,31 @@ class Batcher:
         while self.entered > 0 and self._queued_jobs() < self.max_batch and loop.time() < deadline:
             await asyncio.sleep(0)
 
-    def _take(self) -> tuple[list[Job], list[tuple[asyncio.Future[Results], int]]]:
+    def _take(self) -> tuple[LiveModel | None, list[Job], list[tuple[asyncio.Future[Results], int]]]:
+        """The oldest queued request's model and the queued requests for it that fit one batch, in order."""
         batch: list[Job] = []
         owners: list[tuple[asyncio.Future[Results], int]] = []
+        kept: deque[tuple[Sequence[Job], LiveModel | None, asyncio.Future[Results]]] = deque()
+        model: LiveModel | None = None
+        chosen = False
         while self._pending:
-            jobs, future = self._pending[0]
-            if batch and len(batch) + len(jobs) > self.max_batch:
-                break
-            self._pending.popleft()
+            entry = self._pending.popleft()
+            jobs, wanted, future = entry
             if future.done():  # the client went away
                 continue
+            if not chosen:
+                model, chosen = wanted, True
+            if wanted is not model:
+                kept.append(entry)
+                continue
+            if batch and len(batch) + len(jobs) > self.max_batch:
+                kept.append(entry)
+                break
             owners.append((future, len(jobs)))
             batch.extend(jobs)
-        return batch, owners
+        kept.extend(self._pending)
+        self._pending = kept
+        return model, batch, owners
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -100,11 +116,11 @@ class Batcher:
             while self._pending:
                 if self.wait_s > 0:
                     await self._gather_more(loop)
-                batch, owners = self._take()
+                model, batch, owners = self._take()
                 if not batch:
                     continue
                 try:
-                    results = await loop.run_in_executor(self._executor, self._run, batch)
+                    results = await loop.run_in_executor(self._executor, self._run, batch, model)
                 except Exception as exc:  # the whole batch failed: every request gets the error
                     for future, _ in owners:
                         if not future.done():

@@ -1,20 +1,23 @@
 """Θi = θS + θi on onnxruntime: two interchangeable strategies, measured in bench/bench_serving.py.
 
-- ``feed``: ONE session over the shared graph in which every tensor some delta overrides is also a
-  graph input whose initializer is its default. A domain's composed arrays (θS + θi, only the
-  tensors its delta holds) are fed with each run. Per domain held: the composed arrays only.
+- ``feed``: ONE session over the shared graph extended so that every tensor some delta overrides, ``W``, is
+  read as ``W + Cast(W__delta)``: ``W`` stays θS (an initializer) and ``W__delta`` is a graph input. A
+  domain's θi is fed with each run **in the dtype it was published in** (float16 by default: the trainer's
+  ``trainer.delta_dtype``), so the LRU holds the deltas as stored, half the bytes of float32, and the graph
+  casts and adds them (in float32, the same sum the composer used to do in numpy, so scores are unchanged
+  for a given delta). Per domain held: its delta arrays only (tensors its delta lacks are fed one shared
+  zero array). Domains without a delta run the plain shared graph (``base``).
 - ``session``: one InferenceSession per domain, built from the shared graph with its initializers
-  overridden by the composed arrays (``SessionOptions.add_initializer``). Per domain held: a whole
-  session (graph, kernels, prepacked weights) plus the arrays.
+  overridden by the composed float32 arrays (``SessionOptions.add_initializer``). Per domain held: a whole
+  session (graph, kernels, prepacked weights) plus the composed arrays.
 
-Both keep at most ``cache_size`` domains in an LRU; a miss reads the delta file (checksum verified),
-composes and caches it. Domains without a delta are served by θS (no cache entry needed). The
-figures and the choice are in the README ("Serving").
+Both keep at most ``cache_size`` domains in an LRU; a miss reads the delta file (checksum verified) and
+caches it (``session``: composes and builds). The figures and the choice are in docs/serving.md.
 
 Cross-request batches (:meth:`Composer.logits_many`): ``feed`` scores up to ``max_group`` requests, each
 with its own domain's weights, in ONE onnxruntime run over a *grouped* graph that holds one copy of the
 head per request (:func:`grouped_model`): copy k reads ``user_emb__k``, ``item_emb__k`` and its own
-overridable tensors ``<name>__k``, shares every other initializer and writes ``logit__k``. Each copy
+delta inputs ``<name>__delta__k``, shares every θS initializer and writes ``logit__k``. Each copy
 computes exactly what the one-request graph computes on the same rows (same ops, same shapes), so a
 batched score equals the one-by-one score bit for bit; what a batch saves is the per-run overhead and,
 upstream, the per-request feature-store round trips. ``session`` runs one session per request.
@@ -37,6 +40,8 @@ from contracts.artifacts import LoadedVersion
 from contracts.errors import ConfigError
 
 USER_INPUT, ITEM_INPUT = "user_emb", "item_emb"
+DELTA_SUFFIX = "__delta"
+_ONNX_DTYPE = {"float16": onnx.TensorProto.FLOAT16, "float32": onnx.TensorProto.FLOAT}
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -66,10 +71,11 @@ class Composer(ABC):
         self.misses = 0
 
     def composed(self, domain: str) -> dict[str, np.ndarray]:
-        """θS + θi for the tensors the domain's delta holds (read and verified from disk)."""
+        """θS + θi in float32 for the tensors the domain's delta holds (read and verified from disk)."""
         delta = self.version.read_delta(domain)
         shared = self.version.shared
-        return {n: np.ascontiguousarray(shared[n] + d, dtype=np.float32) for n, d in delta.items()}
+        return {n: np.ascontiguousarray(shared[n] + d.astype(np.float32), dtype=np.float32)
+                for n, d in delta.items()}
 
     def _entry(self, domain: str) -> Any:
         with self._lock:
@@ -113,32 +119,34 @@ class FeedComposer(Composer):
 
     def __init__(self, version: LoadedVersion, cache_size: int = 256, threads: int = 1) -> None:
         super().__init__(version, cache_size, threads)
-        model = onnx.load_model_from_string(version.shared_bytes)
-        inits = {i.name: i for i in model.graph.initializer}
-        present = {i.name for i in model.graph.input}
-        for name in version.delta_names:
-            if name not in present:  # an input with an initializer of the same name = overridable default
-                init = inits[name]
-                model.graph.input.append(helper.make_tensor_value_info(name, init.data_type, list(init.dims)))
-        self.session = ort.InferenceSession(
-            model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"]
-        )
-        self._empty: dict[str, np.ndarray] = {}
         self._overridable = version.delta_names
-        # θS values of the overridable tensors: what a grouped copy is fed for a domain whose delta lacks one
-        self._defaults = {n: np.ascontiguousarray(version.shared[n], dtype=np.float32) for n in self._overridable}
+        self.delta_dtype = version.delta_dtype
+        model = with_delta_inputs(onnx.load_model_from_string(version.shared_bytes), self._overridable,
+                                  self.delta_dtype)
+        self._model_bytes = model.SerializeToString()
+        self.session = ort.InferenceSession(self._model_bytes, session_options(threads),
+                                            providers=["CPUExecutionProvider"])
+        self.base = ort.InferenceSession(version.shared_bytes, session_options(threads),
+                                         providers=["CPUExecutionProvider"])  # domains without a delta
+        # what a tensor missing from a domain's delta is fed: one zero array per tensor, shared by every domain
+        self._zeros = {n: np.zeros(version.shared[n].shape, dtype=self.delta_dtype) for n in self._overridable}
         self._groups: dict[int, tuple[ort.InferenceSession, list[str]]] = {}
         self._group_lock = threading.Lock()
 
     def _build(self, domain: str) -> dict[str, np.ndarray]:
-        return self.composed(domain)
-
-    def _weights(self, domain: str) -> dict[str, np.ndarray]:
-        return self._entry(domain) if domain in self.version.manifest.deltas else self._empty
+        """The delta feeds of a domain, held as published (float16 stays float16)."""
+        delta = self.version.read_delta(domain)
+        feeds = {}
+        for name, zero in self._zeros.items():
+            array = delta.get(name)
+            feeds[name + DELTA_SUFFIX] = zero if array is None else np.ascontiguousarray(array, dtype=zero.dtype)
+        return feeds
 
     def logits(self, domain: str, user: np.ndarray, items: np.ndarray) -> np.ndarray:
+        if domain not in self.version.manifest.deltas:
+            return self.base.run([self.output], {USER_INPUT: user, ITEM_INPUT: items})[0]
         feeds = {USER_INPUT: user, ITEM_INPUT: items}
-        feeds.update(self._weights(domain))
+        feeds.update(self._entry(domain))
         return self.session.run([self.output], feeds)[0]
 
     def _grouped(self, copies: int) -> tuple[ort.InferenceSession, list[str]]:
@@ -148,8 +156,7 @@ class FeedComposer(Composer):
         with self._group_lock:
             found = self._groups.get(copies)
             if found is None:
-                model = grouped_model(onnx.load_model_from_string(self.version.shared_bytes), copies,
-                                      set(self._overridable), self.output)
+                model = grouped_model(onnx.load_model_from_string(self._model_bytes), copies, set(), self.output)
                 session = ort.InferenceSession(model.SerializeToString(), session_options(self.threads),
                                                providers=["CPUExecutionProvider"])
                 found = self._groups[copies] = (session, [f"{self.output}__{k}" for k in range(copies)])
@@ -164,12 +171,16 @@ class FeedComposer(Composer):
             return [self.logits(*jobs[0])]
         session, outputs = self._grouped(len(jobs))
         feeds: dict[str, np.ndarray] = {}
+        deltas = self.version.manifest.deltas
         for k, (domain, user, items) in enumerate(jobs):
             feeds[f"{USER_INPUT}__{k}"] = user
             feeds[f"{ITEM_INPUT}__{k}"] = items
-            weights = self._weights(domain)
-            for name, default in self._defaults.items():
-                feeds[f"{name}__{k}"] = weights.get(name, default)
+            if domain in deltas:
+                for name, array in self._entry(domain).items():
+                    feeds[f"{name}__{k}"] = array
+            else:
+                for name, zero in self._zeros.items():
+                    feeds[f"{name}{DELTA_SUFFIX}__{k}"] = zero
         return list(session.run(outputs, feeds))
 
 
@@ -198,6 +209,32 @@ class SessionComposer(Composer):
     def logits(self, domain: str, user: np.ndarray, items: np.ndarray) -> np.ndarray:
         session = self._entry(domain)[0] if domain in self.version.manifest.deltas else self.base
         return session.run([self.output], {USER_INPUT: user, ITEM_INPUT: items})[0]
+
+
+def with_delta_inputs(model: onnx.ModelProto, names: Sequence[str], dtype: str) -> onnx.ModelProto:
+    """``model`` reading every initializer ``W`` in ``names`` as ``W + Cast(W__delta, float32)``, with
+    ``W__delta`` a graph input of ``dtype`` (float16 or float32) and ``W`` left as the θS initializer."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    composed = {}
+    front = []
+    for name in names:
+        init = inits[name]
+        delta = name + DELTA_SUFFIX
+        graph.input.append(helper.make_tensor_value_info(delta, _ONNX_DTYPE[dtype], list(init.dims)))
+        added = composed[name] = f"{name}__composed"
+        if dtype == "float32":
+            front.append(helper.make_node("Add", [name, delta], [added], name=f"{name}__add"))
+        else:
+            cast = f"{name}__delta_f32"
+            front.append(helper.make_node("Cast", [delta], [cast], to=onnx.TensorProto.FLOAT, name=f"{name}__cast"))
+            front.append(helper.make_node("Add", [name, cast], [added], name=f"{name}__add"))
+    for node in graph.node:
+        node.input[:] = [composed.get(x, x) for x in node.input]
+    nodes = front + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
 
 
 def _renamed(value: onnx.ValueInfoProto, name: str, k: int) -> onnx.ValueInfoProto:

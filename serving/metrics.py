@@ -2,6 +2,11 @@
 
 Domain labels are bounded: only ids the registry knows (or the live manifest lists, without a
 registry) are used as label values; anything else a client sends is counted under ``"unknown"``.
+Version labels (``version`` on requests and latency) are bounded too: a request is labelled with the version
+that scored it, which is the live one or one of the ``serving.max_extra_versions`` held beside it, or
+``"none"`` when it was refused before a version was chosen (e.g. an unknown pinned version), or ``"mixed"``
+for a v2 batch a canary split between two versions; series of a
+version no longer held are removed at the next scrape (:meth:`ServingMetrics.keep_versions`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 UNKNOWN = "unknown"
+NO_VERSION = "none"
+MIXED_VERSIONS = "mixed"  # a v2 batch whose users a canary split between two versions
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -32,12 +39,17 @@ class ServingMetrics:
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # process_*, python_* series
             r.register(collector)
         self.requests = Counter(
-            "mamdr_serving_requests_total", "Scoring requests by domain and HTTP status", ["domain", "status"],
-            registry=r,
+            "mamdr_serving_requests_total", "Scoring requests by domain, HTTP status and model version",
+            ["domain", "status", "version"], registry=r,
         )
         self.latency = Histogram(
-            "mamdr_serving_request_latency_seconds", "Scoring request latency inside the app", ["domain"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "mamdr_serving_request_latency_seconds", "Scoring request latency inside the app, by domain and model "
+            "version", ["domain", "version"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.canary_fallbacks = Counter(
+            "mamdr_serving_canary_fallbacks_total",
+            "Requests routed to the live version because the canary version is not held (loading or refused)",
+            registry=r,
         )
         self.feature_latency = Histogram(
             "mamdr_serving_feature_store_latency_seconds", "One feature-store lookup (user + items)",
@@ -90,6 +102,13 @@ class ServingMetrics:
         if old is not None:
             self.model_version.remove(old)
         self.model_version.labels(new).set(1)
+
+    def keep_versions(self, held: set[str]) -> None:
+        """Remove the per-version series of versions no longer served (bounds the label's values)."""
+        for metric in (self.requests, self.latency):
+            seen = {labels[-1] for labels in list(metric._metrics)}  # prometheus_client lists no label values
+            for version in seen - held - {NO_VERSION, MIXED_VERSIONS}:
+                metric.remove_by_labels({"version": version})
 
     def count_composer_misses(self, composer: object, misses: int) -> None:
         """Turn a composer's own running count into the counter (a new version brings a new composer)."""

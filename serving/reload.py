@@ -27,6 +27,7 @@ from domain_registry.base import ModelVersion, Registry
 from feature_store.base import EmbeddingStore
 from serving.live import DomainTable, LiveModel, build_live
 from serving.metrics import ServingMetrics
+from serving.versions import VersionPool
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,15 @@ class ServingState:
     failed_version: str | None = None  # the version whose load failed last
     failed_attempts: int = 0
     retry_at: float = 0.0  # monotonic() after which a failed load is tried again
+    versions: VersionPool = field(init=False)  # versions served beside the live one (pinned, canary)
+
+    def __post_init__(self) -> None:
+        self.versions = VersionPool(self.settings.serving.max_extra_versions)
+
+    def served_versions(self) -> set[str]:
+        """Every version that may label a request: the live one and the ones held beside it."""
+        live = self.live
+        return {*self.versions.held(), *([live.version] if live is not None else [])}
 
 
 def artifact_dir(model: ModelVersion, artifacts_url: str) -> Path:
@@ -64,6 +74,15 @@ class Reloader:
         """One poll (blocking: call it in a thread). Returns True when a new version was swapped in."""
         state = self.state
         counter = state.registry.change_counter()
+        changed = counter != state.domains.counter
+        swapped = self._poll(counter)
+        if changed:
+            state.versions.prune(state)  # a held version deleted or rolled back since is no longer served
+        state.versions.ensure_canary(state, counter)
+        return swapped
+
+    def _poll(self, counter: int) -> bool:
+        state = self.state
         if counter == state.domains.counter:
             if state.failed_version is None or time.monotonic() < state.retry_at:
                 return False

@@ -28,6 +28,9 @@ class CTRRequest(BaseModel):
 
     user_id: EntityId
     item_ids: list[EntityId] = Field(min_length=1)
+    model_version: str | None = Field(
+        None, max_length=128, description="score with this published version instead of the live one (or send "
+        "the X-Model-Version header); 404 if it is unknown, rolled back or deleted")
 
 
 class CTRResponse(BaseModel):
@@ -47,3 +50,5 @@ class Readiness(BaseModel):
     composition: str | None = None
     domains_cached: int = 0
     last_reload_error: str | None = None
+    versions_held: list[str] = Field(default_factory=list, description="versions served beside the live one "
+                                     "(pinned by requests, or the canary)")

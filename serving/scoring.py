@@ -119,12 +119,14 @@ def _check(state: ServingState, job: Job) -> None:
         raise TooManyItems(f"item_ids has {n} ids; send at most {cap} per request")
 
 
-def score_many(state: ServingState, jobs: Sequence[Job]) -> list[CTRResponse | MamdrError]:
-    """Score jobs with the live version, results in job order (a refused job gets its error in its place).
+def score_many(state: ServingState, jobs: Sequence[Job],
+               model: LiveModel | None = None) -> list[CTRResponse | MamdrError]:
+    """Score jobs with ``model`` (default: the live version), results in job order (a refused job gets its error
+    in its place).
 
     Raises (for the whole batch) when no model is loaded, the feature store fails or the model cannot run.
     """
-    live = state.live
+    live = model or state.live
     if live is None:
         raise ModelNotReady("no model version is loaded yet; publish and promote one (see /readyz)")
     results: list[CTRResponse | MamdrError | None] = [None] * len(jobs)

@@ -58,12 +58,15 @@ def test_unchanged_domains_point_at_the_parent_file(tiny, tmp_path: Path) -> Non
     assert load_version(tmp_path / "v3").read_delta("dom-1")
 
 
-def test_float16_deltas_load_as_float32(tiny, tmp_path: Path) -> None:
+def test_float16_deltas_are_read_as_float16(tiny, tmp_path: Path) -> None:
     m = export_version(tiny.params, tiny.domains, tmp_path, "v1", delta_dtype="float16")
     loaded = load_version(tmp_path / "v1")
-    arrays = loaded.read_delta("dom-0")
-    assert arrays and all(a.dtype.name == "float32" for a in arrays.values())
+    arrays = loaded.read_delta("dom-0")  # not upcast: serving holds what was published
+    assert arrays and all(a.dtype.name == "float16" for a in arrays.values())
     assert all(t.dtype == "float16" for t in m.deltas["dom-0"].tensors)
+    assert loaded.delta_dtype == "float16"
+    export_version(tiny.params, tiny.domains, tmp_path, "v2", delta_dtype="float32")
+    assert load_version(tmp_path / "v2").delta_dtype == "float32"
 
 
 def test_existing_version_and_bad_ids_are_refused(tiny, tmp_path: Path) -> None:

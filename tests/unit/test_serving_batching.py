@@ -141,9 +141,9 @@ def _fake_batcher(monkeypatch: pytest.MonkeyPatch, wait_s: float, seen: list[int
     from serving.batching import Batcher
     from serving.metrics import ServingMetrics
 
-    def fake_score_many(state: object, jobs: list[Job]) -> list[str]:
+    def fake_score_many(state: object, jobs: list[Job], model: object = None) -> list[str]:
         seen.append(len(jobs))
-        return [job.user_id for job in jobs]
+        return [f"{job.user_id}@{model}" if model else job.user_id for job in jobs]
 
     monkeypatch.setattr(serving.batching, "score_many", fake_score_many)
     settings = load_settings(**{"serving.max_batch": 8, "serving.batch_wait_s": wait_s})
@@ -173,6 +173,28 @@ def test_the_batcher_waits_only_for_requests_already_in_flight(monkeypatch: pyte
         assert await asyncio.wait_for(batcher.score([Job("d", "e", ["i"])]), 5) == ["e"]
         assert 0.04 <= loop.time() - t0 < 1.0 and seen[2:] == [1]
         batcher.entered = 0
+
+    try:
+        asyncio.run(asyncio.wait_for(run(), 30))
+    finally:
+        batcher.close()
+
+
+def test_requests_for_different_versions_form_separate_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch runs one model: requests pinned to another version queue beside it and are scored with theirs."""
+    seen: list[int] = []
+    batcher = _fake_batcher(monkeypatch, wait_s=0.0, seen=seen)
+
+    async def run() -> None:
+        batcher.entered = 1  # keep the fast path off: everything queues
+        first = asyncio.ensure_future(batcher.score([Job("d", "a", ["i"])], "v1"))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        rest = [asyncio.ensure_future(batcher.score([Job("d", u, ["i"])], m))  # type: ignore[arg-type]
+                for u, m in (("b", "v2"), ("c", "v1"), ("d", "v2"), ("e", "v1"))]
+        batcher.entered = 0
+        got = await asyncio.gather(first, *rest)
+        assert got == [["a@v1"], ["b@v2"], ["c@v1"], ["d@v2"], ["e@v1"]]
+        assert sum(seen) == 5 and len(seen) <= 3  # a's run, then the v1 batch (c, e) and the v2 batch (b, d)
 
     try:
         asyncio.run(asyncio.wait_for(run(), 30))

@@ -60,7 +60,7 @@ def test_client_errors(tiny, tmp_path: Path) -> None:
         r = client.post("/v1/domains/dom-0/ctr", content=b"{not json", headers={"content-type": "application/json"})
         assert r.status_code == 422
         before = client.get("/metrics").text
-        assert 'mamdr_serving_requests_total{domain="unknown",status="404"} 2.0' in before
+        assert 'mamdr_serving_requests_total{domain="unknown",status="404",version="v1"} 2.0' in before
         # Retired: 410. Paused: still served (pausing stops training, not scoring).
         registry.update_domain("dom-1", status="retired")
         registry.update_domain("dom-2", status="paused")
@@ -73,8 +73,8 @@ def test_client_errors(tiny, tmp_path: Path) -> None:
         metrics = client.get("/metrics").text
         # Domain labels only from the registry: raw input never becomes a label.
         assert 'domain="NOT A SLUG"' not in metrics
-        assert 'mamdr_serving_requests_total{domain="dom-1",status="410"}' in metrics
-        assert 'mamdr_serving_requests_total{domain="dom-0",status="422"}' in metrics
+        assert 'mamdr_serving_requests_total{domain="dom-1",status="410",version="v1"}' in metrics
+        assert 'mamdr_serving_requests_total{domain="dom-0",status="422",version="none"}' in metrics
         assert 'mamdr_serving_model_version_info{version="v1"} 1.0' in metrics
         assert client.get("/openapi.json").json()["paths"]["/v1/domains/{domain}/ctr"]["post"]
     registry.close()
@@ -145,7 +145,8 @@ def test_an_unexpected_exception_is_500_and_logged(tiny, tmp_path: Path, monkeyp
         assert "injected bug" not in r.json()["detail"], "internals stay in the log"
         logged = [rec for rec in caplog.records if "unexpected error in POST /v1/domains/dom-0/ctr" in rec.message]
         assert logged and logged[0].exc_info is not None, "logged with its traceback"
-        assert 'mamdr_serving_requests_total{domain="dom-0",status="500"} 1.0' in client.get("/metrics").text
+        metrics = client.get("/metrics").text
+        assert 'mamdr_serving_requests_total{domain="dom-0",status="500",version="v1"} 1.0' in metrics
         assert client.get("/healthz").status_code == 200, "a bug is not an outage"
     registry.close()
 

@@ -75,7 +75,7 @@ def test_infer_one_user_equals_the_per_domain_endpoint(client: TestClient) -> No
 
         families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
         return sum(s.value for s in families["mamdr_serving_requests"].samples
-                   if s.labels == {"domain": "dom-2", "status": "200"})
+                   if s.labels == {"domain": "dom-2", "status": "200", "version": "v1"})
 
     before = answered()
     r = client.post("/v2/models/dom-2/infer", json=body)
@@ -169,8 +169,8 @@ def test_other_errors_are_4xx_in_the_v2_error_shape(client: TestClient) -> None:
         assert r.status_code == status, r.text
         assert set(r.json()) == {"error"} and reason in r.json()["error"].lower() + r.json()["error"], r.text
     metrics = client.get("/metrics").text
-    assert 'mamdr_serving_requests_total{domain="gone",status="410"}' in metrics
-    assert 'mamdr_serving_requests_total{domain="unknown",status="404"}' in metrics
+    assert 'mamdr_serving_requests_total{domain="gone",status="410",version="v1"}' in metrics
+    assert 'mamdr_serving_requests_total{domain="unknown",status="404",version="v1"}' in metrics
 
 
 def test_not_ready_before_a_model_is_published(tmp_path: Path) -> None:

@@ -451,7 +451,8 @@ class ContinualTrainer:
         export_version(state.params, domains, self.root, version, parent=self.live_version,
                        feature_store_version=version, offsets=offsets, events_included=events,
                        metrics=_finite(metrics), registry=self.registry, promote=True,
-                       cold_start=state.cold_start(), without_delta=without_delta)
+                       cold_start=state.cold_start(), without_delta=without_delta,
+                       delta_dtype=self.cfg.delta_dtype)
         failpoint("after_export")
         self.consumer.commit(offsets)
         failpoint("after_commit")
