@@ -78,3 +78,13 @@ def test_an_unknown_optimizer_is_a_usage_error_listing_the_choices(capsys: pytes
     with pytest.raises(SystemExit) as done:
         main(["experiment", "--dataset", "synthetic", "--inner", "rmsprop", "--out", "x"])
     assert done.value.code == 2 and "invalid choice: 'rmsprop'" in capsys.readouterr().err
+
+
+def test_time_to_reach_alternates_best_skips_a_guarded_runs_own_alternate_epochs() -> None:
+    from trainer.research.experiment import _time_to_reach
+
+    cell = {"epoch_times_s": [1.0, 1.0, 2.0, 2.0, 4.0], "val_history": [0.6, 0.8, 0.7, 0.79, 0.81],
+            "phases": ["alternate", "alternate", "dn", "dn", "dr"]}
+    assert _time_to_reach(cell, 0.8, "mamdr") == 10.0  # the DR epoch: DN never got there; Alternate's is not its
+    assert _time_to_reach(cell, 0.75, "dn") == 6.0  # DN reaches 0.75 at its second epoch (0.79)
+    assert _time_to_reach(cell, 0.9, "dn") is None

@@ -155,7 +155,8 @@ def _run_seed(cfg: ExperimentConfig, ds: MultiDomainDataset, seed: int, bases: l
                 "epoch_time_s": result.mean_epoch_time, "train_time_s": sum(result.epoch_times),
                 "best_val_auc": result.best_val_auc, "val_history": result.val_history,
                 "time_to_best_s": result.time_to_best_s, "capped": result.capped,
-                "conflict": result.conflict, "lr": lr, "guard": result.guard}
+                "conflict": result.conflict, "lr": lr, "guard": result.guard,
+                "kept_deltas": result.kept_deltas}
         if base in cfg.methods:
             cells[base] = {"per_domain": result.test, **info}
         if finetune and result.test_finetuned is not None:
@@ -180,10 +181,14 @@ def _ms(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
 
 
-def _time_to_reach(cell: dict[str, Any], target: float) -> float | None:
+def _time_to_reach(cell: dict[str, Any], target: float, method: str) -> float | None:
+    """Wall time until the validation AUC first reaches ``target``; a guarded DN/MAMDR run's own Alternate
+    epochs count as time but not as reaching it (they are Alternate's run, not the method's)."""
     times = cell.get("epoch_times_s", [])
+    phases = cell.get("phases", [])
     for k, value in enumerate(cell.get("val_history", [])):
-        if value >= target:
+        own = method.startswith("alternate") or k >= len(phases) or phases[k] != "alternate"
+        if own and value >= target:
             return float(sum(times[: k + 1]))
     return None
 
@@ -207,7 +212,7 @@ def aggregate(cfg: ExperimentConfig, per_seed: list[dict[str, dict[str, Any]]], 
                   if alt_best is not None else None)
         # wall time until the validation AUC first reaches Alternate's best on the same seed (None: never):
         # the fair cost when a method's own best is much higher and later than Alternate's
-        match = ([_time_to_reach(c, s["alternate"]["best_val_auc"]) for c, s in zip(cells, per_seed, strict=True)]
+        match = ([_time_to_reach(c, s["alternate"]["best_val_auc"], m) for c, s in zip(cells, per_seed, strict=True)]
                  if alt_best is not None else None)
         methods[m] = {
             "avg_auc": auc_m, "avg_auc_std": auc_s, "avg_rank": rank_m, "avg_rank_std": rank_s,
@@ -228,6 +233,7 @@ def aggregate(cfg: ExperimentConfig, per_seed: list[dict[str, dict[str, Any]]], 
                           "phases": c.get("phases", []), "epoch_times_s": c.get("epoch_times_s", []),
                           "capped": c["capped"], "conflict": c["conflict"], "lr": c.get("lr"),
                           "lr_val_auc": c.get("lr_val_auc"), "guard": c.get("guard"),
+                          "kept_deltas": c.get("kept_deltas"),
                           "per_domain": {domains[d]: v for d, v in c["per_domain"].items()}} for c in cells],
         }
     table = format_table(methods)
