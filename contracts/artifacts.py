@@ -13,7 +13,9 @@ is actually read (files are immutable once published, so the re-check is cheap i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from onnx import numpy_helper
 from pydantic import ValidationError
 
 from contracts.errors import IntegrityError, NotFound
-from contracts.manifest import MANIFEST_FILE, Manifest
+from contracts.manifest import MANIFEST_FILE, DeltaEntry, Manifest
 from contracts.urls import BackendUrl, open_backend
 
 _CHUNK = 1 << 20
@@ -88,16 +90,22 @@ def read_manifest(version_dir: Path, expected_sha256: str | None = None) -> Mani
 def resolve(version_dir: Path, manifest: Manifest, rel: str) -> Path:
     """A manifest path (relative to the artifacts root) as a file, also while in a temp dir."""
     head, _, rest = rel.partition("/")
-    if ".." in Path(rel).parts or rel.startswith("/"):
+    if ".." in rel.replace("\\", "/").split("/") or rel.startswith("/"):
         raise IntegrityError(f"manifest path {rel!r} escapes the artifacts root")
     if head == manifest.version:
         return version_dir / rest
     return version_dir.parent / rel
 
 
-def read_verified(path: Path, sha256: str) -> bytes:
+def read_verified(path: Path, sha256: str, offset: int | None = None, length: int | None = None) -> bytes:
+    """A file's bytes (or bytes [offset, offset + length) of it: a delta in a pack), checked against ``sha256``."""
     try:
-        data = path.read_bytes()
+        if offset is None:
+            data = path.read_bytes()
+        else:
+            with path.open("rb") as fh:
+                fh.seek(offset)
+                data = fh.read(length if length is not None else -1)
     except FileNotFoundError:
         raise IntegrityError(f"artifact {path} is missing") from None
     if sha256_bytes(data) != sha256:
@@ -137,7 +145,7 @@ class LoadedVersion:
         entry = self.manifest.deltas.get(domain)
         if entry is None:
             return {}
-        data = read_verified(self.delta_paths[domain], entry.sha256)
+        data = read_verified(self.delta_paths[domain], entry.sha256, entry.offset, entry.length)
         arrays = parse_initializers(data, f"delta of {domain!r}")
         expected = {t.name: t.shape for t in entry.tensors}
         if {n: list(a.shape) for n, a in arrays.items()} != expected:
@@ -160,17 +168,38 @@ def load_version(version_dir: Path, manifest_sha256: str | None = None) -> Loade
     shared_bytes = read_verified(resolve(version_dir, manifest, manifest.shared_path), manifest.shared_sha256)
     shared = parse_initializers(shared_bytes, f"shared graph of {manifest.version}")
     paths: dict[str, Path] = {}
-    for domain, entry in manifest.deltas.items():
-        path = resolve(version_dir, manifest, entry.path)
-        try:
-            actual = sha256_file(path)
-        except FileNotFoundError:
-            raise IntegrityError(f"delta of {domain!r} ({path}) is missing") from None
-        if actual != entry.sha256:
-            raise IntegrityError(f"delta of {domain!r} ({path}) fails its sha256 check")
-        for spec in entry.tensors:
-            base = shared.get(spec.name)
-            if base is None or list(base.shape) != spec.shape:
-                raise IntegrityError(f"delta of {domain!r} has {spec.name!r} {spec.shape}, not in the graph")
-        paths[domain] = path
+    resolved: dict[str, Path] = {}  # a pack is named by many entries: resolve and map it once
+    with contextlib.ExitStack() as stack:
+        packs: dict[Path, mmap.mmap] = {}
+        for domain, entry in manifest.deltas.items():
+            path = resolved.get(entry.path)
+            if path is None:
+                path = resolved[entry.path] = resolve(version_dir, manifest, entry.path)
+            try:
+                if entry.offset is None:
+                    actual = sha256_file(path)
+                else:
+                    if path not in packs:
+                        fh = stack.enter_context(path.open("rb"))
+                        packs[path] = stack.enter_context(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+                    end = entry.offset + (entry.length or 0)
+                    if entry.offset < 0 or end > len(packs[path]):
+                        raise IntegrityError(f"delta of {domain!r} lies outside its pack {path}")
+                    actual = sha256_bytes(packs[path][entry.offset:end])
+            except FileNotFoundError:
+                raise IntegrityError(f"delta of {domain!r} ({path}) is missing") from None
+            except ValueError:  # mmap of an empty file
+                raise IntegrityError(f"delta of {domain!r} lies outside its pack {path} (empty)") from None
+            if actual != entry.sha256:
+                raise IntegrityError(f"delta of {domain!r} ({path}) fails its sha256 check")
+            check_delta_shapes(domain, entry, shared)
+            paths[domain] = path
     return LoadedVersion(manifest, version_dir, shared_bytes, shared, paths)
+
+
+def check_delta_shapes(domain: str, entry: DeltaEntry, shared: dict[str, np.ndarray]) -> None:
+    """Every tensor of a delta overrides one of the shared graph, with its shape."""
+    for spec in entry.tensors:
+        base = shared.get(spec.name)
+        if base is None or list(base.shape) != spec.shape:
+            raise IntegrityError(f"delta of {domain!r} has {spec.name!r} {spec.shape}, not in the graph")
