@@ -388,7 +388,7 @@ class ContinualTrainer:
         if self.cfg.framework != "mamdr":  # dn / alternate: the shared model only, every θi stays zero
             return targets
         # Algorithm 2 for every target at once (vmapped; a domain smaller than K batches takes one pass)
-        sequences = {t: fw.sample_sequence(t, rng) for t in targets}
+        sequences = _sequences(fw.domains, targets, fw.config.k, rng)
         cfg = fw.config
         dr_train = train if self.cfg.dr_data == "round" else self._history(train)
         BatchedDR(fw.params, lr=cfg.inner_lr, gamma=cfg.gamma, batch_size=cfg.batch_size,
@@ -646,6 +646,29 @@ class ContinualTrainer:
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
+
+
+def _sequences(domains: list[int], targets: list[int], k: int, rng: torch.Generator) -> dict[int, list[int]]:
+    """DR's sequence per target: k distinct other domains of the round in random order, then the target.
+
+    The same distribution as ``MAMDR.sample_sequence`` (a permutation of the other domains per target,
+    O(domains) each: quadratic in a round's domains, seconds at 10,000) drawn in O(k) per target with
+    Floyd's sampling; the draws come from ``rng``, so a replay draws the same sequences."""
+    n = len(domains)
+    k = max(0, min(k, n - 1))
+    position = {d: i for i, d in enumerate(domains)}
+    gen = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=rng)))
+    bounds = np.arange(n - k, n)  # Floyd's step j draws from [0, j] for j = n-1-k .. n-2
+    draws = (gen.random((len(targets), k)) * bounds).astype(np.int64).tolist()  # all draws at once
+    orders = np.argsort(gen.random((len(targets), k)), axis=1).tolist()  # a random order of each subset
+    out: dict[int, list[int]] = {}
+    for t_index, target in enumerate(targets):
+        p = position[target]
+        chosen: list[int] = []
+        for j, r in zip(range(n - 1 - k, n - 1), draws[t_index], strict=True):  # a uniform k-subset of the others
+            chosen.append(j if r in chosen else r)
+        out[target] = [domains[chosen[i] + (chosen[i] >= p)] for i in orders[t_index]] + [target]
+    return out
 
 
 def _finite(obj: object) -> object:
