@@ -162,7 +162,7 @@ def all_delta_arrays(params: DomainParameters, shared: Arrays, slots: Mapping[st
                     rows[torch.tensor(delta_of)] += stacked.to(rows.dtype)
                 keep = range(len(part))
             elif name in specific and delta_of and t.is_floating_point():
-                rows = torch.stack([t + params.delta(slots[part[k]])[name] for k in delta_of])
+                rows = torch.stack([params.delta(slots[part[k]])[name] for k in delta_of]) + t
                 keep = delta_of
             else:
                 continue  # the same tensor for every domain: no delta

@@ -131,6 +131,8 @@ class ContinualTrainer:
         # table rows a round trained since the last publish (what an incremental version writes)
         self._trained_rows: dict[str, list[np.ndarray]] = {"user": [], "item": []}
         self.last_publish: dict[str, Any] = {}  # what the last publish wrote (rows, full or not)
+        self._scored: set[str] = set()  # domains scored prequentially since the last publish
+        self._gauged: dict[str, bool] = {}  # the graduation gauge's last value per domain
 
     # -- start / resume -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -276,6 +278,7 @@ class ContinualTrainer:
                 part = slice(ends[k] - sizes[k], ends[k])
                 probs[part] = self.graduation.observe(domain, labels[part], p_shared[part], p_specific[part])
         self.prequential.update_many([d for d, _, _ in scored], codes, labels, probs)
+        self._scored.update(d for d, _, _ in scored)
 
     def _reject(self, record: Record, reason: str, kind: str) -> None:
         self.stream.dead_letter(record, reason)
@@ -451,9 +454,10 @@ class ContinualTrainer:
         decisions = {} if self.cfg.framework != "mamdr" else (
             self.graduation.decide() if self.distributed is None else self.distributed.decide(self))
         graduated = sorted(self.graduation.graduated) if self.cfg.framework == "mamdr" else []
-        for d, figs in decisions.items():
-            if d in self._known:
+        for d, figs in decisions.items():  # gauges set when they change (a label lookup is ~50 µs per domain)
+            if d in self._known and self._gauged.get(d) != figs["graduated"]:
                 self.metrics.graduated.labels(domain=d).set(1.0 if figs["graduated"] else 0.0)
+                self._gauged[d] = bool(figs["graduated"])
         metrics = {"graduated": graduated if len(graduated) <= METRIC_DOMAINS else graduated[:METRIC_DOMAINS],
                    "graduated_domains": len(graduated), "framework": self.cfg.framework,
                    "prequential": round_figs if len(round_figs) <= METRIC_DOMAINS else {},
@@ -490,11 +494,13 @@ class ContinualTrainer:
         self.metrics.round_seconds.observe(report.seconds)
         self.metrics.rounds.labels(outcome="published").inc()
         self.metrics.published_version.set(int(version[1:]))
-        for d, figs in round_figs.items():
-            if d in self._known:
+        for d in self._scored:  # only domains scored since the last publish have new figures
+            figs = round_figs.get(d)
+            if figs is not None and d in self._known:
                 if not np.isnan(figs["auc"]):
                     self.metrics.prequential_auc.labels(domain=d).set(figs["auc"])
                 self.metrics.prequential_logloss.labels(domain=d).set(figs["logloss"])
+        self._scored = set()
         log.info("published %s: %d events (%d valid, %d rejected), %d domains trained, %.2fs, "
                  "prequential mean AUC %.4f", version, events, report.valid, report.rejected,
                  len(trained), report.seconds, self.prequential.mean_auc())
