@@ -512,6 +512,9 @@ class RedisStore(EmbeddingStore):
                 conn.disconnect()
                 if attempt:
                     raise
+            except BaseException:  # e.g. an error reply: the rest of the replies are unread, drop the connection
+                conn.disconnect()
+                raise
             finally:
                 self._pool.release(conn)
         if replies is None or len(replies) != len(commands):

@@ -330,3 +330,28 @@ def test_versions_written_before_incremental_versions_stay_readable_and_collecta
     assert not list(admin.scan_iter(match=f"{ns}:v:old:*")) and store.versions() == ["new"]
     assert float(store.lookup("u1", ["i1"]).items[0, 0]) == 3.0
     admin.close()
+
+
+def test_a_failed_pipelined_read_leaves_the_connection_pool_usable(make_store: MakeStore, redis_url: str) -> None:
+    from contracts.errors import BackendUnavailable
+
+    store = make_store(max_connections=1)  # one connection: a dirty one would break the next read
+    fill(store, "p0", 1.0)
+    store.publish("p0")
+    store.declare("p1", {"user": 8, "item": 8}, parent="p0")
+    store.write("p1", "item", ["i1"], np.full((1, 8), 2.0))
+    store.publish("p1")
+    assert float(store.lookup("u1", ["i1", "i2"]).items[0, 0]) == 2.0
+    admin = redis.Redis.from_url(redis_url)
+    ns = store.settings.namespace  # type: ignore[attr-defined]
+    key = next(k for k in admin.scan_iter(match=f"{ns}:t:p0:r:*"))
+    saved = admin.dump(key)
+    admin.delete(key)
+    admin.set(key, b"not a hash")  # HMGET inside the transaction answers WRONGTYPE
+    with pytest.raises(BackendUnavailable):
+        store.lookup("u1", ["i1", "i2"])
+    admin.delete(key)
+    admin.restore(key, 0, saved)
+    got = store.lookup("u1", ["i1", "i2"])
+    assert float(got.items[0, 0]) == 2.0 and float(got.items[1, 0]) == 1.0
+    admin.close()
