@@ -66,20 +66,25 @@ def bench_write(store: RedisStore, raw: redis.Redis, ids: list[str], vecs: np.nd
 
 
 def bench_lookup(store: RedisStore, raw: redis.Redis, n_users: int, n_items: int, lookups: int,
-                 rng: np.random.Generator, root: str = "w") -> tuple[list[float], list[float]]:
-    """Store lookups of the current version against bare MGETs of the same ids' floor keys."""
+                 rng: np.random.Generator, root: str = "w", other: RedisStore | None = None
+                 ) -> tuple[list[float], list[float], list[float]]:
+    """Store lookups of the current version against bare MGETs of the same ids' floor keys (and lookups
+    of a second store configured otherwise, e.g. the read script), interleaved in blocks of 100."""
     version = store.current_version()
     assert version is not None
     requests = [(f"u{rng.integers(n_users)}", [f"i{j}" for j in rng.integers(n_items, size=100)])
                 for _ in range(lookups)]
     up, ip = store.keys.floor_prefix(root, "user"), store.keys.floor_prefix(root, "item")
     floor_keys = [[up + u, *(ip + i for i in its)] for u, its in requests]
-    for (u, its), keys in zip(requests[:200], floor_keys[:200], strict=True):  # warm up both paths
+    for (u, its), keys in zip(requests[:200], floor_keys[:200], strict=True):  # warm up every path
         store.lookup(u, its)
         raw.mget(keys)
+        if other is not None:
+            other.lookup(u, its)
     t_store: list[float] = []
     t_floor: list[float] = []
-    for block in range(0, lookups, 100):  # interleave blocks so drift hits both sides alike
+    t_other: list[float] = []
+    for block in range(0, lookups, 100):  # interleave blocks so drift hits every side alike
         for u, its in requests[block : block + 100]:
             t0 = time.perf_counter()
             got = store.lookup(u, its)
@@ -88,8 +93,14 @@ def bench_lookup(store: RedisStore, raw: redis.Redis, n_users: int, n_items: int
             t0 = time.perf_counter()
             raw.mget(keys)
             t_floor.append(time.perf_counter() - t0)
+        if other is not None:
+            for u, its in requests[block : block + 100]:
+                t0 = time.perf_counter()
+                again = other.lookup(u, its)
+                t_other.append(time.perf_counter() - t0)
+                assert again.missing_items == [] and again.version == version
     assert got.items.shape == (100, DIM) and not got.missing_items
-    return t_store, t_floor
+    return t_store, t_floor, t_other
 
 
 def bench_local(url: str, n: int, lookups: int, rng: np.random.Generator) -> tuple[float, list[float]]:
@@ -143,7 +154,7 @@ def main() -> None:
                   f"floor (raw MSET) {f_rate:,.0f} keys/s   ratio (store/floor time) {f_rate / s_rate:.2f}x")
             store.write("w", "user", [f"u{i}" for i in range(args.users)], vecs[: args.users])
             store.publish("w")
-            t_s, t_f = bench_lookup(store, raw, args.users, args.n, args.lookups, rng)
+            t_s, t_f, _ = bench_lookup(store, raw, args.users, args.n, args.lookups, rng)
             print(f"lookup 1 user + 100 items ({args.lookups} requests):")
             for q in (50, 99):
                 print(f"  p{q}: store {pct(t_s, q):.3f} ms   floor (raw MGET) {pct(t_f, q):.3f} ms"
@@ -157,11 +168,15 @@ def main() -> None:
                 store.write(child, "user", [f"u{i}" for i in range(0, args.users, 10)], vecs[: args.users:10])
                 store.publish(child)
                 parent = child
-            t_s, t_f = bench_lookup(store, raw, args.users, args.n, args.lookups, rng)
-            print("lookup of an incremental version (2 links, 10% of rows changed in each; read script):")
+            script = open_store(url, FeatureStoreSettings(namespace="bench", incremental_read="script"))
+            assert isinstance(script, RedisStore)
+            t_s, t_f, t_o = bench_lookup(store, raw, args.users, args.n, args.lookups, rng, other=script)
+            print("lookup of an incremental version (2 links, 10% of rows changed in each), interleaved:")
             for q in (50, 99):
-                print(f"  p{q}: store {pct(t_s, q):.3f} ms   floor (raw MGET of the floor keys) {pct(t_f, q):.3f} ms"
-                      f"   ratio {pct(t_s, q) / pct(t_f, q):.2f}x")
+                print(f"  p{q}: pipelined (MULTI: MGET + HMGET per link) {pct(t_s, q):.3f} ms   read script "
+                      f"{pct(t_o, q):.3f} ms   floor (raw MGET of the floor keys) {pct(t_f, q):.3f} ms   "
+                      f"ratios to the floor {pct(t_s, q) / pct(t_f, q):.2f}x / {pct(t_o, q) / pct(t_f, q):.2f}x")
+            script.close()
             store.close()
             raw.close()
         finally:

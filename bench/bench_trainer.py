@@ -65,10 +65,14 @@ def settings_for(tmp: Path, stream_url: str, partitions: int = 4, **trainer: Any
 def make_trainer(tmp: Path, settings: Settings, n_domains: int, store_url: str = "memory://bench",
                  registry_url: str | None = None) -> ContinualTrainer:
     registry = open_registry(registry_url or f"sqlite://{tmp}/registry.db")
-    known = {d.id for d in registry.list_domains()}
-    for d in range(n_domains):
-        if f"d{d}" not in known:
-            registry.create_domain(f"d{d}")
+    wanted = [f"d{d}" for d in range(n_domains)]
+    if hasattr(registry, "create_domains"):  # bulk onboarding (one transaction on SQLite)
+        registry.create_domains(wanted)
+    else:  # an older tree
+        known = {d.id for d in registry.list_domains()}
+        for d in wanted:
+            if d not in known:
+                registry.create_domain(d)
     stream = open_stream(settings.stream.url, settings.stream)
     trainer = ContinualTrainer(settings, stream=stream, store=open_store(store_url), registry=registry,
                                artifacts=tmp / "artifacts", model="mlp", model_config=MODEL)

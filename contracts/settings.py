@@ -48,6 +48,9 @@ class FeatureStoreSettings(_Section):
         description="how long a reader may reuse the current-version pointer (0: read it every lookup)",
     )
     write_chunk: int = Field(1000, ge=1, le=100_000, description="keys per MSET in bulk writes")
+    incremental_read: Literal["pipeline", "script"] = Field(
+        "pipeline", description="redis reads of an incremental version: one MULTI of MGET + HMGET per "
+        "unfolded version (pipeline), or the server-side read script (script)")
     health_check_interval_s: int = Field(
         30, ge=0, le=3600, description="redis-py pings idle pooled connections after this")
 

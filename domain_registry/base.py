@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from contracts.errors import Conflict
 from contracts.events import DomainId
 
 DomainStatus = Literal["active", "paused", "retired"]
@@ -84,6 +86,20 @@ class Registry(ABC):
     def create_domain(self, domain_id: str, display_name: str | None = None,
                       settings: dict[str, Any] | None = None, actor: str = "system") -> Domain:
         """Create an active domain; ``Conflict`` if the id exists (even retired)."""
+
+    def create_domains(self, domain_ids: Sequence[str], actor: str = "system") -> list[str]:
+        """Create every id that does not exist yet (active, default name); return the ids created.
+
+        Bulk onboarding (a stream that brings thousands of new domains at once): a backend may do it in
+        one write; each creation still bumps the counter and gets its own audit entry."""
+        created = []
+        for domain_id in dict.fromkeys(domain_ids):
+            try:
+                self.create_domain(domain_id, actor=actor)
+            except Conflict:
+                continue
+            created.append(domain_id)
+        return created
 
     @abstractmethod
     def get_domain(self, domain_id: str) -> Domain:

@@ -207,6 +207,23 @@ class SqliteRegistry(Registry):
                        {"display_name": domain.display_name, "settings": domain.settings}, now)
         return domain
 
+    def create_domains(self, domain_ids: Sequence[str], actor: str = "system") -> list[str]:
+        """One transaction for the whole batch (one commit instead of one per domain)."""
+        now = time.time()
+        domains = [rules.new_domain(d, None, None, now) for d in dict.fromkeys(domain_ids)]
+        created: list[str] = []
+        with self._write() as conn:
+            for domain in domains:
+                if conn.execute("SELECT 1 FROM domains WHERE id = ?", (domain.id,)).fetchone() is not None:
+                    continue
+                conn.execute(f"INSERT INTO domains ({_DOMAIN_COLS}) VALUES (?, ?, ?, ?, ?, ?)",
+                             (domain.id, domain.display_name, domain.status, domain.created_at,
+                              domain.updated_at, rules.dumps(domain.settings)))
+                self._bump(conn, actor, "domain.create", domain.id,
+                           {"display_name": domain.display_name, "settings": domain.settings}, now)
+                created.append(domain.id)
+        return created
+
     def get_domain(self, domain_id: str) -> Domain:
         rules.check_domain_id(domain_id)
         return self._read(lambda conn: self._get_domain(conn, domain_id))

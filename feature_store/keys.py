@@ -12,7 +12,9 @@
 - ``{ns}:t:{root}:u:{id}`` / ``:i:{id}``: the floor value of an id in the tree of ``root`` (a full
   version writes here); ``{ns}:t:{root}:hu:{id}`` / ``:hi:{id}``: hash seq -> value of the writes of
   incremental versions above the floor (b"" = forgotten); ``{ns}:t:{root}:su`` / ``:si``: set of the
-  ids that have such writes (a read fetches only their hashes).
+  ids that have such writes (a read fetches only their hashes); ``{ns}:t:{root}:r:{seq}``: the same
+  writes of version ``seq`` as one hash ``u:{id}`` / ``i:{id}`` -> value (the read path without a script
+  HMGETs it for each version of a lineage above the floor).
 
 Namespaces and versions are slugs, so they never contain glob characters (gc uses SCAN MATCH).
 """
@@ -109,6 +111,11 @@ class KeyLayout:
     def above_floor(self, root: str, kind: Kind) -> str:
         """Set of the ids of ``kind`` with writes above the floor (readers look only those up)."""
         return f"{self.namespace}:t:{root}:s{KIND_TAG[kind]}"
+
+    def read_hash(self, root: str, seq: int) -> str:
+        """Hash ``<kind tag>:<id>`` -> value of the writes of the version ``seq`` (readers HMGET it, one
+        command per version above the floor instead of one per id)."""
+        return f"{self.namespace}:t:{root}:r:{seq}"
 
     def tree_glob(self, root: str) -> str:
         return f"{self.namespace}:t:{root}:*"

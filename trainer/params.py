@@ -25,6 +25,7 @@ from torch.func import functional_call
 from contracts.errors import ConfigError
 
 Params = dict[str, torch.Tensor]
+STACK = "delta/stack/"  # checkpoint keys of the stacked θi (``DomainParameters.state``)
 
 
 def default_specific_names(model: nn.Module) -> list[str]:
@@ -156,11 +157,30 @@ class DomainParameters:
 
     # -- persistence (raw tensors, never pickled objects) ----------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
-        """Flat tensor dict ``delta/<domain>/<name>`` for ``torch.save`` + ``weights_only`` loading."""
-        return {f"delta/{d}/{n}": t.detach().clone() for d, ps in self.deltas.items() for n, t in ps.items()}
+        """Flat tensor dict for ``torch.save`` + ``weights_only`` loading: every domain's θi stacked per
+        name (``delta/stack/<name>`` [D, ...], their domains in ``delta/stack/#slots``). One tensor per
+        name rather than per domain and name: pickling 7,000 small tensors took ~2 s at 1,000 domains."""
+        slots = sorted(self.deltas)
+        if not slots:
+            return {}
+        out = {f"{STACK}#slots": torch.tensor(slots, dtype=torch.long)}
+        for n in self.specific_names:
+            out[f"{STACK}{n}"] = torch.stack([self.deltas[d][n].detach() for d in slots])
+        return out
 
     def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Either layout: stacked (``state``), or ``delta/<domain>/<name>`` per domain (older checkpoints)."""
+        stacked = {k[len(STACK):]: v for k, v in state.items() if k.startswith(STACK)}
+        if stacked:
+            slots = stacked.pop("#slots").tolist()
+            for name in stacked:
+                if name not in self.specific_names:
+                    raise ConfigError(f"saved delta {name!r} is not a specific parameter of this model")
+            for k, d in enumerate(slots):
+                self.set_delta(int(d), {name: value[k] for name, value in stacked.items()})
         for key, value in state.items():
+            if key.startswith(STACK):
+                continue
             _, d, name = key.split("/", 2)
             if name not in self.specific_names:
                 raise ConfigError(f"saved delta {name!r} is not a specific parameter of this model")

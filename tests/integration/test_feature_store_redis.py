@@ -121,7 +121,71 @@ def test_incremental_versions_cost_their_changed_rows_in_one_round_trip(make_sto
     calls = _commands(admin)
     calls.pop("config|resetstat", None)
     calls.pop("config", None)
+    # one MULTI/EXEC: the token, one MGET of the floor keys, one HMGET per version above the floor (v6 only:
+    # v5, the newest version both kept ones descend from, was folded into the floor)
+    assert calls == {"multi": 1, "get": 1, "mget": 1, "hmget": 1, "exec": 1}, calls
+    script = make_store(incremental_read="script")
+    script.lookup("u0", ["i0"])
+    admin.config_resetstat()
+    script.lookup("u1", [f"i{i}" for i in range(100)])
+    calls = _commands(admin)
+    calls.pop("config|resetstat", None)
+    calls.pop("config", None)
     assert calls.pop("evalsha") == 1 and set(calls) <= {"hgetall", "get", "mget", "smismember"}, calls  # in it
+    admin.close()
+
+
+def test_pipelined_reads_equal_the_read_script_through_tombstones_branches_and_gc(make_store: MakeStore,
+                                                                                  redis_url: str) -> None:
+    """The read path without a script returns what the script returns, at every version, also when a gc
+    folds versions between a reader's walk of the lineage and its read (its list of versions is stale)."""
+    pipelined, script = make_store(), make_store(incremental_read="script")
+    dim, n = 4, 60
+    users, items = [f"u{i}" for i in range(n)], [f"i{i}" for i in range(n)]
+
+    def same_everywhere(versions: list[str]) -> None:
+        for v in versions:
+            for kind, ids in (("user", users), ("item", items)):
+                asked = [*ids, "never"]
+                a, b = pipelined.get_many(kind, asked, version=v), script.get_many(kind, asked, version=v)
+                assert (a[0] == b[0]).all() and a[1] == b[1], (v, kind)
+            la, lb = pipelined.lookup("u3", items[:30], version=v), script.lookup("u3", items[:30], version=v)
+            assert (la.items == lb.items).all() and la.missing_items == lb.missing_items
+            assert (la.user is None) == (lb.user is None) and (la.user is None or (la.user == lb.user).all())
+
+    pipelined.declare("b0", {"user": dim, "item": dim})
+    pipelined.write("b0", "user", users, np.zeros((n, dim)))
+    pipelined.write("b0", "item", items, np.zeros((n, dim)))
+    pipelined.publish("b0")
+    rng = np.random.default_rng(0)
+    parent, made = "b0", ["b0"]
+    for k in range(1, 7):
+        version = f"b{k}"
+        if k == 4:  # a rollback branch: b4 is a child of b2, beside b3
+            parent = "b2"
+        pipelined.declare(version, {"user": dim, "item": dim}, parent=parent)
+        for kind, ids in (("user", users), ("item", items)):
+            changed = sorted(set(rng.choice(n, 15).tolist()))
+            pipelined.write(version, kind, [ids[j] for j in changed], np.full((len(changed), dim), float(k)))
+            gone = [ids[j] for j in rng.choice(n, 3)]
+            pipelined.forget(version, kind, gone)  # tombstones, some of ids written in this version or before
+        if k == 5:  # a forgotten id written again later in the lineage
+            pipelined.write(version, "item", [items[0]], np.full((1, dim), 55.0))
+        pipelined.publish(version)
+        made.append(version)
+        parent = version
+        same_everywhere(made)
+    # walk every lineage now (cached), then fold: the cached lists name versions whose writes moved
+    same_everywhere(["b6", "b5"])
+    removed = pipelined.gc(keep=2)
+    assert removed and "b6" in pipelined.versions()
+    same_everywhere([v for v in made if v in pipelined.versions()])
+    # a version declared before read hashes existed (no "rh" mark) is read by the script
+    admin = redis.Redis.from_url(redis_url)
+    admin.hdel(f"{pipelined.settings.namespace}:v:b6:meta", "rh")  # type: ignore[attr-defined]
+    pipelined = make_store()
+    same_everywhere(["b6"])
+    assert pipelined._chains["b6"][0] is None  # type: ignore[attr-defined]
     admin.close()
 
 
@@ -265,4 +329,29 @@ def test_versions_written_before_incremental_versions_stay_readable_and_collecta
     assert store.gc(keep=0) == ["old"]
     assert not list(admin.scan_iter(match=f"{ns}:v:old:*")) and store.versions() == ["new"]
     assert float(store.lookup("u1", ["i1"]).items[0, 0]) == 3.0
+    admin.close()
+
+
+def test_a_failed_pipelined_read_leaves_the_connection_pool_usable(make_store: MakeStore, redis_url: str) -> None:
+    from contracts.errors import BackendUnavailable
+
+    store = make_store(max_connections=1)  # one connection: a dirty one would break the next read
+    fill(store, "p0", 1.0)
+    store.publish("p0")
+    store.declare("p1", {"user": 8, "item": 8}, parent="p0")
+    store.write("p1", "item", ["i1"], np.full((1, 8), 2.0))
+    store.publish("p1")
+    assert float(store.lookup("u1", ["i1", "i2"]).items[0, 0]) == 2.0
+    admin = redis.Redis.from_url(redis_url)
+    ns = store.settings.namespace  # type: ignore[attr-defined]
+    key = next(k for k in admin.scan_iter(match=f"{ns}:t:p0:r:*"))
+    saved = admin.dump(key)
+    admin.delete(key)
+    admin.set(key, b"not a hash")  # HMGET inside the transaction answers WRONGTYPE
+    with pytest.raises(BackendUnavailable):
+        store.lookup("u1", ["i1", "i2"])
+    admin.delete(key)
+    admin.restore(key, 0, saved)
+    got = store.lookup("u1", ["i1", "i2"])
+    assert float(got.items[0, 0]) == 2.0 and float(got.items[1, 0]) == 1.0
     admin.close()

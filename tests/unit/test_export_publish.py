@@ -120,3 +120,61 @@ def test_registry_registration_promotion_and_live_pointer(tiny, tmp_path: Path) 
     assert (tmp_path / "art" / "LIVE").read_text() == "v1"
     assert json.loads((tmp_path / "art" / "v1" / MANIFEST_FILE).read_text())["version"] == "v1"
     registry.close()
+
+
+def test_all_delta_arrays_match_the_per_domain_views(tiny) -> None:
+    from trainer.export.view import all_delta_arrays, delta_arrays, domain_view_arrays, shared_view_arrays
+
+    shared = shared_view_arrays(tiny.params.model)
+    for without in ((), ("dom-1",)):
+        batched = all_delta_arrays(tiny.params, shared, tiny.domains, without, chunk=2)
+        for domain, slot in tiny.domains.items():
+            one = delta_arrays(shared, domain_view_arrays(tiny.params, slot, with_delta=domain not in without))
+            assert batched[domain].keys() == one.keys()
+            for name, value in one.items():
+                assert batched[domain][name].shape == value.shape and (batched[domain][name] == value).all(), name
+
+
+def test_many_deltas_share_one_pack_that_serving_reads(tiny, tmp_path: Path) -> None:
+    from contracts.manifest import DELTA_PACK_FILE
+    from serving.composition import FeedComposer
+
+    per_file = export_version(tiny.params, tiny.domains, tmp_path / "a", "v1")
+    packed = export_version(tiny.params, tiny.domains, tmp_path / "b", "v1", pack_min=2, max_carry=2)
+    assert {e.path for e in packed.deltas.values()} == {f"v1/{DELTA_PACK_FILE}"}
+    assert not (tmp_path / "b" / "v1" / "deltas").exists()
+    assert {d: e.sha256 for d, e in packed.deltas.items()} == {d: e.sha256 for d, e in per_file.deltas.items()}
+    a, b = load_version(tmp_path / "a" / "v1"), load_version(tmp_path / "b" / "v1")
+    for domain in per_file.deltas:
+        want, got = a.read_delta(domain), b.read_delta(domain)
+        assert want.keys() == got.keys() and all((want[n] == got[n]).all() for n in want)
+        assert FeedComposer(b).composed(domain).keys() == FeedComposer(a).composed(domain).keys()
+    # unchanged: carried (counted), then written again after max_carry versions, so old packs can go
+    m2 = export_version(tiny.params, tiny.domains, tmp_path / "b", "v2", parent="v1", pack_min=2, max_carry=2)
+    assert all(e.path == f"v1/{DELTA_PACK_FILE}" and e.carried == 1 for e in m2.deltas.values())
+    m3 = export_version(tiny.params, tiny.domains, tmp_path / "b", "v3", parent="v2", pack_min=2, max_carry=2)
+    assert all(e.path == f"v3/{DELTA_PACK_FILE}" and e.carried == 0 for e in m3.deltas.values())
+    # a flipped byte of a packed delta is refused, like a per-file one
+    pack = tmp_path / "b" / "v3" / DELTA_PACK_FILE
+    data = bytearray(pack.read_bytes())
+    data[m3.deltas["dom-2"].offset + 5] ^= 0xFF  # type: ignore[operator]
+    pack.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError):
+        load_version(tmp_path / "b" / "v3")
+
+
+def test_delta_files_are_the_bytes_onnx_helpers_make() -> None:
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    from trainer.export.onnx_graph import OPSET, delta_model
+
+    rng = np.random.default_rng(0)
+    arrays = {"tower.0.weight": rng.random((4, 6)).astype(np.float32), "domain_embedding.weight":
+              rng.random((1, 3)).astype(np.float32), "out.bias": rng.random(1).astype(np.float32)}
+    for dtype in ("float32", "float16"):
+        inits = [numpy_helper.from_array(np.ascontiguousarray(arrays[n], dtype=np.dtype(dtype)), n)
+                 for n in sorted(arrays)]
+        graph = helper.make_graph([], "delta:dom-1", [], [], initializer=inits)
+        want = helper.make_model(graph, producer_name="mamdr-trainer", opset_imports=[helper.make_opsetid("", OPSET)])
+        assert delta_model("dom-1", arrays, dtype) == want.SerializeToString(deterministic=True)

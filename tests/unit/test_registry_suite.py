@@ -144,6 +144,21 @@ class RegistrySuite:
         assert registry.get_domain("action").display_name == "action"
         assert [d.id for d in registry.list_domains()] == ["action", "comedy"]
 
+    def test_bulk_create_makes_only_the_missing_domains(self, registry: Registry) -> None:
+        registry.create_domain("comedy")
+        registry.update_domain("comedy", status="paused")
+        before = registry.change_counter()
+        created = registry.create_domains(["d1", "comedy", "d0", "d1"], actor="trainer:auto-onboard")
+        assert created == ["d1", "d0"]  # in order, once each; an existing (paused) domain stays as it is
+        assert {d.id: d.status for d in registry.list_domains()} == {"comedy": "paused", "d0": "active",
+                                                                     "d1": "active"}
+        assert registry.change_counter() == before + 2  # one counter step and audit entry per creation
+        assert [(a.action, a.target, a.actor) for a in registry.audit(limit=2)] == [
+            ("domain.create", "d0", "trainer:auto-onboard"), ("domain.create", "d1", "trainer:auto-onboard")]
+        assert registry.create_domains([]) == [] and registry.change_counter() == before + 2
+        with pytest.raises(DataError):
+            registry.create_domains(["ok-one", "Not A Slug"])
+
     @pytest.mark.parametrize("domain_id", VALID_IDS)
     def test_valid_ids(self, registry: Registry, domain_id: str) -> None:
         assert registry.create_domain(domain_id).id == domain_id

@@ -62,3 +62,59 @@ def test_the_trainer_never_dead_letters_because_the_registry_came_back_empty(tmp
     with pytest.raises(BackendUnavailable, match="came back empty"):
         trainer._refresh_domains(now=True)
     assert stream.dead_letters_sent == 0
+
+
+def test_batched_prequential_update_equals_per_domain_updates() -> None:
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 5, 3_000)
+    labels = rng.integers(0, 2, 3_000).astype(np.float32)
+    probs = rng.random(3_000).astype(np.float32)
+    one, many = Prequential(), Prequential()
+    names = [f"d{k}" for k in range(6)]  # d5 has no event: it gets no figures
+    for k in range(5):
+        one.update(names[k], labels[codes == k], probs[codes == k])
+    many.update_many(names, codes, labels, probs)
+    assert one.domains.keys() == many.domains.keys()
+    for d, s in one.domains.items():
+        other = many.domains[d]
+        assert (s.pos == other.pos).all() and (s.neg == other.neg).all() and s.n == other.n
+        assert abs(s.loss_sum - many.domains[d].loss_sum) < 1e-6 * s.n
+
+
+def test_batched_scoring_equals_scoring_domain_by_domain() -> None:
+    import torch
+
+    from trainer.models import ModelConfig
+    from trainer.service.state import ModelState
+
+    state = ModelState("mlp", ModelConfig(n_users=8, n_items=8, n_domains=0, emb_dim=8, hidden=(8,)), seed=2)
+    domains = [f"d{k}" for k in range(5)]
+    state.ensure([f"u{k}" for k in range(20)], [f"i{k}" for k in range(20)], domains)
+    torch.manual_seed(0)
+    for slot in (1, 3, 4):  # domains with a θi; 0 and 2 are served by θS
+        state.params.set_delta(slot, {n: torch.randn_like(t) * 0.3 for n, t in state.params.delta(slot).items()})
+    rng = np.random.default_rng(0)
+    slots = rng.integers(0, 5, 300)
+    slots[slots == 4] = 3  # d4 has a delta but no row in the batch
+    slots[:1] = 4
+    users = [f"u{k}" for k in rng.integers(0, 25, 300)]  # some without a row: the mean vector
+    items = [f"i{k}" for k in rng.integers(0, 25, 300)]
+    shared, specific = state.predict_rows(slots, state.users.rows(users, add=False), state.items.rows(items, add=False))
+    for slot in range(5):
+        rows = np.flatnonzero(slots == slot)
+        if not len(rows):
+            continue
+        u, i = [users[j] for j in rows], [items[j] for j in rows]
+        np.testing.assert_allclose(shared[rows], state.predict(domains[slot], u, i, with_delta=False), atol=1e-6)
+        np.testing.assert_allclose(specific[rows], state.predict(domains[slot], u, i), atol=1e-6)
+
+
+def test_auc_is_sklearns_with_ties() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    for n in (2, 7, 300, 4_000):
+        labels = rng.integers(0, 2, n).astype(np.float32)
+        labels[:2] = (0.0, 1.0)
+        scores = np.round(rng.random(n), 1 if n > 7 else 3)  # many ties
+        assert abs(auc(labels, scores) - roc_auc_score(labels, scores)) < 1e-12

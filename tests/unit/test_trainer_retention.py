@@ -26,7 +26,7 @@ from feature_store import open_store
 from stream import open_stream
 from trainer.service.loop import ContinualTrainer
 from trainer.service.retention import apply_retention, published_versions
-from trainer.service.state import CHECKPOINT_DIR
+from trainer.service.state import CHECKPOINT_DIR, checkpoint_chain
 
 DOMAINS = ("alpha", "beta", "gamma")
 REPO = Path(__file__).resolve().parents[2]
@@ -263,7 +263,10 @@ def test_crash_inside_gc_leaves_a_consistent_state_and_the_next_gc_finishes(tmp_
     assert live is not None
     versions = published_versions(root)
     assert len(versions) == 2 and live.id == versions[-1]
-    assert sorted(p.name for p in (root / CHECKPOINT_DIR).iterdir()) == versions
+    # the kept versions' checkpoints and the links of their incremental chains back to a full base, no more
+    needed = sorted({link for v in versions for link in checkpoint_chain(root, v)})
+    assert set(versions) <= set(needed)
+    assert sorted(p.name for p in (root / CHECKPOINT_DIR).iterdir()) == needed
     assert set(open_store(f"file://{tmp_path}/fs").versions()) == set(versions)
     # nothing lost: the live manifest's offsets are the log's end
     stream = open_stream(url, StreamSettings(partitions=1, create_topics=True))

@@ -21,8 +21,8 @@ from trainer.export.onnx_graph import (
     graph_initializer_names,
     model_bytes,
 )
-from trainer.export.publish import check_new_version, publish_version
-from trainer.export.view import build_view_module, delta_arrays, domain_view_arrays, shared_view_arrays
+from trainer.export.publish import MAX_CARRY, PACK_MIN, check_new_version, publish_version
+from trainer.export.view import all_delta_arrays, build_view_module, shared_view_arrays
 from trainer.models.base import CTRModel
 from trainer.params import DomainParameters
 
@@ -71,6 +71,8 @@ def export_version(
     promote: bool = False,
     without_delta: Collection[str] = (),
     cold_start: Mapping[str, list[float]] | None = None,
+    pack_min: int = PACK_MIN,
+    max_carry: int = MAX_CARRY,
 ) -> Manifest:
     """Publish ``<root>/<version>``: shared.onnx (θS view), one delta per domain, the manifest.
 
@@ -94,11 +96,10 @@ def export_version(
         view = build_view_module(model, shared)
         graph = export_shared_graph(view, shared, model.config.udim, model.config.idim)
         in_graph = graph_initializer_names(graph)
-        deltas: dict[str, tuple[bytes, dict[str, np.ndarray]]] = {}
-        for domain, slot in domains.items():
-            view_d = domain_view_arrays(params, slot, with_delta=domain not in without_delta)
-            arrays = {n: a for n, a in delta_arrays(shared, view_d).items() if n in in_graph}
-            deltas[domain] = (delta_model(domain, arrays, delta_dtype), arrays)
+        # every domain's delta in one pass per tensor (a view per domain cost ~1.5 ms each at 1,000 domains)
+        deltas: dict[str, tuple[bytes, dict[str, np.ndarray]]] = {
+            domain: (delta_model(domain, arrays, delta_dtype) if arrays else b"", arrays)
+            for domain, arrays in all_delta_arrays(params, shared, domains, without_delta, in_graph).items()}
         contract = InputContract(
             user_dim=model.config.udim, item_dim=model.config.idim, output=OUTPUT, model=model.name,
             model_config_json=model.config.to_json(),
@@ -109,6 +110,7 @@ def export_version(
             cold_start=dict(cold_start) if cold_start is not None else cold_start_vectors(model),
             offsets=offsets,
             events_included=events_included, metrics=metrics, delta_dtype=delta_dtype,
+            pack_min=pack_min, max_carry=max_carry,
         )
     finally:
         model.train(was_training)

@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import onnx
 import torch
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from contracts.errors import IntegrityError
 from trainer.export.view import Arrays, ServingView
@@ -130,16 +130,28 @@ def graph_initializer_names(model: onnx.ModelProto) -> set[str]:
 
 
 def delta_model(domain: str, arrays: Arrays, dtype: str = "float32") -> bytes:
-    """A small ONNX file holding only initializers: the domain's delta, named as the shared ones."""
+    """A small ONNX file holding only initializers: the domain's delta, named as the shared ones.
+
+    Filled in as protobuf fields directly: the same bytes as ``helper.make_model`` over
+    ``numpy_helper.from_array`` tensors (a unit test compares them) at less than half the cost, which a
+    trainer with thousands of domains pays per domain per round."""
     if dtype not in ("float32", "float16"):
         raise ValueError(f"delta dtype must be float32 or float16, not {dtype!r}")
-    inits = [
-        numpy_helper.from_array(np.ascontiguousarray(arrays[name], dtype=np.dtype(dtype)), name)
-        for name in sorted(arrays)
-    ]
-    graph = helper.make_graph([], f"delta:{domain}", [], [], initializer=inits)
-    opset = [helper.make_opsetid("", OPSET)]
-    model = helper.make_model(graph, producer_name="mamdr-trainer", opset_imports=opset)
+    dt = np.dtype(dtype).newbyteorder("<")
+    model = onnx.ModelProto()
+    model.ir_version = onnx.IR_VERSION
+    model.producer_name = "mamdr-trainer"
+    opset = model.opset_import.add()
+    opset.domain, opset.version = "", OPSET
+    model.graph.name = f"delta:{domain}"
+    code = onnx.TensorProto.FLOAT if dtype == "float32" else onnx.TensorProto.FLOAT16
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name], dtype=dt)
+        tensor = model.graph.initializer.add()
+        tensor.dims.extend(value.shape)
+        tensor.data_type = code
+        tensor.name = name
+        tensor.raw_data = value.tobytes()
     return model.SerializeToString(deterministic=True)
 
 

@@ -17,7 +17,7 @@ Names are the model's own parameter/buffer names, so they stay stable across ver
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import torch
@@ -127,3 +127,51 @@ def build_view_module(model: CTRModel, arrays: Arrays) -> ServingView:
         _set_tensor(clone, name, torch.from_numpy(np.ascontiguousarray(value)))
     clone.eval()
     return ServingView(clone)
+
+
+def all_delta_arrays(params: DomainParameters, shared: Arrays, slots: Mapping[str, int],
+                     without_delta: Collection[str] = (), names: Collection[str] | None = None,
+                     chunk: int = 256) -> dict[str, Arrays]:
+    """``delta_arrays(shared, domain_view_arrays(params, slot, with_delta))`` of every domain, computed per
+    tensor over all domains at once (``chunk`` domains at a time) instead of a view per domain: the
+    same float32 arithmetic (Θd = θS + θd, minus the shared view), without a Python pass per domain."""
+    model = params.model
+    if not isinstance(model, CTRModel):
+        raise TypeError("export needs a CTRModel (it relies on domain_indexed)")
+    base = _base_tensors(model)
+    indexed = set(model.domain_indexed)
+    specific = set(params.specific_names)
+    order = list(slots)
+    out: dict[str, Arrays] = {d: {} for d in order}
+    for start in range(0, len(order), chunk):
+        part = order[start:start + chunk]
+        slot_idx = torch.tensor([slots[d] for d in part], dtype=torch.long)
+        delta_of = [k for k, d in enumerate(part) if d not in without_delta and params.has_delta(slots[d])]
+        for name, t in base.items():
+            if names is not None and name not in names:
+                continue
+            if name in indexed:
+                rows = t.index_select(0, slot_idx)  # [D, ...]: each domain's own row
+                if not t.is_floating_point():
+                    if not bool((rows == t[:1]).all()):
+                        raise ValueError(f"non-float tensor {name!r} differs per domain; it cannot be a delta")
+                    continue
+                if name in specific and delta_of:
+                    stacked = torch.cat([params.delta(slots[part[k]])[name] for k in delta_of])
+                    rows = rows.clone()
+                    rows[torch.tensor(delta_of)] += stacked.to(rows.dtype)
+                keep = range(len(part))
+            elif name in specific and delta_of and t.is_floating_point():
+                rows = torch.stack([params.delta(slots[part[k]])[name] for k in delta_of]) + t
+                keep = delta_of
+            else:
+                continue  # the same tensor for every domain: no delta
+            values = rows.cpu().numpy()
+            diff = (values.astype(np.float32) - shared[name].astype(np.float32)).astype(np.float32)
+            if name in indexed:
+                diff = diff[:, None]  # back to the one-row shape [1, ...] the graph holds
+            nonzero = np.any(diff.reshape(len(diff), -1) != 0, axis=1)
+            for j, k in enumerate(keep):
+                if nonzero[j]:
+                    out[part[k]][name] = diff[j]
+    return out

@@ -28,7 +28,26 @@ from torch.nn import functional as F
 from trainer.data.base import Split
 from trainer.params import DomainParameters
 
-GROUP = 64  # targets per vmapped group: bounds memory to GROUP × |θi| × 4 (θ̃, Adam m and v, grad)
+GROUP = 64  # fewest targets per vmapped group
+MAX_GROUP = 1024  # most targets per group
+GROUP_BYTES = 256 << 20  # a group's θ̃, Adam m and v and grad (4 × |θi| floats per target) stay under this
+
+
+def group_size(params: DomainParameters) -> int:
+    """Targets per vmapped step: as many as ``GROUP_BYTES`` allows (a vmapped step costs ~10-20 ms of fixed
+    Python/dispatch time whatever its width, so 64 targets per step was ~2-4 ms per target per round at
+    1,000 domains with a small MLP), at least ``GROUP`` and at most ``MAX_GROUP``."""
+    per_target = 4 * 4 * sum(int(torch.Size(params.delta_shape(n)).numel()) for n in params.specific_names)
+    return max(GROUP, min(MAX_GROUP, GROUP_BYTES // max(1, per_target)))
+
+
+def _padded(table: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
+    """Rows ``rows`` of a padded table, cut or zero-padded to ``width`` columns (a fresh array)."""
+    if width <= table.shape[1]:
+        return table[rows, :width]
+    out = np.zeros((len(rows), width), dtype=table.dtype)
+    out[:, :table.shape[1]] = table[rows]
+    return out
 
 
 class BatchedDR:
@@ -84,9 +103,12 @@ class BatchedDR:
         rng = np.random.default_rng(seed)
         was_training = self.model.training
         self.model.train()
+        size = group_size(self.params)
+        # similar-sized targets share a group: a step pads every target to the group's largest batch
+        ordered = sorted(targets, key=lambda t: len(splits[t]))
         try:
-            for start in range(0, len(targets), GROUP):
-                self._group(list(targets[start:start + GROUP]), sequences, splits, rng)
+            for start in range(0, len(ordered), size):
+                self._group(list(ordered[start:start + size]), sequences, splits, rng)
         finally:
             self.model.train(was_training)
 
@@ -104,42 +126,71 @@ class BatchedDR:
         count = torch.zeros(T)
         b1, b2 = self.betas
         length = max(len(sequences[t]) for t in targets)
+        # every split that fits one batch is always taken whole (the loss is a weighted sum: row order does not
+        # matter), so its padded rows are built once per group and each step gathers them in one numpy index
+        used = sorted({d for t in targets for d in sequences[t]})
+        whole = [d for d in used if len(splits[d]) <= self.bs]
+        slot_of = {d: k for k, d in enumerate(whole)}
+        wide = max((len(splits[d]) for d in whole), default=1)
+        table = {f: np.zeros((len(whole) + 1, wide), dtype=dt) for f, dt in
+                 (("user", np.int64), ("item", np.int64), ("label", np.float32), ("weight", np.float32))}
+        sizes = np.zeros(len(whole) + 1, dtype=np.int64)  # the last row: an inactive target (all weight 0)
+        for k, d in enumerate(whole):
+            sp, n = splits[d], len(splits[d])
+            table["user"][k, :n], table["item"][k, :n], table["label"][k, :n] = sp.user, sp.item, sp.label
+            table["weight"][k, :n], sizes[k] = 1.0, n
+        target_t = torch.tensor(targets)
+        target_np = np.asarray(targets, dtype=np.int64)
+        seq = np.full((T, length), -1, dtype=np.int64)  # each target's sequence, -1 after its end
+        for k, t in enumerate(targets):
+            seq[k, :len(sequences[t])] = sequences[t]
+        steps_of = {d: self._steps(splits[d]) for d in used}
+        row_of = {d: slot_of.get(d, len(whole)) for d in used}
         for s in range(length):
             tilde = {n: t.clone() for n, t in delta.items()}  # eq. 5
             for phase in (0, 1):  # eq. 6 on T_j, then eq. 7 on T_i
-                doms = [(sequences[t][s] if phase == 0 else t) if s < len(sequences[t]) else -1 for t in targets]
-                steps = [self._steps(splits[d]) if d >= 0 else 0 for d in doms]
-                for q in range(max(steps)):
-                    active = [q < st for st in steps]
-                    parts = [self._batch(splits[d], rng, self.bs) if a else None for d, a in zip(doms, active,
-                                                                                                 strict=True)]
-                    width = max(len(p[0]) for p in parts if p is not None)
-                    user = torch.zeros(T, width, dtype=torch.long)
-                    item = torch.zeros(T, width, dtype=torch.long)
-                    label = torch.zeros(T, width)
-                    weight = torch.zeros(T, width)
-                    for k, p in enumerate(parts):
-                        if p is not None:
-                            n = len(p[0])
-                            user[k, :n], item[k, :n] = torch.from_numpy(p[0]), torch.from_numpy(p[1])
-                            label[k, :n], weight[k, :n] = torch.from_numpy(p[2]), 1.0
-                    dom = torch.tensor([max(d, 0) for d in doms])
-                    is_target = torch.tensor([1.0 if d == t else 0.0 for d, t in zip(doms, targets, strict=True)])
+                doms_np = np.where(seq[:, s] >= 0, seq[:, s] if phase == 0 else target_np, -1)
+                doms = doms_np.tolist()
+                steps = np.array([steps_of[d] if d >= 0 else 0 for d in doms])
+                base_rows = np.array([row_of[d] if d >= 0 else len(whole) for d in doms])
+                dom_t = torch.from_numpy(np.maximum(doms_np, 0))
+                is_target = (dom_t == target_t).float()
+                for q in range(int(steps.max())):
+                    active_np = q < steps
+                    active = active_np.tolist()
+                    rows = np.where(active_np, base_rows, len(whole))
+                    big = [k for k in np.flatnonzero(active_np & (base_rows == len(whole))).tolist()]
+                    parts = {k: self._batch(splits[doms[k]], rng, self.bs) for k in big}
+                    width = max([int(sizes[rows].max()), *(len(p[0]) for p in parts.values())])
+                    fields = {f: _padded(table[f], rows, width) for f in table}
+                    for k, p in parts.items():  # sampled batches of splits larger than a batch
+                        n = len(p[0])
+                        fields["user"][k, :n], fields["item"][k, :n], fields["label"][k, :n] = p[0], p[1], p[2]
+                        fields["weight"][k, :n] = 1.0
+                    user, item = torch.from_numpy(fields["user"]), torch.from_numpy(fields["item"])
+                    label, weight = torch.from_numpy(fields["label"]), torch.from_numpy(fields["weight"])
                     with torch.enable_grad():
-                        g = step_fn(tilde, user, item, label, weight, dom, is_target)
+                        g = step_fn(tilde, user, item, label, weight, dom_t, is_target)
                     act = torch.tensor(active)
                     count += act.float()
                     c1 = 1 - b1 ** count.clamp_min(1)
                     c2 = 1 - b2 ** count.clamp_min(1)
+                    everyone = bool(act.all())
                     for n in self.names:  # Adam on the stacked tensors; inactive targets keep their state
                         shape = (T,) + (1,) * (tilde[n].dim() - 1)
+                        if everyone:  # the common case: no masking, in place
+                            m[n].mul_(b1).add_(g[n] * (1 - b1))
+                            v2[n].mul_(b2).add_(g[n].pow(2) * (1 - b2))
+                            upd = (m[n] / c1.view(shape)) / ((v2[n] / c2.view(shape)).sqrt() + self.eps)
+                            tilde[n] = tilde[n] - self.lr * upd
+                            continue
                         a = act.view(shape)
                         new_m = torch.where(a, m[n] * b1 + g[n] * (1 - b1), m[n])
                         new_v = torch.where(a, v2[n] * b2 + g[n].pow(2) * (1 - b2), v2[n])
                         m[n], v2[n] = new_m, new_v
                         upd = (new_m / c1.view(shape)) / ((new_v / c2.view(shape)).sqrt() + self.eps)
                         tilde[n] = torch.where(a, tilde[n] - self.lr * upd, tilde[n])
-            present = torch.tensor([s < len(sequences[t]) for t in targets])
+            present = torch.from_numpy(seq[:, s] >= 0)
             for n in self.names:  # eq. 8
                 shape = (T,) + (1,) * (delta[n].dim() - 1)
                 delta[n] = torch.where(present.view(shape), delta[n].lerp(tilde[n], self.gamma), delta[n])

@@ -147,12 +147,16 @@ def round_batches(train: dict[int, Split], order: list[int], batch_size: int,
     parts = [(d, train[d]) for d in order if len(train[d])]
     if not parts:
         return []
-    perm = [torch.randperm(len(s), generator=rng) for _, s in parts]
-    # gather in numpy first: a fresh array whatever the split's stride (a one-row field of a record array
-    # keeps the record's stride, which torch.from_numpy refuses)
-    user = torch.cat([torch.from_numpy(s.user[p.numpy()]) for (_, s), p in zip(parts, perm, strict=True)])
-    item = torch.cat([torch.from_numpy(s.item[p.numpy()]) for (_, s), p in zip(parts, perm, strict=True)])
-    label = torch.cat([torch.from_numpy(s.label[p.numpy()]) for (_, s), p in zip(parts, perm, strict=True)])
-    domain = torch.repeat_interleave(torch.tensor([d for d, _ in parts]), torch.tensor([len(s) for _, s in parts]))
+    # each domain's rows in a random order, all domains in one sort (random keys within each domain's segment):
+    # a permutation and three copies per domain cost ~0.15 ms each, most of DN's setup at 10,000 domains.
+    # np.concatenate makes fresh arrays whatever the split's stride (a one-row field of a record array keeps the
+    # record's stride, which torch.from_numpy refuses)
+    sizes = np.array([len(s) for _, s in parts], dtype=np.int64)
+    keys = torch.rand(int(sizes.sum()), generator=rng, dtype=torch.float64).numpy()
+    idx = np.lexsort((keys, np.repeat(np.arange(len(parts)), sizes)))
+    user = torch.from_numpy(np.concatenate([s.user for _, s in parts])[idx])
+    item = torch.from_numpy(np.concatenate([s.item for _, s in parts])[idx])
+    label = torch.from_numpy(np.concatenate([s.label for _, s in parts])[idx])
+    domain = torch.repeat_interleave(torch.tensor([d for d, _ in parts]), torch.from_numpy(sizes))
     return [(user[a:a + batch_size], item[a:a + batch_size], domain[a:a + batch_size], label[a:a + batch_size])
             for a in range(0, user.shape[0], batch_size)]

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from contracts.errors import BackendUnavailable, ConfigError, Conflict, DataError, IntegrityError, NotFound
+from contracts.events import is_domain_id
 from contracts.settings import Settings
 from domain_registry.base import Registry
 from feature_store.base import EmbeddingStore
@@ -131,6 +132,8 @@ class ContinualTrainer:
         # table rows a round trained since the last publish (what an incremental version writes)
         self._trained_rows: dict[str, list[np.ndarray]] = {"user": [], "item": []}
         self.last_publish: dict[str, Any] = {}  # what the last publish wrote (rows, full or not)
+        self._scored: set[str] = set()  # domains scored prequentially since the last publish
+        self._gauged: dict[str, bool] = {}  # the graduation gauge's last value per domain
 
     # -- start / resume -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -217,15 +220,13 @@ class ContinualTrainer:
         for record, reason in checked.invalid:
             self._reject(record, reason, "invalid")
         self._refresh_domains()
-        statuses: dict[str, str | None] = {}
-        for domain in dict.fromkeys(checked.domain):  # once per distinct domain of the poll, in arrival order
-            status = self._known.get(domain)
-            if status is None:  # created since the last re-read?
-                self._refresh_domains(now=True)
-                status = self._known.get(domain)
-            if status is None and self.cfg.auto_onboard:
-                status = self._onboard(domain)
-            statuses[domain] = status
+        distinct = list(dict.fromkeys(checked.domain))  # once per distinct domain of the poll, in arrival order
+        if any(d not in self._known for d in distinct):  # created since the last re-read?
+            self._refresh_domains(now=True)
+            unknown = [d for d in distinct if d not in self._known]
+            if unknown and self.cfg.auto_onboard:
+                self._onboard(unknown)
+        statuses: dict[str, str | None] = {d: self._known.get(d) for d in distinct}
         by_domain: dict[str, list[int]] = defaultdict(list)
         for j, domain in enumerate(checked.domain):
             status = statuses[domain]
@@ -236,19 +237,11 @@ class ContinualTrainer:
                 continue
             by_domain[domain].append(j)
             self._event_ts.append(checked.ts[j])
+        self._score(by_domain, checked.user_id, checked.item_id, checked.clicked)
         for domain, rows in by_domain.items():
             users = [checked.user_id[j] for j in rows]
             items = [checked.item_id[j] for j in rows]
             labels = np.array([checked.clicked[j] for j in rows], dtype=np.float32)
-            slot = self.state.domains.get(domain)
-            if slot is not None:  # test, then train: scored as serving scores it (graduated delta or θS)
-                if self.state.params.has_delta(slot):
-                    probs = self.graduation.observe(
-                        domain, labels, self.state.predict(domain, users, items, with_delta=False),
-                        self.state.predict(domain, users, items))
-                else:
-                    probs = self.state.predict(domain, users, items)
-                self.prequential.update(domain, labels, probs)
             self.metrics.events_consumed.labels(domain=domain).inc(len(rows))
             self._round_valid += len(rows)
             if self.distributed is not None:  # rows are given at the round, the same on every rank
@@ -262,16 +255,44 @@ class ContinualTrainer:
             own = (urows >= 0) & (irows >= 0)  # ids the frequency filter holds back train no embedding
             self.buffers.add(slot, urows[own], irows[own], labels[own])
 
+    def _score(self, by_domain: dict[str, list[int]], user_id: list[str], item_id: list[str],
+               clicked: list[int]) -> None:
+        """Test, then train: score a poll's events of every domain with a slot, as serving scores them
+        (the graduated Θi or θS), before any of them is trained on or gives an id a row; one batched
+        pass for all domains (``ModelState.predict_rows``) instead of a model call per domain."""
+        assert self.state is not None
+        scored = [(d, slot, rows) for d, rows in by_domain.items() if (slot := self.state.domains.get(d)) is not None]
+        if not scored:
+            return
+        take = np.concatenate([np.asarray(rows, dtype=np.int64) for _, _, rows in scored])
+        sizes = np.array([len(rows) for _, _, rows in scored])
+        codes = np.repeat(np.arange(len(scored)), sizes)
+        slots = np.repeat(np.array([slot for _, slot, _ in scored], dtype=np.int64), sizes)
+        labels = np.asarray(clicked, dtype=np.float32)[take]
+        urows = self.state.users.rows([user_id[j] for j in take], add=False)
+        irows = self.state.items.rows([item_id[j] for j in take], add=False)
+        p_shared, p_specific = self.state.predict_rows(slots, urows, irows)
+        probs = p_shared
+        ends = np.cumsum(sizes)
+        for k, (domain, slot, _) in enumerate(scored):
+            if self.state.params.has_delta(slot):
+                part = slice(ends[k] - sizes[k], ends[k])
+                probs[part] = self.graduation.observe(domain, labels[part], p_shared[part], p_specific[part])
+        self.prequential.update_many([d for d, _, _ in scored], codes, labels, probs)
+        self._scored.update(d for d, _, _ in scored)
+
     def _reject(self, record: Record, reason: str, kind: str) -> None:
         self.stream.dead_letter(record, reason)
         self.metrics.events_rejected.labels(reason=kind).inc()
         self._round_rejected += 1
 
-    def _onboard(self, domain: str) -> str | None:
+    def _onboard(self, domains: list[str]) -> None:
+        """Create the poll's unknown domains in one registry write and re-read the registry once (a
+        create and a full re-read per domain made onboarding quadratic in the number of new domains)."""
+        valid = [d for d in domains if is_domain_id(d)]
         with contextlib.suppress(Conflict):
-            self.registry.create_domain(domain, actor="trainer:auto-onboard")
+            self.registry.create_domains(valid, actor="trainer:auto-onboard")
         self._refresh_domains(force=True)
-        return self._known.get(domain)
 
     # -- the round ----------------------------------------------------------------------------------
     def round_due(self) -> bool:
@@ -371,7 +392,7 @@ class ContinualTrainer:
         if self.cfg.framework != "mamdr":  # dn / alternate: the shared model only, every θi stays zero
             return targets
         # Algorithm 2 for every target at once (vmapped; a domain smaller than K batches takes one pass)
-        sequences = {t: fw.sample_sequence(t, rng) for t in targets}
+        sequences = _sequences(fw.domains, targets, fw.config.k, rng)
         cfg = fw.config
         dr_train = train if self.cfg.dr_data == "round" else self._history(train)
         BatchedDR(fw.params, lr=cfg.inner_lr, gamma=cfg.gamma, batch_size=cfg.batch_size,
@@ -434,9 +455,10 @@ class ContinualTrainer:
         decisions = {} if self.cfg.framework != "mamdr" else (
             self.graduation.decide() if self.distributed is None else self.distributed.decide(self))
         graduated = sorted(self.graduation.graduated) if self.cfg.framework == "mamdr" else []
-        for d, figs in decisions.items():
-            if d in self._known:
+        for d, figs in decisions.items():  # gauges set when they change (a label lookup is ~50 µs per domain)
+            if d in self._known and self._gauged.get(d) != figs["graduated"]:
                 self.metrics.graduated.labels(domain=d).set(1.0 if figs["graduated"] else 0.0)
+                self._gauged[d] = bool(figs["graduated"])
         metrics = {"graduated": graduated if len(graduated) <= METRIC_DOMAINS else graduated[:METRIC_DOMAINS],
                    "graduated_domains": len(graduated), "framework": self.cfg.framework,
                    "prequential": round_figs if len(round_figs) <= METRIC_DOMAINS else {},
@@ -447,7 +469,8 @@ class ContinualTrainer:
                           max_chain=self.cfg.checkpoint_max_chain)
         failpoint("after_checkpoint")
         domains = {d: s for d, s in state.slots().items() if self._known.get(d, "active") != "retired"}
-        without_delta = [d for d in domains if d not in graduated]  # served by θS (with their own rows)
+        served_with_delta = set(graduated)  # a set: ``in`` a list of 10,000 graduated domains was quadratic
+        without_delta = [d for d in domains if d not in served_with_delta]  # served by θS (with their own rows)
         export_version(state.params, domains, self.root, version, parent=self.live_version,
                        feature_store_version=version, offsets=offsets, events_included=events,
                        metrics=_finite(metrics), registry=self.registry, promote=True,
@@ -473,11 +496,13 @@ class ContinualTrainer:
         self.metrics.round_seconds.observe(report.seconds)
         self.metrics.rounds.labels(outcome="published").inc()
         self.metrics.published_version.set(int(version[1:]))
-        for d, figs in round_figs.items():
-            if d in self._known:
+        for d in self._scored:  # only domains scored since the last publish have new figures
+            figs = round_figs.get(d)
+            if figs is not None and d in self._known:
                 if not np.isnan(figs["auc"]):
                     self.metrics.prequential_auc.labels(domain=d).set(figs["auc"])
                 self.metrics.prequential_logloss.labels(domain=d).set(figs["logloss"])
+        self._scored = set()
         log.info("published %s: %d events (%d valid, %d rejected), %d domains trained, %.2fs, "
                  "prequential mean AUC %.4f", version, events, report.valid, report.rejected,
                  len(trained), report.seconds, self.prequential.mean_auc())
@@ -629,6 +654,29 @@ class ContinualTrainer:
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
+
+
+def _sequences(domains: list[int], targets: list[int], k: int, rng: torch.Generator) -> dict[int, list[int]]:
+    """DR's sequence per target: k distinct other domains of the round in random order, then the target.
+
+    The same distribution as ``MAMDR.sample_sequence`` (a permutation of the other domains per target,
+    O(domains) each: quadratic in a round's domains, seconds at 10,000) drawn in O(k) per target with
+    Floyd's sampling; the draws come from ``rng``, so a replay draws the same sequences."""
+    n = len(domains)
+    k = max(0, min(k, n - 1))
+    position = {d: i for i, d in enumerate(domains)}
+    gen = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=rng)))
+    bounds = np.arange(n - k, n)  # Floyd's step j draws from [0, j] for j = n-1-k .. n-2
+    draws = (gen.random((len(targets), k)) * bounds).astype(np.int64).tolist()  # all draws at once
+    orders = np.argsort(gen.random((len(targets), k)), axis=1).tolist()  # a random order of each subset
+    out: dict[int, list[int]] = {}
+    for t_index, target in enumerate(targets):
+        p = position[target]
+        chosen: list[int] = []
+        for j, r in zip(range(n - 1 - k, n - 1), draws[t_index], strict=True):  # a uniform k-subset of the others
+            chosen.append(j if r in chosen else r)
+        out[target] = [domains[chosen[i] + (chosen[i] >= p)] for i in orders[t_index]] + [target]
+    return out
 
 
 def _finite(obj: object) -> object:

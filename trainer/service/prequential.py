@@ -52,6 +52,35 @@ class Prequential:
         stats.n += len(labels)
         return {"auc": auc(labels, probs), "logloss": loss, "n": float(len(labels))}
 
+    def update_many(self, domains: list[str], codes: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> None:
+        """Record a poll's scored events of many domains (row j is ``domains[codes[j]]``) at once.
+
+        The cumulative figures equal ``update`` per domain; the per-call exact AUC that ``update``
+        returns is skipped (the trainer never reads it, and one sklearn call per domain per poll was
+        most of a poll's cost with 1,000 domains)."""
+        if not len(codes):
+            return
+        n = len(domains)
+        clicked = (labels > 0.5).astype(np.int64)
+        bins = np.clip((probs * BINS).astype(np.int64), 0, BINS - 1)
+        # one sorted pass: (domain, bin, clicked) triples and their counts, sliced per domain below
+        keys, hits = np.unique((codes.astype(np.int64) * BINS + bins) * 2 + clicked, return_counts=True)
+        key_code, key_bin, key_pos = keys // (2 * BINS), (keys // 2) % BINS, keys % 2 == 1
+        cuts = np.searchsorted(key_code, np.arange(n + 1))
+        p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+        losses = np.bincount(codes, weights=-(labels * np.log(p) + (1 - labels) * np.log(1 - p)), minlength=n)
+        counts = np.bincount(codes, minlength=n)
+        for k, domain in enumerate(domains):
+            if not counts[k]:
+                continue
+            stats = self.domains.setdefault(domain, _DomainStats())
+            part = slice(cuts[k], cuts[k + 1])
+            pos = key_pos[part]
+            np.add.at(stats.pos, key_bin[part][pos], hits[part][pos])
+            np.add.at(stats.neg, key_bin[part][~pos], hits[part][~pos])
+            stats.loss_sum += float(losses[k])
+            stats.n += int(counts[k])
+
     def cumulative(self) -> dict[str, dict[str, float]]:
         return {
             d: {"auc": s.auc(), "logloss": s.loss_sum / s.n if s.n else float("nan"), "n": float(s.n)}

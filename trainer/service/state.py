@@ -221,6 +221,25 @@ class ModelState:
             logits = self.model.score(u, i, d)
         return torch.sigmoid(logits).numpy()
 
+    @torch.no_grad()
+    def predict_rows(self, slots: np.ndarray, urows: np.ndarray, irows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """θS and Θi click probabilities of a mixed-domain batch (row ``-1``: the mean vector), in one pass.
+
+        What ``predict`` gives domain by domain (``with_delta`` False / True; rows of a slot without a
+        delta get θS twice), without a Python call per domain: θS scores every row at once with the
+        batch's domain column, and domains with a delta are scored ``vmap``-ed over their stacked Θi in
+        groups of similar row counts (padding at most 2×), as DR trains them."""
+        self.model.eval()
+        u_table, i_table = self.model.user_embedding.weight, self.model.item_embedding.weight
+        u = torch.where(torch.from_numpy(urows >= 0)[:, None], u_table[np.maximum(urows, 0)], self._mean("user"))
+        i = torch.where(torch.from_numpy(irows >= 0)[:, None], i_table[np.maximum(irows, 0)], self._mean("item"))
+        shared = self.model.score(u, i, torch.from_numpy(slots.astype(np.int64)))
+        specific = shared.clone()
+        with_delta = [int(s) for s in np.unique(slots) if self.params.has_delta(int(s))]
+        if with_delta:
+            _score_deltas(self.model, self.params, with_delta, slots, u, i, specific)
+        return torch.sigmoid(shared).numpy(), torch.sigmoid(specific).numpy()
+
     # -- checkpoint -----------------------------------------------------------------------------
     def save(self, root: Path, version: str, extra: dict[str, Any], parent: str | None = None,
              changed: dict[str, np.ndarray] | None = None, rebase_ratio: float = 1.0,
@@ -364,13 +383,71 @@ def _call_score(model: CTRModel, params: dict[str, torch.Tensor], u: torch.Tenso
     """``model.score`` with some parameters replaced (functional_call on a bound method's module)."""
     from torch.func import functional_call
 
-    class _Score(nn.Module):
-        def __init__(self, inner: CTRModel) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-            return self.inner.score(a, b, c)
-
     wrapper = _Score(model)
     return functional_call(wrapper, {f"inner.{k}": v for k, v in params.items()}, (u, i, d), strict=False)
+
+
+class _Score(nn.Module):
+    """``model.score`` as a module's forward, for ``functional_call`` under ``vmap``."""
+
+    def __init__(self, inner: CTRModel) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.inner.score(a, b, c)
+
+
+SCORE_BYTES = 128 << 20  # the stacked Θi of one vmapped scoring call stay under this (64 to 1,024 domains)
+
+
+def _score_deltas(model: CTRModel, params: DomainParameters, domains: list[int], slots: np.ndarray,
+                  u: torch.Tensor, i: torch.Tensor, out: torch.Tensor) -> None:
+    """Write Θd's logits into ``out`` for the rows of each domain d in ``domains``.
+
+    Domain-indexed tensors are fed as the domain's one row with the domain column at 0 (the form export
+    and ``BatchedDR`` use), so no domain table is ever copied per domain."""
+    from torch.func import functional_call, vmap
+
+    order = np.argsort(slots, kind="stable")
+    starts = np.searchsorted(slots[order], domains, side="left")
+    ends = np.searchsorted(slots[order], domains, side="right")
+    indexed = set(model.domain_indexed)
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    names = params.specific_names
+    wrapper = _Score(model)
+
+    def one(p: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return functional_call(wrapper, {f"inner.{k}": v for k, v in p.items()}, (a, b, torch.zeros_like(a[:, 0],
+                               dtype=torch.long)), strict=False)
+
+    scorer = vmap(one)
+    per_domain = 4 * sum(int(params.delta(domains[0])[n].numel()) for n in names) or 1
+    size = max(64, min(1024, SCORE_BYTES // per_domain))
+    widths = [1 << max(0, int(e - s) - 1).bit_length() for s, e in zip(starts, ends, strict=True)]
+    by_width: dict[int, list[int]] = {}
+    for k, w in enumerate(widths):
+        by_width.setdefault(w, []).append(k)
+    for width, members in by_width.items():
+        for g in range(0, len(members), size):
+            group = members[g:g + size]
+            doms = torch.tensor([domains[k] for k in group])
+            # row positions of each domain, padded by repeating its first row (padding is dropped after)
+            idx = np.empty((len(group), width), dtype=np.int64)
+            for r, k in enumerate(group):
+                rows = order[starts[k]:ends[k]]
+                idx[r] = rows[0]
+                idx[r, :len(rows)] = rows
+            stacked: dict[str, torch.Tensor] = {}
+            for n in indexed:  # every domain-indexed tensor: the domain's own row [G, 1, ...]
+                stacked[n] = tensors[n].detach().index_select(0, doms).unsqueeze(1)
+            for n in names:
+                delta = torch.stack([params.delta(domains[k])[n] for k in group])
+                base = stacked[n] if n in indexed else tensors[n].detach().unsqueeze(0)
+                stacked[n] = base + delta
+            flat = torch.from_numpy(idx.reshape(-1))
+            logits = scorer(stacked, u[flat].view(len(group), width, -1), i[flat].view(len(group), width, -1))
+            counts = (ends - starts)[group]
+            valid = np.arange(width)[None, :] < counts[:, None]
+            out[torch.from_numpy(idx[valid])] = logits[torch.from_numpy(valid)]
