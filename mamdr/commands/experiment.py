@@ -64,7 +64,7 @@ def _add_framework_flags(p: argparse.ArgumentParser) -> None:
                         "validation (default: the better of the two)")
     p.add_argument("--dr-select-se", type=float, default=None,
                    help="domain: θi is kept only if it beats θS alone on the domain's validation by this many "
-                        "standard errors of the paired AUC difference (default 1; 0: any rise)")
+                        "standard errors of the paired AUC difference (default 2; 0: any rise)")
     p.add_argument("--delta-init", default="zeros", choices=DELTA_INITS, help="θi start")
     p.add_argument("--l2", type=float, default=1e-5, help="L2 on embeddings (default 1e-5)")
     p.add_argument("--specific", default=None,

@@ -52,7 +52,8 @@ class FrameworkConfig:
     its best validation AUC is at least Alternate's (else θS is Alternate's; MAMDR's DR phase starts from
     the kept one): negotiation slows θS by β, which loses where the best model comes after a few large steps.
     ``dr_select_se``: with ``domain``, θi counts as better only when its validation AUC beats θS alone's
-    by that many standard errors of the paired difference (the one-standard-error rule; 0: any rise).
+    by that many standard errors of the paired difference (0: any rise). Two, not one: each of n domains is
+    tested, and one standard error lets about one domain in six through by chance when DR does nothing for it.
 
     Stopping (``fit``): a run stops when the mean validation AUC has not risen by more than
     ``min_delta`` for ``patience`` epochs *of Alternate-equivalent progress*: with
@@ -88,7 +89,7 @@ class FrameworkConfig:
     dr_patience: int | None = 1  # staged: patience of the DR phase (None: ``patience``)
     dr_select: str = "domain"  # staged: keep each θi from its domain's best DR epoch (or none); "mean"
     dn_guard: bool = True  # DN's θS only where it beats plain alternate training on validation
-    dr_select_se: float = 1.0  # "domain": θi must beat θS alone by this many standard errors (DeLong)
+    dr_select_se: float = 2.0  # "domain": θi must beat θS alone by this many standard errors (DeLong)
     l2: float = 1e-5
     specific: str | None = "all"  # θi on every trainable parameter (embeddings too)
     delta_init: str = "zeros"  # or "random" (the authors' independent initialisation)

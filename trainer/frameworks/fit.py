@@ -34,8 +34,9 @@ class DeltaSelection:
 
     With many domains, picking each domain's best epoch on its own noisy validation AUC is optimistic
     (the winner's curse: some θi win by chance and lose on test). So θi must beat θS alone by
-    ``dr_select_se`` standard errors of the paired AUC difference (DeLong), the one-standard-error rule
-    of model selection: the simpler model (θS) is kept unless the richer one is better beyond noise.
+    ``dr_select_se`` standard errors of the paired AUC difference (DeLong), as in the one-standard-error
+    rule of model selection: the simpler model (θS) is kept unless the richer one is better beyond noise
+    (two by default, since every domain is a separate test).
     """
 
     best: dict[int, float]
