@@ -190,9 +190,9 @@ class TrainerSettings(_Section):
         200, ge=1, le=1_000_000,
         description="clicks (of both classes) a domain needs before its delta can be served")
     graduation_se: float = Field(
-        1.0, ge=0, le=10,
+        0.0, ge=0, le=10,
         description="a delta is served only while it beats θS on the domain's window by this many standard "
-                    "errors of the paired AUC difference (the one-standard-error rule; 0: any rise)")
+                    "errors of the paired AUC difference (0: any rise; 1 measured no better, docs/streaming.md)")
     auto_onboard: bool = False
     seed: int = Field(0, ge=0)
     liveness_timeout_s: float = Field(

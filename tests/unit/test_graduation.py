@@ -32,22 +32,22 @@ def test_a_delta_graduates_only_when_it_beats_the_shared_model_on_recent_clicks(
 
 
 def test_a_delta_that_wins_by_less_than_the_noise_does_not_graduate() -> None:
-    """The one-standard-error rule: the same small AUC gain graduates on many clicks, not on few."""
+    """graduation_se: the same small AUC gain graduates on many clicks, not on few."""
     rng = np.random.default_rng(1)
     y = (rng.random(4000) < 0.4).astype(np.float32)
     common = 0.7 * rng.random(4000)  # what both models see; each adds its own noise
     shared = 0.3 * y + common + 0.3 * rng.random(4000)
     specific = 0.33 * y + common + 0.3 * rng.random(4000)  # better, by a little
     for clicks, graduates in ((300, False), (4000, True)):
-        g = Graduation(window=5000, min_clicks=100)
+        g = Graduation(window=5000, min_clicks=100, se=1.0)
         g.observe("d", y[:clicks], p_shared=shared[:clicks], p_specific=specific[:clicks])
         report = g.decide()
         assert report["d"]["auc_specific"] > report["d"]["auc_shared"]
         assert ("d" in g.graduated) == graduates, report["d"]
-    loose = Graduation(window=5000, min_clicks=100, se=0.0)
+    loose = Graduation(window=5000, min_clicks=100)
     loose.observe("d", y[:300], p_shared=shared[:300], p_specific=specific[:300])
     loose.decide()
-    assert loose.graduated == {"d"}  # se = 0: any rise graduates
+    assert loose.graduated == {"d"}  # the default, se = 0: any rise graduates
 
 
 def test_a_domain_without_its_delta_is_exported_as_the_shared_model_with_its_own_rows() -> None:

@@ -4,10 +4,11 @@ DR trains θi for every domain with fresh clicks, but a delta learned from a few
 the shared model it is added to (the paper's θi are judged offline, on validation data; a stream has none). The
 trainer therefore scores every arriving click twice before training on it (prequential, "test, then train"):
 with Θi = θS + θi and with θS alone. Over each domain's last ``window`` scored clicks it compares the two AUCs;
-the delta is *graduated* (exported, served) only when Θi's AUC beats θS's by ``se`` standard errors of the
-paired difference (DeLong; the one-standard-error rule, as the offline per-domain selection: a delta that wins
-by less than the window's noise is as likely to lose on the next clicks) on at least ``min_clicks`` clicks of
-both classes. Otherwise the domain is exported without its delta and served by θS,
+the delta is *graduated* (exported, served) only when Θi's AUC beats θS's, by ``se`` standard errors of the
+paired difference if set (DeLong, as the offline per-domain selection), on at least ``min_clicks`` clicks of
+both classes. The default is any rise: unlike a validation set, the window is re-judged every round on new
+clicks, so a delta that won by chance loses its place at the next decision (one standard error measured no
+better on the quickstart, docs/streaming.md). Otherwise the domain is exported without its delta and served by θS,
 with its own row of the domain-indexed tensors, exactly the model the trainer scored as "θS". The served score
 of a click (and so the prequential AUC the trainer reports) is the one of whichever model its domain was served
 with when the click arrived.
@@ -34,7 +35,7 @@ class _Window:
 class Graduation:
     window: int = 5000
     min_clicks: int = 200
-    se: float = 1.0
+    se: float = 0.0
     graduated: set[str] = field(default_factory=set)
     _seen: dict[str, _Window] = field(default_factory=dict)
 
