@@ -20,6 +20,7 @@ from feature_store import open_store
 from serving.app import create_app
 from serving.server import listening_socket
 from tests.support.tiny_model import cached_tiny, publish_demo
+from tests.support.waiting import wait_until
 from trainer.feature_sync import sync_embeddings
 
 
@@ -50,12 +51,7 @@ def running(app, settings: Settings) -> Iterator[str]:
 
 
 def _wait(predicate, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
+    wait_until(predicate, timeout_s)
 
 
 def test_parity_over_real_http_with_redis_and_outage_recovery(redis_url: str, redis_server, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from feature_store import open_store
 from serving.app import create_app
 from tests.fixtures.redis_server import free_port
 from tests.support.tiny_model import cached_tiny, publish_demo
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +29,7 @@ def _settings(root: Path, **extra: object):
 
 
 def _wait(predicate, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
+    wait_until(predicate, timeout_s)
 
 
 def test_client_errors(tiny, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ request metrics carry the version label, bounded by the versions held."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from feature_store import open_store
 from serving.app import create_app
 from serving.versions import canary_slice
 from tests.support.tiny_model import TinyModel, cached_tiny, publish_demo
+from tests.support.waiting import wait_until
 
 ITEMS = ["i1", "i2", "i3"]
 
@@ -27,12 +27,7 @@ def _settings(root: Path, **extra: object):
 
 
 def _wait(predicate, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
+    wait_until(predicate, timeout_s)
 
 
 def _v1(client: TestClient, user: str, version: str | None = None, header: str | None = None,
