@@ -47,12 +47,12 @@ def paired_auc_z(labels: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 
     The AUC is the mean of ψ(x_i, y_j) over positive/negative pairs; its variance follows from each
     row's mean ψ against the other class (the "structural components"), which are ranks: O(n log n).
-    Paired, so what the two scorings share (the rows' difficulty) cancels. NaN when a class is missing;
-    ±inf when the difference is certain (zero variance, nonzero difference).
+    Paired, so what the two scorings share (the rows' difficulty) cancels. NaN when a class has fewer than
+    two rows; ±inf when the difference is certain (zero variance, nonzero difference).
     """
     labels = np.asarray(labels).astype(bool)
     pos, neg = labels.sum(), (~labels).sum()
-    if pos == 0 or neg == 0:
+    if pos < 2 or neg < 2:  # a class of one row has no variance estimate: no evidence either way
         return float("nan")
     comps = []
     for s in (np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)):
@@ -63,7 +63,7 @@ def paired_auc_z(labels: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
         comps.append((v10, v01))
     d10, d01 = comps[0][0] - comps[1][0], comps[0][1] - comps[1][1]
     diff = float(d10.mean())  # = AUC(a) − AUC(b)
-    var = (d10.var(ddof=1) / pos if pos > 1 else 0.0) + (d01.var(ddof=1) / neg if neg > 1 else 0.0)
+    var = d10.var(ddof=1) / pos + d01.var(ddof=1) / neg
     if var <= 0.0:
         return 0.0 if diff == 0.0 else math.copysign(math.inf, diff)
     return diff / math.sqrt(var)

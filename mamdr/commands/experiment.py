@@ -166,6 +166,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def _parse_lrs(spec: str | None) -> tuple[float, ...]:
+    """``--lrs``: distinct rates in (0, 1], at most 8 (each multiplies the experiment's time)."""
     if not spec:
         return ()
     try:

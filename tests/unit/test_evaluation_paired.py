@@ -39,6 +39,8 @@ def test_paired_z_matches_the_pairwise_definition_with_ties() -> None:
     assert paired_auc_z(labels, b, a) == pytest.approx(-paired_auc_z(labels, a, b))
     assert paired_auc_z(labels, a, a) == 0.0
     assert np.isnan(paired_auc_z(np.ones(5, dtype=bool), a[:5], b[:5]))
+    one_positive = np.array([True, False, False, False])
+    assert np.isnan(paired_auc_z(one_positive, np.array([0.9, 0.1, 0.2, 0.3]), np.array([0.1, 0.9, 0.2, 0.3])))
 
 
 def test_paired_z_grows_with_the_evidence() -> None:
@@ -65,4 +67,4 @@ def test_selection_keeps_theta_i_only_beyond_noise() -> None:
         result = fit(dr)
         kept[se] = set(dr.params.deltas)
         assert result.kept_deltas == len(kept[se])
-    assert kept[1.0] <= kept[0.0] and kept[1e9] == set()
+    assert kept[0.0] and kept[1.0] <= kept[0.0] and kept[1e9] == set()

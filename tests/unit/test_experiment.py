@@ -84,7 +84,9 @@ def test_time_to_reach_alternates_best_skips_a_guarded_runs_own_alternate_epochs
     from trainer.research.experiment import _time_to_reach
 
     cell = {"epoch_times_s": [1.0, 1.0, 2.0, 2.0, 4.0], "val_history": [0.6, 0.8, 0.7, 0.79, 0.81],
-            "phases": ["alternate", "alternate", "dn", "dn", "dr"]}
-    assert _time_to_reach(cell, 0.8, "mamdr") == 10.0  # the DR epoch: DN never got there; Alternate's is not its
-    assert _time_to_reach(cell, 0.75, "dn") == 6.0  # DN reaches 0.75 at its second epoch (0.79)
-    assert _time_to_reach(cell, 0.9, "dn") is None
+            "phases": ["alternate", "alternate", "dn", "dn", "dr"], "guard": "dn"}
+    assert _time_to_reach(cell, 0.8) == 10.0  # the DR epoch: DN never got there; the guard's Alternate is not it
+    assert _time_to_reach(cell, 0.75) == 6.0  # DN reaches 0.75 at its second epoch (0.79)
+    assert _time_to_reach(cell, 0.9) is None
+    staged_dr = {**cell, "phases": ["alternate", "alternate", "dr", "dr", "dr"], "guard": None}
+    assert _time_to_reach(staged_dr, 0.8) == 2.0  # a staged DR's first stage is its own training

@@ -21,7 +21,8 @@ from trainer.frameworks.config import SAFETY_EPOCHS
 def _run(monkeypatch: pytest.MonkeyPatch, curve: list[float], name: str = "dn", **cfg):  # type: ignore[no-untyped-def]
     """fit() with training stubbed out and the validation AUC of epoch e = curve[e] (last value repeats)."""
     ds = toy_dataset(n_domains=2, rows=32)
-    fw = build_framework(name, toy_model(ds), ds, FrameworkConfig(batch_size=32, k=1, **cfg))
+    # dn_guard off: the guard trains its own DN and Alternate instances, which the stub below does not reach
+    fw = build_framework(name, toy_model(ds), ds, FrameworkConfig(batch_size=32, k=1, **{"dn_guard": False, **cfg}))
     seen = {"n": 0}
 
     def scripted(scorer, splits, batch_size=0):  # type: ignore[no-untyped-def]

@@ -34,9 +34,9 @@ class DeltaSelection:
 
     With many domains, picking each domain's best epoch on its own noisy validation AUC is optimistic
     (the winner's curse: some θi win by chance and lose on test). So θi must beat θS alone by
-    ``dr_select_se`` standard errors of the paired AUC difference (DeLong), as in the one-standard-error
-    rule of model selection: the simpler model (θS) is kept unless the richer one is better beyond noise
-    (two by default, since every domain is a separate test).
+    ``dr_select_se`` standard errors of the paired AUC difference (DeLong): as in the one-standard-error
+    rule of model selection, the simpler model (θS) is kept unless the richer one is better beyond noise
+    (two by default, since every domain, at every DR epoch where it rose, is a separate test).
     """
 
     best: dict[int, float]
@@ -62,8 +62,8 @@ class DeltaSelection:
         val = fw.dataset.val
         scores = domain_scores(fw.score, {d: val[d] for d in risen}, fw.config.eval_batch_size)
         for d in risen:
-            if paired_auc_z(val[d].label, scores[d], self.baseline[d]) < fw.config.dr_select_se:
-                continue  # not better than θS alone beyond noise
+            if not paired_auc_z(val[d].label, scores[d], self.baseline[d]) >= fw.config.dr_select_se:
+                continue  # not better than θS alone beyond noise (or too few rows of a class to tell)
             self.best[d], self.epoch[d] = per_domain[d], epoch
             self.deltas[d] = {n: t.detach().clone() for n, t in fw.params.delta(d).items()}
 
@@ -150,6 +150,7 @@ def fit(fw: Framework, progress: Callable[[int, float], None] | None = None,
 
 
 def _guarded(fw: Framework) -> bool:
+    """DN and staged MAMDR, when they negotiate at all: with β = 1 and interpolation DN is Alternate."""
     cfg = fw.config
     negotiates = cfg.outer != "interp" or cfg.beta < 1 or cfg.beta_schedule != "constant"
     staged = fw.name == "dn" or (fw.name == "mamdr" and cfg.schedule == "staged")
@@ -162,31 +163,40 @@ def _fit_guarded(fw: Framework, progress: Callable[[int, float], None] | None,
 
     Negotiation moves θS β of the way per epoch; on data where the best model comes after a few large
     steps (a small set that over-fits within 2-3 epochs) that costs more than eq. 18's term gains, and
-    DN ends below Alternate. Both runs start from the same initial model and seed; the one with the higher
-    best validation AUC gives θS (for MAMDR, the θS its DR phase starts from). The time is both runs'.
+    DN ends below Alternate. Both runs start from the same initial model and seed; DN's θS is kept only
+    if its best validation AUC is higher (a tie keeps the simpler rule's), and for MAMDR it is the θS its
+    DR phase starts from. The time is both runs'.
     """
+    if reference is not None and (reference.framework != "alternate" or reference.state is None):
+        raise ValueError(f"dn_guard needs a finished Alternate run as reference, not {reference.framework!r}")
     start = copy.deepcopy(fw.model)  # untouched: the framework was just built
-    negotiated = _fit(DomainNegotiation(copy.deepcopy(start), fw.dataset, fw.config), progress, None)
-    if reference is None:
-        reference = _fit(Alternate(copy.deepcopy(start), fw.dataset, fw.config), progress, None)
-    assert negotiated.state is not None and reference.state is not None
-    keep_dn = negotiated.best_val_auc >= reference.best_val_auc
-    first, second = (reference.state, negotiated.state) if keep_dn else (negotiated.state, reference.state)
+    negotiated = _train(DomainNegotiation(copy.deepcopy(start), fw.dataset, fw.config), progress, None)
+    plain = reference.state if reference is not None else _train(
+        Alternate(copy.deepcopy(start), fw.dataset, fw.config), progress, None)
+    assert plain is not None  # checked above; for the type checker
+    keep_dn = negotiated.stopper.best > plain.stopper.best
+    first, second = (plain, negotiated) if keep_dn else (negotiated, plain)
     state = copy.deepcopy(second)  # the kept run is put last, so its epochs are the ones "up to the best"
     offset = len(first.times)
     state.times, state.history = list(first.times) + state.times, list(first.history) + state.history
     state.phases = list(first.phases) + state.phases
-    state.capped = list(first.capped) + state.capped
-    state.conflict = list(negotiated.state.conflict)
+    state.conflict = list(negotiated.conflict)
     state.stopper.best_epoch += offset
     state.guard = "dn" if keep_dn else "alternate"
     if fw.name == "dn":
+        torch.set_rng_state(state.torch_rng_state)  # a finetune draws as after the kept run
         return _result(fw, state)
     return _fit(fw, progress, state)  # MAMDR: the DR phase from the kept θS
 
 
 def _fit(fw: Framework, progress: Callable[[int, float], None] | None,
          resume_shared: FitState | None) -> FitResult:
+    return _result(fw, _train(fw, progress, resume_shared))
+
+
+def _train(fw: Framework, progress: Callable[[int, float], None] | None,
+           resume_shared: FitState | None) -> FitState:
+    """The epoch loop; returns the finished state (best θS and θi selection not yet installed)."""
     cfg = fw.config
     rng = torch.Generator()
     if resume_shared is None:
@@ -251,7 +261,7 @@ def _fit(fw: Framework, progress: Callable[[int, float], None] | None,
                 continue
             break
     state.rng_state, state.torch_rng_state = rng.get_state(), torch.get_rng_state()
-    return _result(fw, state)
+    return state
 
 
 def _result(fw: Framework, state: FitState) -> FitResult:

@@ -20,7 +20,8 @@ import torch
 from contracts.errors import ConfigError
 from trainer.data.base import MultiDomainDataset
 from trainer.evaluation import average_rank, mean_auc
-from trainer.frameworks import FRAMEWORKS, FrameworkConfig, build_framework, fit
+from trainer.frameworks import FRAMEWORKS, FitResult, FrameworkConfig, build_framework, fit
+from trainer.frameworks.fit import FitState
 from trainer.models import MODELS, ModelConfig, build_model
 from trainer.research.report import format_table, plot_per_domain
 
@@ -133,10 +134,12 @@ def _run_seed(cfg: ExperimentConfig, ds: MultiDomainDataset, seed: int, bases: l
               progress: Callable[[str], None] | None) -> dict[str, dict[str, Any]]:
     """Every method on one seed at one inner learning rate (staged DR/MAMDR resume from Alternate/DN)."""
     cells: dict[str, dict[str, Any]] = {}
-    first_stages: dict[str, Any] = {}  # finished Alternate/DN runs a staged DR/MAMDR resumes from
-    finished: dict[str, Any] = {}  # this seed's results: DN's guard compares with Alternate's run
+    first_stages: dict[str, FitState] = {}  # finished Alternate/DN runs a staged DR/MAMDR resumes from
+    finished: dict[str, FitResult] = {}  # this seed's results: DN's guard compares with Alternate's run
     tag = f" lr {lr:g}" if cfg.lrs else ""
-    for base in bases:
+    # the runs others reuse go first (Alternate: DN's guard and DR's first stage; DN: MAMDR's); the table
+    # keeps the order the user gave
+    for base in sorted(bases, key=lambda b: {"alternate": 0, "dn": 1}.get(b, 2)):
         finetune = f"{base}{FINETUNE_SUFFIX}" in cfg.methods
         fcfg = cfg.framework.with_(seed=seed, finetune=finetune, inner_lr=lr)
         fw = build_framework(base, build(ds, cfg, seed), ds, fcfg)
@@ -181,13 +184,13 @@ def _ms(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
 
 
-def _time_to_reach(cell: dict[str, Any], target: float, method: str) -> float | None:
+def _time_to_reach(cell: dict[str, Any], target: float) -> float | None:
     """Wall time until the validation AUC first reaches ``target``; a guarded DN/MAMDR run's own Alternate
     epochs count as time but not as reaching it (they are Alternate's run, not the method's)."""
     times = cell.get("epoch_times_s", [])
     phases = cell.get("phases", [])
     for k, value in enumerate(cell.get("val_history", [])):
-        own = method.startswith("alternate") or k >= len(phases) or phases[k] != "alternate"
+        own = cell.get("guard") is None or k >= len(phases) or phases[k] != "alternate"
         if own and value >= target:
             return float(sum(times[: k + 1]))
     return None
@@ -212,7 +215,7 @@ def aggregate(cfg: ExperimentConfig, per_seed: list[dict[str, dict[str, Any]]], 
                   if alt_best is not None else None)
         # wall time until the validation AUC first reaches Alternate's best on the same seed (None: never):
         # the fair cost when a method's own best is much higher and later than Alternate's
-        match = ([_time_to_reach(c, s["alternate"]["best_val_auc"], m) for c, s in zip(cells, per_seed, strict=True)]
+        match = ([_time_to_reach(c, s["alternate"]["best_val_auc"]) for c, s in zip(cells, per_seed, strict=True)]
                  if alt_best is not None else None)
         methods[m] = {
             "avg_auc": auc_m, "avg_auc_std": auc_s, "avg_rank": rank_m, "avg_rank_std": rank_s,

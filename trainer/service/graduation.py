@@ -61,11 +61,13 @@ class Graduation:
                 continue  # too little evidence: keep the last decision
             shared, specific = np.fromiter(w.shared, dtype=np.float64), np.fromiter(w.specific, dtype=np.float64)
             a_shared, a_specific = auc(y, shared), auc(y, specific)
-            z = paired_auc_z(y > 0.5, specific, shared)
-            if a_specific > a_shared and z >= self.se:
+            z = paired_auc_z(y > 0.5, specific, shared) if self.se > 0 else None  # sorts: only when asked
+            if a_specific > a_shared and (z is None or z >= self.se):
                 self.graduated.add(domain)
             else:
                 self.graduated.discard(domain)
             report[domain] = {"graduated": domain in self.graduated, "clicks": float(len(y)),
-                              "auc_shared": a_shared, "auc_specific": a_specific, "z": z}
+                              "auc_shared": a_shared, "auc_specific": a_specific}
+            if z is not None:
+                report[domain]["z"] = z
         return report
