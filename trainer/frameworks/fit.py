@@ -55,12 +55,11 @@ class DeltaSelection:
         base = {d: auc(fw.dataset.val[d].label, s) for d, s in scores.items()}
         return cls(best=base, epoch={d: epoch for d in base}, baseline=scores)
 
-    def observe(self, fw: Framework, per_domain: dict[int, float], epoch: int) -> None:
+    def observe(self, fw: Framework, scores: dict[int, np.ndarray], per_domain: dict[int, float],
+                epoch: int) -> None:
+        """``scores``/``per_domain``: this epoch's validation scores and AUCs (computed once, by the caller)."""
         risen = {d for d, value in per_domain.items() if value == value and value > self.best.get(d, -float("inf"))}
-        if not risen:
-            return
         val = fw.dataset.val
-        scores = domain_scores(fw.score, {d: val[d] for d in risen}, fw.config.eval_batch_size)
         for d in risen:
             if not paired_auc_z(val[d].label, scores[d], self.baseline[d]) >= fw.config.dr_select_se:
                 continue  # not better than θS alone beyond noise (or too few rows of a class to tell)
@@ -235,10 +234,13 @@ def _train(fw: Framework, progress: Callable[[int, float], None] | None,
             fw.train_epoch(epoch, rng)
             state.times.append(time.perf_counter() - start)
             state.phases.append(str(getattr(fw, "phase", fw.name)))
-            per_domain = domain_auc(fw.score, fw.dataset.val, cfg.eval_batch_size)
+            if state.selection is not None and getattr(fw, "phase", None) == "dr":  # one scoring feeds both
+                scores = domain_scores(fw.score, fw.dataset.val, cfg.eval_batch_size)
+                per_domain = {d: auc(fw.dataset.val[d].label, s) for d, s in scores.items()}
+                state.selection.observe(fw, scores, per_domain, epoch)
+            else:
+                per_domain = domain_auc(fw.score, fw.dataset.val, cfg.eval_batch_size)
             value = mean_auc(per_domain)
-            if state.selection is not None and getattr(fw, "phase", None) == "dr":
-                state.selection.observe(fw, per_domain, epoch)
             state.history.append(value)
             if progress is not None:
                 progress(epoch, value)
