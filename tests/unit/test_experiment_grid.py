@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,6 +134,39 @@ def test_staged_grid_continues_dr_and_mamdr_from_the_alternate_and_dn_cells(tmp_
         assert cell["val_history"][: stage["epochs"]] == stage["val_history"]
         assert cell["phases"][stage["epochs"]:] == ["dr"] and cell["epochs"] == stage["epochs"] + 1  # dr_epochs
         assert cell["per_domain"] == pytest.approx(scratch["per_domain"], abs=1e-6)
+
+
+def test_dn_cells_guard_against_the_alternate_cell_of_this_process(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """DN's guard compares with the Alternate cell of the same (model, seed) instead of training Alternate
+    again; a grid resumed with the Alternate cell on disk trains it inside the guard, with the same result."""
+    fit_module = importlib.import_module("trainer.frameworks.fit")  # the package exports a function `fit`
+    built: list[str] = []
+    original = fit_module.Alternate
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        built.append("alternate")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "Alternate", counted)
+    fcfg = FrameworkConfig(epochs=2, patience=1, batch_size=64, k=1, beta=0.5, seed=0)
+    cfg = GridConfig(dataset="synthetic", models=("mlp",), methods=("dn", "alternate"), seeds=(0,),
+                     out=tmp_path / "a", emb_dim=8, framework=fcfg, dataset_options=OPTIONS)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tables = run_grid(cfg)
+        assert tables["computed"] == ["mlp__alternate__s0.json", "mlp__dn__s0.json"] and built == []
+        cell_path(tmp_path / "a", "mlp", "dn", 0).unlink()
+        run_grid(cfg)  # the Alternate cell is read from disk: the guard trains Alternate itself
+        assert built == ["alternate"]
+    finally:
+        torch.set_num_threads(threads)
+    dn = json.loads(cell_path(tmp_path / "a", "mlp", "dn", 0).read_text())
+    history = json.loads(cell_path(tmp_path / "a", "mlp", "alternate", 0).read_text())["val_history"]
+    # the guard's Alternate run is the Alternate cell's: first in DN's history when DN's θS was kept, else last
+    assert dn["guard"] in ("dn", "alternate")
+    assert (dn["val_history"][: len(history)] if dn["guard"] == "dn" else dn["val_history"][-len(history):]) == history
 
 
 def test_report_only_tables_the_finished_cells_and_trains_nothing(grid: tuple[Path, dict], tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from contracts.errors import ConfigError
 from trainer.evaluation import average_rank, mean_auc
 from trainer.frameworks import build_framework, fit
-from trainer.frameworks.fit import FitState
+from trainer.frameworks.fit import FitResult, FitState
 from trainer.models import MODELS
 from trainer.research.experiment import FINETUNE_SUFFIX, ExperimentConfig, RunSpec, build, load, parse_methods
 
@@ -105,14 +105,17 @@ STAGE_ONE = {"dr": "alternate", "mamdr": "dn"}
 
 
 def _job_order(base: str) -> int:
-    return 0 if base in STAGE_ONE.values() else 1
+    """Alternate first (DN's guard reuses its run), then DN (staged MAMDR resumes from it), then the rest."""
+    return 0 if base == "alternate" else 1 if base in STAGE_ONE.values() else 2
 
 
 def _run_cell(cfg: GridConfig, ds: Any, model: str, base: str, seed: int, finetune: bool,
-              stage_one: FitState | None = None) -> tuple[dict[str, Any], FitState | None]:
+              stage_one: FitState | None = None,
+              reference: FitResult | None = None) -> tuple[dict[str, Any], FitResult]:
     ecfg = ExperimentConfig(**{**cfg.spec(), "methods": (base,), "seeds": (seed,)}, model=model)
     fcfg = cfg.framework.with_(seed=seed, finetune=finetune)
-    result = fit(build_framework(base, build(ds, ecfg, seed), ds, fcfg), resume_shared=stage_one)
+    result = fit(build_framework(base, build(ds, ecfg, seed), ds, fcfg), resume_shared=stage_one,
+                 reference=reference)
     n = len(ds.domains)
     ft = result.test_finetuned if finetune else None
     return {
@@ -123,8 +126,8 @@ def _run_cell(cfg: GridConfig, ds: Any, model: str, base: str, seed: int, finetu
         "epoch_time_s": result.mean_epoch_time, "train_time_s": sum(result.epoch_times),
         "val_history": result.val_history, "phases": result.phases,
         "time_to_best_s": result.time_to_best_s, "capped": result.capped,
-        "stage_one_reused": stage_one is not None,
-    }, result.state
+        "stage_one_reused": stage_one is not None, "guard": result.state.guard,
+    }, result
 
 
 def validate(cfg: GridConfig) -> None:
@@ -146,6 +149,9 @@ def run_grid(cfg: GridConfig, show_progress: bool = False, report_only: bool = F
     jobs = [(s, m, b) for s in cfg.seeds for m in cfg.models for b in bases]
     staged = cfg.framework.schedule == "staged"
     stage_one: dict[tuple[str, str, int], FitState] = {}  # finished Alternate/DN runs of this process
+    # Alternate runs of this process, DN's guard reference (a cell read from disk has none: DN's guard
+    # then trains Alternate itself, the same run)
+    alternates: dict[tuple[str, int], FitResult] = {}
     cells: dict[tuple[str, str, int], dict[str, Any]] = {}
     computed: list[str] = []
     skipped: list[str] = []
@@ -165,9 +171,12 @@ def run_grid(cfg: GridConfig, show_progress: bool = False, report_only: bool = F
             if seed not in datasets:
                 datasets = {seed: load(cfg.dataset, seed, cfg.data_dir, cfg.dataset_options)}
             first = stage_one.pop((model, STAGE_ONE[base], seed), None) if staged and base in STAGE_ONE else None
-            cell, state = _run_cell(cfg, datasets[seed], model, base, seed, finetune, first)
-            if staged and base in STAGE_ONE.values() and state is not None:
-                stage_one[(model, base, seed)] = state
+            cell, result = _run_cell(cfg, datasets[seed], model, base, seed, finetune, first,
+                                     alternates.get((model, seed)))
+            if staged and base in STAGE_ONE.values():
+                stage_one[(model, base, seed)] = result.state
+            if base == "alternate":
+                alternates[(model, seed)] = result
             _write_atomic(path, json.dumps(cell, indent=1, sort_keys=True))
             computed.append(path.name)
         else:
