@@ -19,7 +19,7 @@ import shutil
 import time
 import zlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +65,12 @@ class QuickstartConfig:
     seed: int = 0
     progress: bool = True
     keep_serving: bool = False
+    round_events: int | None = None  # events per trainer round; None: the plan's (a short stream needs fewer)
 
     @property
     def plan(self) -> Plan:
-        return SHORT if self.short else FULL
+        plan = SHORT if self.short else FULL
+        return plan if self.round_events is None else replace(plan, round_events=self.round_events)
 
 
 def prepare_workdir(workdir: Path) -> Path:
