@@ -157,12 +157,15 @@ def test_dn_cells_guard_against_the_alternate_cell_of_this_process(tmp_path: Pat
     try:
         tables = run_grid(cfg)
         assert tables["computed"] == ["mlp__alternate__s0.json", "mlp__dn__s0.json"] and built == []
+        reused = json.loads(cell_path(tmp_path / "a", "mlp", "dn", 0).read_text())
         cell_path(tmp_path / "a", "mlp", "dn", 0).unlink()
         run_grid(cfg)  # the Alternate cell is read from disk: the guard trains Alternate itself
         assert built == ["alternate"]
     finally:
         torch.set_num_threads(threads)
     dn = json.loads(cell_path(tmp_path / "a", "mlp", "dn", 0).read_text())
+    for key in ("per_domain", "val_history", "guard", "best_epoch"):  # the same run either way
+        assert dn[key] == pytest.approx(reused[key]) if key == "per_domain" else dn[key] == reused[key], key
     history = json.loads(cell_path(tmp_path / "a", "mlp", "alternate", 0).read_text())["val_history"]
     # the guard's Alternate run is the Alternate cell's: first in DN's history when DN's θS was kept, else last
     assert dn["guard"] in ("dn", "alternate")

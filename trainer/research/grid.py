@@ -126,7 +126,7 @@ def _run_cell(cfg: GridConfig, ds: Any, model: str, base: str, seed: int, finetu
         "epoch_time_s": result.mean_epoch_time, "train_time_s": sum(result.epoch_times),
         "val_history": result.val_history, "phases": result.phases,
         "time_to_best_s": result.time_to_best_s, "capped": result.capped,
-        "stage_one_reused": stage_one is not None, "guard": result.state.guard,
+        "stage_one_reused": stage_one is not None, "guard": result.guard,
     }, result
 
 
@@ -173,10 +173,10 @@ def run_grid(cfg: GridConfig, show_progress: bool = False, report_only: bool = F
             first = stage_one.pop((model, STAGE_ONE[base], seed), None) if staged and base in STAGE_ONE else None
             cell, result = _run_cell(cfg, datasets[seed], model, base, seed, finetune, first,
                                      alternates.get((model, seed)))
-            if staged and base in STAGE_ONE.values():
+            if staged and base in STAGE_ONE.values() and result.state is not None:
                 stage_one[(model, base, seed)] = result.state
-            if base == "alternate":
-                alternates[(model, seed)] = result
+            if base == "alternate":  # only the current (model, seed) is needed: jobs are grouped by it
+                alternates = {(model, seed): result}
             _write_atomic(path, json.dumps(cell, indent=1, sort_keys=True))
             computed.append(path.name)
         else:
