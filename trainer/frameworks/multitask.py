@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from trainer.frameworks.base import Batch, Framework, make_optimizer
+from trainer.frameworks.telemetry import dense_parameters
 
 
 class StepFramework(Framework):
@@ -97,13 +98,13 @@ def pcgrad_project(grads: list[torch.Tensor], rng: torch.Generator) -> list[torc
     return out
 
 
-def pcgrad_sum(grads: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+def pcgrad_sum(grads: torch.Tensor, rng: torch.Generator, gram: torch.Tensor | None = None) -> torch.Tensor:
     """Σ_i of :func:`pcgrad_project`'s output for stacked gradients ``grads`` [n, P], computed in
     coefficient space: every projected g_i stays a combination Σ_k a_ik g_k of the originals, so all
-    inner products come from the n × n Gram matrix (one matmul) instead of n² dot products over P.
-    Same random orders, same result up to float rounding."""
+    inner products come from the n × n Gram matrix (one matmul; pass it as ``gram`` if already made)
+    instead of n² dot products over P. Same random orders, same result up to float rounding."""
     n = grads.shape[0]
-    gram = (grads @ grads.T).double()
+    gram = (grads @ grads.T).double() if gram is None else gram
     coef = torch.eye(n, dtype=torch.float64)
     for i in range(n):
         a = coef[i].clone()
@@ -118,23 +119,41 @@ def pcgrad_sum(grads: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
 
 
 class PCGrad(StepFramework):
+    """PCGrad; it also records the conflict it projects: ``conflict_matrix`` is the epoch's mean pairwise
+    cosine of the domains' gradients over the dense parameters (as DN's telemetry: a domain's batch touches
+    its own table rows and domain row only, which add norm but no cross-domain product), the statistic
+    behind "why does it trail Alternate" (docs/benchmarks.md)."""
+
     name = "pcgrad"
+    conflict_matrix: list[list[float]] | None = None
 
     def train_epoch(self, epoch: int, rng: torch.Generator) -> None:
         self.model.train()
         params = list(self.params.shared().values())
         optimizer = self.inner_optimizer()
         streams = self.streams(rng)
-        for _ in range(self.steps_per_epoch()):
+        n = len(self.domains)
+        cosines = torch.zeros(n, n, dtype=torch.float64)
+        dense = {id(p) for p in dense_parameters(self.model, self.params.shared())}
+        mask = torch.cat([torch.full((p.numel(),), id(p) in dense, dtype=torch.bool) for p in params])
+        steps = self.steps_per_epoch()
+        for _ in range(steps):
             flat = []
             for d in self.domains:
                 grads = torch.autograd.grad(self.loss(next(streams[d])), params, allow_unused=True)
                 flat.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
                                        for p, g in zip(params, grads, strict=True)]))
-            total = pcgrad_sum(torch.stack(flat), rng)
+            stacked = torch.stack(flat)
+            gram = (stacked @ stacked.T).double()
+            shown = stacked[:, mask]
+            shown_gram = (shown @ shown.T).double()
+            norm = shown_gram.diagonal().clamp_min(1e-30).sqrt()
+            cosines += shown_gram / norm[:, None] / norm[None, :]
+            total = pcgrad_sum(stacked, rng, gram)
             at = 0
             for p in params:
                 p.grad = total[at:at + p.numel()].view_as(p).clone()
                 at += p.numel()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        self.conflict_matrix = (cosines / max(1, steps)).tolist()

@@ -23,7 +23,7 @@ from trainer.evaluation import average_rank, mean_auc
 from trainer.frameworks import FRAMEWORKS, FitResult, FrameworkConfig, build_framework, fit
 from trainer.frameworks.fit import FitState
 from trainer.models import MODELS, ModelConfig, build_model
-from trainer.research.report import format_table, plot_per_domain
+from trainer.research.report import conflict_lines, format_table, plot_per_domain
 
 log = logging.getLogger(__name__)
 FINETUNE_SUFFIX = "+finetune"
@@ -245,6 +245,9 @@ def aggregate(cfg: ExperimentConfig, per_seed: list[dict[str, dict[str, Any]]], 
         table += (f"\nevery method ran at each learning rate in {{{grid}}}; per method and seed the one with the "
                   "best validation AUC is shown:\n" + "\n".join(
                       f"  {m:<20} {' '.join(f'{lr:g}' for lr in info['lr_per_seed'])}" for m, info in methods.items()))
+    conflict = conflict_lines({"methods": methods})
+    if conflict:
+        table += "\n" + "\n".join(conflict)
     return {"dataset": cfg.dataset, "summary": summary, "model": cfg.model, "seeds": list(cfg.seeds),
             "domains": domains, "framework_config": cfg.framework.to_json(), "methods": methods,
             "lrs": list(cfg.lrs), "table": table}

@@ -37,6 +37,22 @@ def format_table(methods: dict[str, Any]) -> str:
     return "\n".join(lines + notes)
 
 
+def conflict_lines(results: dict[str, Any]) -> list[str]:
+    """Per method that recorded domain conflict (DN: cosine of the domains' inner updates; PCGrad: of their
+    gradients), the mean off-diagonal cosine and the share of domain pairs pulling against each other."""
+    lines = []
+    for method in results["methods"]:
+        mat = mean_conflict(results, method)
+        if mat is None or len(mat) < 2:
+            continue
+        off = mat[~np.eye(len(mat), dtype=bool)]
+        off = off[np.isfinite(off)]
+        if len(off):
+            lines.append(f"  {method:<20} mean pairwise cosine {off.mean():+.3f}, {np.mean(off < 0):.0%} of "
+                         "domain pairs negative")
+    return ["domain conflict (mean over epochs and seeds):", *lines] if lines else []
+
+
 def mean_conflict(results: dict[str, Any], method: str) -> np.ndarray | None:
     """DN's domain-update cosine matrix averaged over the recorded epochs and seeds (NaN-aware)."""
     mats = [np.asarray(mat, dtype=float) for s in results["methods"].get(method, {}).get("per_seed", [])
