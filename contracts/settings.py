@@ -171,6 +171,11 @@ class TrainerSettings(_Section):
                                      "only slows θS (docs/streaming.md, 'MAMDR in streaming')")
     gamma: float = Field(1.0, gt=0, le=1, description="DR's interpolation of θi per round")
     lr: float = Field(1e-3, gt=0, le=10)
+    dr_optimizer: Literal["sgd", "adam"] = Field(
+        "sgd", description="how DR steps θi each round: plain SGD, or Adam with a fresh state per round (whose "
+                           "first steps move every weight by ~lr whatever its gradient: noise θi keeps)")
+    dr_lr: float | None = Field(
+        None, gt=0, le=10, description="DR's step size for θi (default: 0.3 with sgd, trainer.lr with adam)")
     table_optimizer: Literal["sparse_adam", "rowwise_adagrad", "dense"] = "rowwise_adagrad"
     table_lr: float | None = Field(None, gt=0, le=10)
     replay_ratio: float = Field(0.5, ge=0, le=100)
@@ -195,6 +200,7 @@ class TrainerSettings(_Section):
                     "errors of the paired AUC difference (0: any rise; 1 measured no better, docs/streaming.md)")
     auto_onboard: bool = False
     seed: int = Field(0, ge=0)
+
     liveness_timeout_s: float = Field(
         1800.0, gt=0, le=86_400, description="/healthz on the metrics port fails after this long without progress")
     # -- bounded tables (issue 13.4): which ids own an embedding row
@@ -222,6 +228,13 @@ class TrainerSettings(_Section):
     delta_dtype: Literal["float16", "float32"] = Field(
         "float16", description="dtype of the published θi files, held as is by serving: float16 halves the bytes "
         "per held domain; served holdout AUC moved by under 0.001 on ml-latest-small (bench/delta_precision.py)")
+
+    @property
+    def dr_step(self) -> float:
+        """DR's step size: ``dr_lr`` if set, else 0.3 for SGD (measured, docs/streaming.md) or ``lr`` for Adam."""
+        if self.dr_lr is not None:
+            return self.dr_lr
+        return 0.3 if self.dr_optimizer == "sgd" else self.lr
 
 
 class Settings(BaseSettings):

@@ -49,7 +49,7 @@ NOTES = {
     "trainer.dr_k": "DR: other domains sampled per target domain",
     "trainer.beta": "DN outer step size β",
     "trainer.gamma": "DR outer step size γ",
-    "trainer.lr": "inner learning rate α (Adam)",
+    "trainer.lr": "inner learning rate α of θS (Adam); also DR's step when trainer.dr_optimizer=adam",
     "trainer.table_optimizer": "user/item tables: rowwise_adagrad (one accumulator per row), sparse_adam "
                                "(lazy Adam) or dense (Adam over the whole table: O(table) per step)",
     "trainer.table_lr": "learning rate of the table optimizer (unset: 0.05 for rowwise_adagrad, else trainer.lr)",

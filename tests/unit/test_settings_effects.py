@@ -133,3 +133,13 @@ def test_dr_data_history_trains_theta_i_on_the_domains_reservoir_too(tmp_path: P
                            label=np.zeros(2, dtype=np.float32))}
     history = trainer._history(round_rows)
     assert len(history[0]) == 5 and history[0].user.tolist() == [0, 0, 1, 1, 1]
+
+
+def test_dr_steps_theta_i_with_sgd_at_its_own_rate_unless_told_otherwise() -> None:
+    """``trainer.dr_optimizer``/``dr_lr``: SGD at 0.3 by default; Adam at ``trainer.lr``; ``dr_lr`` wins."""
+    assert load_settings().trainer.dr_optimizer == "sgd" and load_settings().trainer.dr_step == 0.3
+    adam = load_settings(**{"trainer.dr_optimizer": "adam", "trainer.lr": 2e-3}).trainer
+    assert adam.dr_step == 2e-3
+    assert load_settings(**{"trainer.dr_optimizer": "adam", "trainer.dr_lr": 0.01}).trainer.dr_step == 0.01
+    with pytest.raises(ConfigError, match="dr_optimizer"):
+        load_settings(**{"trainer.dr_optimizer": "lion"})

@@ -3,22 +3,27 @@
 With θS fixed, the targets' problems are independent: target i only moves its own θ̃i (eqs. 5-8).
 So instead of one Python loop of 2(k + 1) inner updates per target, every step here advances all
 targets of a group together: ``vmap`` over the stacked θ̃ [T, ...] of a ``grad`` of the loss, each
-target on its own mini-batch (padded to the group's largest with weight 0), then Adam on the stacked
-tensors. The per-target Python cost becomes a slice of one batched step, so a round's DR cost grows
-with the rows it trains on, not with ``targets × steps`` kernel launches.
+target on its own mini-batch (padded to the group's largest with weight 0), then Adam or plain SGD
+(``optimizer``; the continual trainer's default is SGD, docs/streaming.md) on the stacked tensors.
+The per-target Python cost becomes a slice of one batched step, so a round's DR cost grows with the
+rows it trains on, not with ``targets × steps`` kernel launches.
 
 What each target computes is Algorithm 2 as ``DomainRegularization.regularize`` runs it:
 θ̃i ← θi (eq. 5); updates on T_j (eq. 6) then T_i (eq. 7) at Θ = θS + θ̃i; θi ← θi + γ(θ̃i − θi)
 (eq. 8), for each j of the sampled sequence. A domain-indexed tensor's θi is its row i: a batch of
 T_j reads row j of θS (no delta), a batch of T_i reads row i of θS + θ̃i; both are fed as a one-row
-tensor with the batch's domain column set to 0 (the form export uses). The one difference: each
-target gets a fresh Adam state per round (``regularize`` shares one optimizer across targets), so θi
-does not depend on the order of the targets — as in the distributed trainer.
+tensor with the batch's domain column set to 0 (the form export uses). The one difference (with Adam;
+SGD has no state, so none): each target gets a fresh Adam state per round (``regularize`` shares one
+optimizer across targets), so θi does not depend on the order of the targets — as in the distributed
+trainer. A fresh Adam state is also
+why SGD is the streaming default: Adam's first bias-corrected steps move every weight by about ``lr``
+whatever the size of its gradient, so a round of DR adds that much noise to every coordinate of θi.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -55,11 +60,14 @@ class BatchedDR:
 
     def __init__(self, params: DomainParameters, lr: float, gamma: float, batch_size: int, max_steps: int,
                  l2: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 passes: int = 1) -> None:
+                 passes: int = 1, optimizer: Literal["adam", "sgd"] = "adam") -> None:
         self.params = params
         self.model = params.model
         self.lr, self.gamma, self.bs, self.max_steps, self.l2 = lr, gamma, batch_size, max_steps, l2
         self.betas, self.eps, self.passes = betas, eps, passes
+        if optimizer not in ("adam", "sgd"):
+            raise ValueError(f"BatchedDR optimizer {optimizer!r}: use 'adam' or 'sgd'")
+        self.optimizer = optimizer
         self.names = list(params.specific_names)
         self.rows = [n for n in self.names if n in params.row_names]
         self.indexed = set(getattr(self.model, "domain_indexed", ()))
@@ -121,8 +129,9 @@ class BatchedDR:
         step_fn = vmap(grad(loss), in_dims=(0, 0, 0, 0, 0, 0, 0), randomness="different")
         T = len(targets)
         delta = {n: torch.stack([self.params.delta(t)[n] for t in targets]) for n in self.names}
-        m = {n: torch.zeros_like(v) for n, v in delta.items()}
-        v2 = {n: torch.zeros_like(v) for n, v in delta.items()}
+        adam = self.optimizer == "adam"  # SGD keeps no moment buffers
+        m = {n: torch.zeros_like(v) for n, v in delta.items()} if adam else {}
+        v2 = {n: torch.zeros_like(v) for n, v in delta.items()} if adam else {}
         count = torch.zeros(T)
         b1, b2 = self.betas
         length = max(len(sequences[t]) for t in targets)
@@ -176,8 +185,12 @@ class BatchedDR:
                     c1 = 1 - b1 ** count.clamp_min(1)
                     c2 = 1 - b2 ** count.clamp_min(1)
                     everyone = bool(act.all())
-                    for n in self.names:  # Adam on the stacked tensors; inactive targets keep their state
+                    for n in self.names:  # on the stacked tensors; inactive targets keep θ̃ (and Adam's state)
                         shape = (T,) + (1,) * (tilde[n].dim() - 1)
+                        if not adam:  # plain SGD (no state); an inactive target keeps its θ̃
+                            stepped = tilde[n] - self.lr * g[n]
+                            tilde[n] = stepped if everyone else torch.where(act.view(shape), stepped, tilde[n])
+                            continue
                         if everyone:  # the common case: no masking, in place
                             m[n].mul_(b1).add_(g[n] * (1 - b1))
                             v2[n].mul_(b2).add_(g[n].pow(2) * (1 - b2))

@@ -395,8 +395,8 @@ class ContinualTrainer:
         sequences = _sequences(fw.domains, targets, fw.config.k, rng)
         cfg = fw.config
         dr_train = train if self.cfg.dr_data == "round" else self._history(train)
-        BatchedDR(fw.params, lr=cfg.inner_lr, gamma=cfg.gamma, batch_size=cfg.batch_size,
-                  max_steps=self.cfg.inner_batches, l2=cfg.l2, passes=passes).run(
+        BatchedDR(fw.params, lr=self.cfg.dr_step, gamma=cfg.gamma, batch_size=cfg.batch_size,
+                  max_steps=self.cfg.inner_batches, l2=cfg.l2, passes=passes, optimizer=self.cfg.dr_optimizer).run(
             targets, sequences, dr_train, seed=self.cfg.seed * 1_000_003 + self.round_no)
         self._last_train["dr_ms"] = round((time.perf_counter() - t_dn) * 1000) - self._last_train["dn_ms"]
         return targets
