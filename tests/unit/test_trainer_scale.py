@@ -261,3 +261,27 @@ def test_a_domain_with_a_single_fresh_click_trains() -> None:
     split = Split(user=rows["user"], item=rows["item"], label=rows["label"])  # strided one-row views
     batches = round_batches({0: split}, [0], 16, torch.Generator().manual_seed(0))
     assert len(batches) == 1 and batches[0][0].tolist() == [0]
+
+
+@pytest.mark.parametrize(("knobs", "expected"), [({}, ("sgd", 0.3)),
+                                                 ({"dr_optimizer": "adam", "lr": 2e-3}, ("adam", 2e-3)),
+                                                 ({"dr_optimizer": "adam", "dr_lr": 0.01}, ("adam", 0.01))])
+def test_a_round_steps_theta_i_with_the_configured_dr_optimizer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                knobs: dict, expected: tuple) -> None:
+    """``trainer.dr_optimizer``/``dr_lr`` reach the round's DR (SGD at 0.3 unless told otherwise)."""
+    import trainer.service.loop as loop
+
+    used: list[tuple[str, float]] = []
+
+    class Recording(loop.BatchedDR):  # type: ignore[name-defined,misc]
+        def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            super().__init__(*args, **kwargs)
+            used.append((self.optimizer, self.lr))
+
+    monkeypatch.setattr(loop, "BatchedDR", Recording)
+    trainer, url = _trainer(tmp_path, round_events=300, **knobs)
+    trainer.start()
+    _produce(url, 0, 300)
+    assert trainer.run(max_rounds=1, idle_exit_s=1.0)
+    trainer.close()
+    assert used == [expected]
