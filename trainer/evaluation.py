@@ -81,9 +81,14 @@ def domain_scores(scorer: Scorer, splits: Mapping[int, Split], batch_size: int =
     return out
 
 
+def aucs_of(splits: Mapping[int, Split], scores: Mapping[int, np.ndarray]) -> dict[int, float]:
+    """AUC of each domain's ``scores`` against its split's labels."""
+    return {d: auc(splits[d].label, s) for d, s in scores.items()}
+
+
 def domain_auc(scorer: Scorer, splits: Mapping[int, Split], batch_size: int = 8192) -> dict[int, float]:
     """AUC of each domain on its own split."""
-    return {d: auc(splits[d].label, s) for d, s in domain_scores(scorer, splits, batch_size).items()}
+    return aucs_of(splits, domain_scores(scorer, splits, batch_size))
 
 
 def mean_auc(per_domain: Mapping[int, float]) -> float:

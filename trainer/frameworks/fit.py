@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from trainer.evaluation import EarlyStopping, auc, domain_auc, domain_scores, mean_auc, paired_auc_z
+from trainer.evaluation import EarlyStopping, aucs_of, domain_auc, domain_scores, mean_auc, paired_auc_z
 from trainer.frameworks.alternate import Alternate
 from trainer.frameworks.base import Framework
 from trainer.frameworks.config import SAFETY_EPOCHS, FrameworkConfig
@@ -52,7 +52,7 @@ class DeltaSelection:
             scores = domain_scores(fw.score, fw.dataset.val, fw.config.eval_batch_size)
         finally:
             fw.params.deltas.update(saved)
-        base = {d: auc(fw.dataset.val[d].label, s) for d, s in scores.items()}
+        base = aucs_of(fw.dataset.val, scores)
         return cls(best=base, epoch={d: epoch for d in base}, baseline=scores)
 
     def observe(self, fw: Framework, scores: dict[int, np.ndarray], per_domain: dict[int, float],
@@ -236,7 +236,7 @@ def _train(fw: Framework, progress: Callable[[int, float], None] | None,
             state.phases.append(str(getattr(fw, "phase", fw.name)))
             if state.selection is not None and getattr(fw, "phase", None) == "dr":  # one scoring feeds both
                 scores = domain_scores(fw.score, fw.dataset.val, cfg.eval_batch_size)
-                per_domain = {d: auc(fw.dataset.val[d].label, s) for d, s in scores.items()}
+                per_domain = aucs_of(fw.dataset.val, scores)
                 state.selection.observe(fw, scores, per_domain, epoch)
             else:
                 per_domain = domain_auc(fw.score, fw.dataset.val, cfg.eval_batch_size)
