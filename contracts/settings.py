@@ -181,8 +181,9 @@ class TrainerSettings(_Section):
     replay_ratio: float = Field(0.5, ge=0, le=100)
     min_batches: int = Field(16, ge=1, le=100_000)
     dr_data: Literal["round", "history"] = Field(
-        "round", description="rows DR trains θi on: the round's (fresh + replay) or each domain's fresh rows "
-                             "plus its whole replay reservoir (a uniform sample of its history)")
+        "history", description="rows DR trains θi on: each domain's fresh rows plus its whole replay reservoir (a "
+                               "uniform sample of its history: θi learns the domain, not the moment) or the "
+                               "round's (fresh + replay: θi tracks recent clicks)")
     overload_policy: Literal["backpressure", "sample"] = "backpressure"
     max_lag_events: int = Field(200_000, ge=0)
     framework: Literal["mamdr", "dn", "alternate"] = Field(
