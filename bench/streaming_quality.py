@@ -91,7 +91,9 @@ def plot(runs: list[dict[str, Any]], frameworks: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, (ax, dx) = plt.subplots(1, 2, figsize=(12, 4.2))
+    base = frameworks[-1]
+    by = {(r["framework"], r["seed"]): r["rounds"] for r in runs}
     for f in frameworks:
         curves = [r["rounds"] for r in runs if r["framework"] == f]
         n = min(len(c) for c in curves)
@@ -99,10 +101,22 @@ def plot(runs: list[dict[str, Any]], frameworks: list[str], path: Path) -> None:
         x = np.arange(1, n + 1)
         ax.plot(x, np.nanmean(values, axis=0), marker="o", label=f"{f} (mean of {len(curves)} seeds)")
         ax.fill_between(x, np.nanmin(values, axis=0), np.nanmax(values, axis=0), alpha=0.2)
+        if f == base:
+            continue
+        seeds = sorted(s for (g, s) in by if g == f and (base, s) in by)
+        for s in seeds:  # the paired difference, seed by seed: small gaps the left panel cannot show
+            pairs = list(zip(by[(f, s)], by[(base, s)], strict=False))
+            diff = [np.nan if a is None or b is None else a - b for a, b in pairs]
+            dx.plot(np.arange(1, len(diff) + 1), diff, marker=".", alpha=0.7, label=f"{f} − {base}, seed {s}")
     ax.set_xlabel("round")
     ax.set_ylabel("prequential AUC of the round")
-    ax.set_title("each round's clicks scored by the model live when they arrived")
+    ax.set_title("each round's clicks scored by the model live when they arrived", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
+    dx.axhline(0.0, color="grey", linewidth=0.8)
+    dx.set_xlabel("round")
+    dx.set_ylabel("paired difference of the round's prequential AUC")
+    dx.set_title("the same, as differences to the baseline", fontsize=10)
+    dx.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
