@@ -161,7 +161,7 @@ class StreamSettings(_Section):
 class TrainerSettings(_Section):
     round_seconds: float = Field(30.0, gt=0, le=86_400)
     round_events: int = Field(20_000, ge=1, le=10_000_000)
-    inner_batches: int = Field(8, ge=1, le=10_000)
+    inner_batches: int = Field(2, ge=1, le=10_000)
     batch_size: int = Field(1024, ge=1, le=1_000_000)
     buffer_per_domain: int = Field(50_000, ge=1, le=100_000_000)
     reservoir_size: int = Field(20_000, ge=0, le=100_000_000)

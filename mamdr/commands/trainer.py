@@ -27,7 +27,7 @@ def register(subparsers: Any) -> None:
     run.add_argument("--hidden", default=None, help="hidden widths, e.g. 256,128,64 (the paper's)")
     run.add_argument("--round-seconds", type=float, help="publish at least this often while events arrive")
     run.add_argument("--round-events", type=int, help="publish after this many events")
-    run.add_argument("--inner-batches", type=int, help="K mini-batches per inner update (DN and DR)")
+    run.add_argument("--inner-batches", type=int, help="K: at most this many mini-batches per DR update")
     run.add_argument("--dr-k", type=int, help="DR neighbours per domain")
     run.add_argument("--beta", type=float, help="DN outer step size")
     run.add_argument("--framework", choices=("mamdr", "dn", "alternate"),

@@ -163,18 +163,19 @@ def test_prequential_auc_rises_over_rounds_and_ends_near_offline_mamdr(tmp_path:
         store.close()
         registry.close()
         t1 = time.monotonic()
-        offline_auc, result = offline_mamdr(streamed, test, domains, len(per_round),
-                                            settings.trainer.inner_batches)
+        # K = 8 for the offline reference whatever the stream's K (2 since DR's cost was cut): its DN takes K
+        # batches per domain per epoch, so a smaller K would make the reference weaker and the check looser
+        offline_auc, result = offline_mamdr(streamed, test, domains, len(per_round), 8)
         print(f"\nper-round prequential AUC {[round(a, 4) for a in per_round]}; test AUC stream "
               f"{streamed_auc:.4f} offline {offline_auc:.4f} ({result.epochs} epochs); "
               f"stream {t_stream:.1f}s offline {time.monotonic() - t1:.1f}s")
         scored = [a for a in per_round if not np.isnan(a)]  # round 1 has no live model to score with
         assert len(scored) >= 5, per_round
-        # measured (seed 0): scored rounds 0.634, 0.677, 0.666, 0.692, 0.706, 0.812 (the last is a remainder)
+        # measured (seed 0, K = 2): rounds 0.415, 0.622, 0.672, 0.697, 0.700, 0.708, 0.810 (the last is a remainder)
         assert np.mean(scored[-2:]) > np.mean(scored[:2]) + 0.06, per_round
         assert np.mean(scored[len(scored) // 2:]) > np.mean(scored[:len(scored) // 2]) + 0.03, per_round
         assert streamed_auc > 0.58, streamed_auc
-        # measured (seed 0): stream 0.771, offline MAMDR at the same budget 0.668
+        # measured (seed 0): stream 0.778 (0.771 at K = 8), offline MAMDR at K = 8 0.668
         assert streamed_auc > offline_auc - 0.05, (streamed_auc, offline_auc)
     finally:
         torch.set_num_threads(threads)
