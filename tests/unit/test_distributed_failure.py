@@ -1,7 +1,8 @@
 """Every rank a trainer on its own partitions (trainer/distributed/replica.py), over the embedded backends.
 
 * The ranks consume disjoint partitions, each dead-letters the bad events of its own partitions, the
-  replicas end bit-identical, and the published lineage counts every event exactly once.
+  replicas end bit-identical, and the published lineage counts every event exactly once; rank 0's
+  versions after the first are incremental and read exactly the replica's tables.
 * A worker killed mid-round fails the round cleanly on rank 0 (non-zero exit, nothing published for
   that round) and a restart of both ranks resumes from the last published offsets: the events counted
   along the live lineage equal the events produced, exactly (none lost, none applied twice).
@@ -21,12 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from contracts.settings import StreamSettings
+from contracts.settings import FeatureStoreSettings, StreamSettings
 from domain_registry import open_registry
+from feature_store import open_store
 from stream import open_stream
 from trainer.distributed.launch import free_port
+from trainer.service.state import ModelState, read_chain
 
 from .test_trainer_crash_safety import DOMAINS, lineage_events, produce
+from .test_trainer_incremental import assert_store_matches
 
 
 def run_ranks(tmp: Path, failpoints: dict[int, str], round_events: int = 200,
@@ -110,3 +114,17 @@ def test_ranks_consume_disjoint_partitions_dead_letter_their_own_and_count_every
     manifests = [json.loads((tmp_path / "artifacts" / v / "manifest.json").read_text()) for v in chain]
     assert sum(m["metrics"]["rejected"] for m in manifests) == len(poison)
     assert sum(m["metrics"]["valid"] for m in manifests) == produced - len(poison)
+    # rank 0 published incrementally (the rows every rank touched), and every kept version reads exactly
+    # the replica's tables of that version
+    store = open_store(f"file://{tmp_path}/fs", FeatureStoreSettings())
+    root = tmp_path / "artifacts"
+    for version, manifest in zip(chain, manifests, strict=True):
+        state, _ = ModelState.load(root, version)
+        fs_version = manifest["feature_store_version"]
+        assert_store_matches(store, state, fs_version)
+        parent = store.describe(fs_version).parent
+        if version == chain[-1]:  # the first version of the lineage
+            assert parent is None and read_chain(root, version)["kind"] == "full"
+        else:
+            assert parent is not None and read_chain(root, version)["kind"] == "rows", version
+    store.close()

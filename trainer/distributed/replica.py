@@ -19,7 +19,9 @@ all-reduce per poll (pending events, "my share is full", idle, stop), so they en
    offset is reduced with MAX (each rank owns its partitions); rank 0 publishes one version with all of them
    in the manifest, commits them, and posts the outcome on the rendezvous store. A rank that dies breaks the
    next collective: nothing of that round is published, and a restart of every rank resumes from the live
-   manifest's offsets.
+   manifest's offsets. The version is incremental as in one process: its feature-store rows and checkpoint
+   hold the rows changed since its parent, which here are the union of 3.'s touched rows (gathered on every
+   rank anyway) and the vocabulary's changes (equal on every rank after 1.).
 """
 
 from __future__ import annotations
@@ -306,6 +308,7 @@ class Replica:
             # table rows: the union of the touched rows, each averaged over the ranks that touched it
             for kind, name in TABLES.items():
                 union = all_gather_rows(touched[kind])
+                trainer._trained_rows[kind].append(union)  # what rank 0's incremental version writes
                 if not len(union):
                     continue
                 table = named[name].data

@@ -523,8 +523,6 @@ class ContinualTrainer:
         assert self.state is not None
         if not self.cfg.incremental_publish or self.live_version is None or self.cfg.table_optimizer == "dense":
             return None
-        if self.distributed is not None:  # the replicas' reconcile also moves rows other ranks trained
-            return None
         out = {}
         for kind, vocab in (("user", self.state.users), ("item", self.state.items)):
             rows, _ = vocab.changes()
