@@ -201,10 +201,12 @@ def test_dn_with_beta_one_is_alternate_with_row_sparse_tables() -> None:
     assert torch.allclose(train(DomainNegotiation), train(Alternate), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("gamma", [0.5, 1.0])
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_batched_dr_is_algorithm_2_per_target(optimizer: str) -> None:
+def test_batched_dr_is_algorithm_2_per_target(optimizer: str, gamma: float) -> None:
     """All targets at once (vmap) = ``regularize`` per target with a fresh Adam (or plain SGD) each
-    (full-split batches)."""
+    (full-split batches). γ = 1 steps θi in place while every target takes the pair (the first two here),
+    and copies θ̃ for the pair only target 1 takes."""
     from trainer.frameworks import DomainRegularization
 
     ds = toy_dataset(n_domains=4)
@@ -212,7 +214,7 @@ def test_batched_dr_is_algorithm_2_per_target(optimizer: str) -> None:
     model = build_model("mlp", ModelConfig(n_users=ds.n_users, n_items=ds.n_items, n_domains=4, emb_dim=8,
                                            hidden=(16, 8), dropout=0.0))
     lr = 0.01 if optimizer == "adam" else 5.0  # SGD: the toy gradients are small
-    fw = DomainRegularization(model, ds, FrameworkConfig(inner=optimizer, inner_lr=lr, gamma=0.5, l2=1e-3,
+    fw = DomainRegularization(model, ds, FrameworkConfig(inner=optimizer, inner_lr=lr, gamma=gamma, l2=1e-3,
                                                          batch_size=10_000, delta_init="random", seed=1,
                                                          specific="default"))
     init = {t: {n: v.clone() for n, v in fw.params.delta(t).items()} for t in range(4)}
@@ -229,7 +231,7 @@ def test_batched_dr_is_algorithm_2_per_target(optimizer: str) -> None:
     expected = {t: {n: v.clone() for n, v in fw.params.delta(t).items()} for t in sequences}
     for t in range(4):
         fw.params.set_delta(t, init[t])
-    BatchedDR(fw.params, lr=lr, gamma=0.5, batch_size=10_000, max_steps=1, l2=1e-3, optimizer=optimizer).run(
+    BatchedDR(fw.params, lr=lr, gamma=gamma, batch_size=10_000, max_steps=1, l2=1e-3, optimizer=optimizer).run(
         [0, 1], sequences, ds.train)
     for t in sequences:
         for n, value in expected[t].items():

@@ -156,7 +156,10 @@ class BatchedDR:
         steps_of = {d: self._steps(splits[d]) for d in used}
         row_of = {d: slot_of.get(d, len(whole)) for d in used}
         for s in range(length):
-            tilde = {n: t.clone() for n, t in delta.items()}  # eq. 5
+            present_np = seq[:, s] >= 0
+            # eq. 8 with γ = 1 is θi ← θ̃i: when every target takes this pair, step θi itself (no copy, no blend)
+            in_place = self.gamma == 1.0 and bool(present_np.all())
+            tilde = delta if in_place else {n: t.clone() for n, t in delta.items()}  # eq. 5
             for phase in (0, 1):  # eq. 6 on T_j, then eq. 7 on T_i
                 doms_np = np.where(seq[:, s] >= 0, seq[:, s] if phase == 0 else target_np, -1)
                 doms = doms_np.tolist()
@@ -188,14 +191,16 @@ class BatchedDR:
                     for n in self.names:  # on the stacked tensors; inactive targets keep θ̃ (and Adam's state)
                         shape = (T,) + (1,) * (tilde[n].dim() - 1)
                         if not adam:  # plain SGD (no state); an inactive target keeps its θ̃
-                            stepped = tilde[n] - self.lr * g[n]
-                            tilde[n] = stepped if everyone else torch.where(act.view(shape), stepped, tilde[n])
+                            if everyone:
+                                tilde[n].sub_(g[n], alpha=self.lr)
+                            else:
+                                tilde[n] = torch.where(act.view(shape), tilde[n] - self.lr * g[n], tilde[n])
                             continue
                         if everyone:  # the common case: no masking, in place
                             m[n].mul_(b1).add_(g[n] * (1 - b1))
                             v2[n].mul_(b2).add_(g[n].pow(2) * (1 - b2))
                             upd = (m[n] / c1.view(shape)) / ((v2[n] / c2.view(shape)).sqrt() + self.eps)
-                            tilde[n] = tilde[n] - self.lr * upd
+                            tilde[n].sub_(upd, alpha=self.lr)
                             continue
                         a = act.view(shape)
                         new_m = torch.where(a, m[n] * b1 + g[n] * (1 - b1), m[n])
@@ -203,7 +208,9 @@ class BatchedDR:
                         m[n], v2[n] = new_m, new_v
                         upd = (new_m / c1.view(shape)) / ((new_v / c2.view(shape)).sqrt() + self.eps)
                         tilde[n] = torch.where(a, tilde[n] - self.lr * upd, tilde[n])
-            present = torch.from_numpy(seq[:, s] >= 0)
+            if in_place:
+                continue
+            present = torch.from_numpy(present_np)
             for n in self.names:  # eq. 8
                 shape = (T,) + (1,) * (delta[n].dim() - 1)
                 delta[n] = torch.where(present.view(shape), delta[n].lerp(tilde[n], self.gamma), delta[n])
