@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from contracts.errors import BackendUnavailable, ConfigError, Conflict, NotFound
 from contracts.settings import RegistrySettings
+from contracts.sqlite import enable_wal
 from contracts.urls import BackendUrl
 from domain_registry import rules
 from domain_registry.base import AuditEntry, Domain, DomainStatus, ModelVersion, Registry
@@ -80,18 +81,6 @@ def _model(row: Sequence[Any]) -> ModelVersion:
 class SqliteRegistry(Registry):
     """One connection per instance, guarded by a lock (FastAPI runs sync endpoints in threads)."""
 
-    def _set_wal(self, deadline: float) -> None:
-        """Switch to WAL. Several openers of a new file race for the switch, and SQLite answers the losers
-        "database is locked" at once instead of waiting out the busy timeout: retry until the deadline."""
-        while True:
-            try:
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.01)
-
     @classmethod
     def from_url(cls, parsed: BackendUrl, settings: RegistrySettings) -> SqliteRegistry:
         return cls(parsed.path)
@@ -108,7 +97,7 @@ class SqliteRegistry(Registry):
                               "check the sqlite:// path and its permissions") from None
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            self._set_wal(time.monotonic() + busy_timeout_s)
+            enable_wal(self._conn, busy_timeout_s)
             self._conn.execute("PRAGMA synchronous = FULL")
             with self._write():
                 self._create_schema()

@@ -25,6 +25,7 @@ import numpy as np
 
 from contracts.errors import BackendUnavailable, ConfigError, Conflict, DataError, NotFound
 from contracts.settings import FeatureStoreSettings
+from contracts.sqlite import enable_wal
 from contracts.urls import BackendUrl
 from feature_store.base import KINDS, EmbeddingStore, Kind, Lookup, VersionInfo
 from feature_store.codec import check_vectors, decode, decode_into, encode_rows, wire_dtype
@@ -95,9 +96,9 @@ class SqliteStore(EmbeddingStore):
         conn = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                       timeout=max(5.0, self.settings.connect_timeout_s))
-                conn.execute("PRAGMA journal_mode=WAL")
+                timeout = max(5.0, self.settings.connect_timeout_s)
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=timeout)
+                enable_wal(conn, timeout)  # the trainer's ranks and serving may open a new file at once
                 conn.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.Error as exc:
                 raise BackendUnavailable(f"cannot open feature store file {self.path}: {exc}") from None

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,22 @@ def test_file_store_shared_with_another_process(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got.user, [1, 2, 3])
     np.testing.assert_array_equal(got.items[0], [7, 8, 9])
     reader.close()
+
+
+def test_processes_opening_a_new_file_store_at_once_all_open_it(tmp_path: Path) -> None:
+    """The trainer's ranks (and serving) may open a new file store in the same instant: SQLite refuses the
+    losers of the switch to WAL at once ("database is locked") instead of waiting, so opening retries."""
+    start = time.time() + 3.0  # every process imports first, then all open the k-th new store together
+    script = textwrap.dedent(f"""
+        import time
+        from feature_store import open_store
+        for k in range(10):
+            time.sleep(max(0.0, {start!r} + 0.2 * k - time.time()))
+            open_store(f"file://{tmp_path}/fs{{k}}").close()
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.PIPE) for _ in range(8)]
+    errors = [p.communicate(timeout=60)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [e[-300:] for e in errors if e]
 
 
 def _taobao_json(path: Path, n: int, dim: int, seed: int) -> dict[str, np.ndarray]:
