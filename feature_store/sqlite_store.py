@@ -98,8 +98,12 @@ class SqliteStore(EmbeddingStore):
             try:
                 timeout = max(5.0, self.settings.connect_timeout_s)
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=timeout)
-                enable_wal(conn, timeout)  # the trainer's ranks and serving may open a new file at once
-                conn.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    enable_wal(conn, timeout)  # the trainer's ranks and serving may open a new file at once
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                except sqlite3.Error:
+                    conn.close()
+                    raise
             except sqlite3.Error as exc:
                 raise BackendUnavailable(f"cannot open feature store file {self.path}: {exc}") from None
             self._local.conn = conn

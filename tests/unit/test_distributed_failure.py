@@ -2,7 +2,7 @@
 
 * The ranks consume disjoint partitions, each dead-letters the bad events of its own partitions, the
   replicas end bit-identical, and the published lineage counts every event exactly once; rank 0's
-  versions after the first are incremental and read exactly the replica's tables.
+  versions after the first are incremental, and the live one loads the replicas' final model exactly.
 * A worker killed mid-round fails the round cleanly on rank 0 (non-zero exit, nothing published for
   that round) and a restart of both ranks resumes from the last published offsets: the events counted
   along the live lineage equal the events produced, exactly (none lost, none applied twice).
@@ -27,6 +27,7 @@ from domain_registry import open_registry
 from feature_store import open_store
 from stream import open_stream
 from trainer.distributed.launch import free_port
+from trainer.distributed.replica import state_digest
 from trainer.service.state import ModelState, read_chain
 
 from .test_trainer_crash_safety import DOMAINS, lineage_events, produce
@@ -114,10 +115,12 @@ def test_ranks_consume_disjoint_partitions_dead_letter_their_own_and_count_every
     manifests = [json.loads((tmp_path / "artifacts" / v / "manifest.json").read_text()) for v in chain]
     assert sum(m["metrics"]["rejected"] for m in manifests) == len(poison)
     assert sum(m["metrics"]["valid"] for m in manifests) == produced - len(poison)
-    # rank 0 published incrementally (the rows every rank touched), and every kept version reads exactly
-    # the replica's tables of that version
+    # rank 0 published incrementally (the rows every rank touched): the live version's checkpoint chain loads
+    # the replicas' final model exactly (a row left out of a version's change set would stay stale in it), and
+    # every kept version's feature store reads exactly its checkpoint's tables
     store = open_store(f"file://{tmp_path}/fs", FeatureStoreSettings())
     root = tmp_path / "artifacts"
+    assert state_digest(ModelState.load(root, chain[0])[0]) == digests[0][-1][0]
     for version, manifest in zip(chain, manifests, strict=True):
         state, _ = ModelState.load(root, version)
         fs_version = manifest["feature_store_version"]

@@ -17,7 +17,8 @@ from domain_registry import open_registry
 from feature_store import open_store
 from stream import open_stream
 from tests.support.frameworks_toy import toy_dataset
-from trainer.frameworks import MAMDR, DomainNegotiation, FrameworkConfig
+from trainer.data.base import Split
+from trainer.frameworks import MAMDR, DomainNegotiation, DomainRegularization, FrameworkConfig
 from trainer.frameworks.dr_batched import BatchedDR
 from trainer.frameworks.sparse import RowWiseAdagrad
 from trainer.models import ModelConfig, build_model
@@ -207,7 +208,6 @@ def test_batched_dr_is_algorithm_2_per_target(optimizer: str, gamma: float) -> N
     """All targets at once (vmap) = ``regularize`` per target with a fresh Adam (or plain SGD) each
     (full-split batches). γ = 1 steps θi in place while every target takes the pair (the first two here),
     and copies θ̃ for the pair only target 1 takes."""
-    from trainer.frameworks import DomainRegularization
 
     ds = toy_dataset(n_domains=4)
     torch.manual_seed(1)
@@ -237,6 +237,38 @@ def test_batched_dr_is_algorithm_2_per_target(optimizer: str, gamma: float) -> N
         for n, value in expected[t].items():
             assert torch.allclose(fw.params.delta(t)[n], value, atol=1e-6), (t, n)
             assert (value - init[t][n]).abs().max() > 1e-3, (t, n)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_batched_dr_in_place_steps_equal_the_copying_path(optimizer: str) -> None:
+    """γ = 1 steps θi in place; the copying path (eq. 5's copy, eq. 8's blend) gives the same θi, also when
+    targets of unequal size sit out some steps of a pair (the masked updates). γ = 1 − 1e-9 takes the copying
+    path, and eq. 8's weight rounds to 1 in float32."""
+    ds = toy_dataset(n_domains=4)
+    torch.manual_seed(1)
+    model = build_model("mlp", ModelConfig(n_users=ds.n_users, n_items=ds.n_items, n_domains=4, emb_dim=8,
+                                           hidden=(16, 8), dropout=0.0))
+    fw = DomainRegularization(model, ds, FrameworkConfig(inner=optimizer, inner_lr=0.01, gamma=1.0,
+                                                         delta_init="random", seed=1, specific="default"))
+    init = {t: {n: v.clone() for n, v in fw.params.delta(t).items()} for t in range(4)}
+    sizes = {0: 96, 1: 40, 2: 20, 3: 10}  # with batches of 8 and K = 4: 4, 4, 3 and 2 steps (masked updates)
+    splits = {d: Split(user=ds.train[d].user[:n], item=ds.train[d].item[:n], label=ds.train[d].label[:n])
+              for d, n in sizes.items()}
+    batch = 8
+    sequences = {0: [1, 2, 0], 1: [3, 0, 1], 2: [0, 1, 2], 3: [2, 1, 3]}
+    results = []
+    for gamma in (1.0, 1.0 - 1e-9):
+        for t in range(4):
+            fw.params.set_delta(t, init[t])
+        BatchedDR(fw.params, lr=0.01 if optimizer == "adam" else 5.0, gamma=gamma, batch_size=batch, max_steps=4,
+                  optimizer=optimizer).run(
+            [0, 1, 2, 3], sequences, splits, seed=3)
+        results.append({t: {n: v.clone() for n, v in fw.params.delta(t).items()} for t in range(4)})
+    assert len({min(4, -(-n // batch)) for n in sizes.values()}) > 1, sizes  # unequal step counts
+    for t in range(4):
+        for n, value in results[0][t].items():
+            assert torch.allclose(value, results[1][t][n], atol=1e-6), (t, n)
+        assert max(float((v - init[t][n]).abs().max()) for n, v in results[0][t].items()) > 1e-3, t  # θi moved
 
 
 def test_rowwise_adagrad_keeps_state_when_the_table_grows() -> None:

@@ -47,6 +47,7 @@ from trainer.service.failpoints import failpoint
 
 if TYPE_CHECKING:
     from trainer.service.loop import ContinualTrainer, RoundReport
+    from trainer.service.state import ModelState
 
 log = logging.getLogger("mamdr.trainer.distributed")
 TABLES = {"user": "user_embedding.weight", "item": "item_embedding.weight"}
@@ -81,6 +82,20 @@ def all_gather_rows(rows: np.ndarray) -> np.ndarray:
     dist.all_gather(parts, buf)
     every = torch.cat(parts).numpy()
     return np.unique(every[every >= 0])
+
+
+def state_digest(state: ModelState) -> str:
+    """A hash of a trainer's model: dense θS, the rows ids own, every θi (a loaded checkpoint hashes the same)."""
+    h = hashlib.sha256()
+    lengths = {TABLES["user"]: len(state.users), TABLES["item"]: len(state.items)}
+    for name, p in sorted(state.model.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach()[: lengths.get(name, p.shape[0])].contiguous().numpy().tobytes())
+    for slot, delta in sorted(state.params.deltas.items()):  # (reading, not creating, the θi)
+        h.update(str(slot).encode())
+        for _name, value in sorted(delta.items()):
+            h.update(value.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def broadcast_from_root(tensors: list[torch.Tensor]) -> int:
@@ -213,19 +228,10 @@ class Replica:
         return reports
 
     def digest(self, trainer: ContinualTrainer) -> str:
-        """A hash of what the replicas must agree on (dense θS, the rows ids own, every θi): equal on every rank."""
-        state = trainer.state
-        assert state is not None
-        h = hashlib.sha256()
-        lengths = {TABLES["user"]: len(state.users), TABLES["item"]: len(state.items)}
-        for name, p in sorted(state.model.named_parameters()):
-            h.update(name.encode())
-            h.update(p.detach()[: lengths.get(name, p.shape[0])].contiguous().numpy().tobytes())
-        for slot, delta in sorted(state.params.deltas.items()):  # (reading, not creating, the θi)
-            h.update(str(slot).encode())
-            for _name, value in sorted(delta.items()):
-                h.update(value.detach().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        """A hash of what the replicas must agree on: equal on every rank."""
+        assert trainer.state is not None
+        return state_digest(trainer.state)
+
 
     def _room(self, remaining: int, tick: int) -> int:
         """This rank's part of the round's remaining room; parts sum to ``remaining``, and the odd ones rotate

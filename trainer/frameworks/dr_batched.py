@@ -161,7 +161,7 @@ class BatchedDR:
             in_place = self.gamma == 1.0 and bool(present_np.all())
             tilde = delta if in_place else {n: t.clone() for n, t in delta.items()}  # eq. 5
             for phase in (0, 1):  # eq. 6 on T_j, then eq. 7 on T_i
-                doms_np = np.where(seq[:, s] >= 0, seq[:, s] if phase == 0 else target_np, -1)
+                doms_np = np.where(present_np, seq[:, s] if phase == 0 else target_np, -1)
                 doms = doms_np.tolist()
                 steps = np.array([steps_of[d] if d >= 0 else 0 for d in doms])
                 base_rows = np.array([row_of[d] if d >= 0 else len(whole) for d in doms])
