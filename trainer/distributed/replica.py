@@ -224,14 +224,9 @@ class Replica:
                 break
         dist.barrier()
         trainer.log_ingest()
-        log.info("rank %d replica sha256 %s after %d rounds", self.rank, self.digest(trainer), len(reports))
+        assert trainer.state is not None  # what the replicas must agree on: equal on every rank
+        log.info("rank %d replica sha256 %s after %d rounds", self.rank, state_digest(trainer.state), len(reports))
         return reports
-
-    def digest(self, trainer: ContinualTrainer) -> str:
-        """A hash of what the replicas must agree on: equal on every rank."""
-        assert trainer.state is not None
-        return state_digest(trainer.state)
-
 
     def _room(self, remaining: int, tick: int) -> int:
         """This rank's part of the round's remaining room; parts sum to ``remaining``, and the odd ones rotate
