@@ -91,6 +91,9 @@ def test_batched_scoring_equals_scoring_domain_by_domain() -> None:
     state = ModelState("mlp", ModelConfig(n_users=8, n_items=8, n_domains=0, emb_dim=8, hidden=(8,)), seed=2)
     domains = [f"d{k}" for k in range(5)]
     state.ensure([f"u{k}" for k in range(20)], [f"i{k}" for k in range(20)], domains)
+    for vocab in (state.users, state.items, state.domains):
+        vocab.clear_changes()  # published: the live version holds these rows
+    state.ensure(["u-late"], ["i-late"], [])  # a row given after the publish: scored as an id without one
     torch.manual_seed(0)
     for slot in (1, 3, 4):  # domains with a θi; 0 and 2 are served by θS
         state.params.set_delta(slot, {n: torch.randn_like(t) * 0.3 for n, t in state.params.delta(slot).items()})
@@ -100,6 +103,7 @@ def test_batched_scoring_equals_scoring_domain_by_domain() -> None:
     slots[:1] = 4
     users = [f"u{k}" for k in rng.integers(0, 25, 300)]  # some without a row: the mean vector
     items = [f"i{k}" for k in rng.integers(0, 25, 300)]
+    users[5], items[7] = "u-late", "i-late"
     shared, specific = state.predict_rows(slots, state.users.rows(users, add=False), state.items.rows(items, add=False))
     for slot in range(5):
         rows = np.flatnonzero(slots == slot)
@@ -108,6 +112,8 @@ def test_batched_scoring_equals_scoring_domain_by_domain() -> None:
         u, i = [users[j] for j in rows], [items[j] for j in rows]
         np.testing.assert_allclose(shared[rows], state.predict(domains[slot], u, i, with_delta=False), atol=1e-6)
         np.testing.assert_allclose(specific[rows], state.predict(domains[slot], u, i), atol=1e-6)
+    late = state.predict(domains[int(slots[5])], ["u-late", "u-never"], [items[5]] * 2)
+    assert late[0] == late[1]  # the row given after the publish is not the live version's yet
 
 
 def test_auc_is_sklearns_with_ties() -> None:

@@ -44,13 +44,14 @@ def produce(url: str, start: int, count: int, domains: tuple[str, ...] = DOMAINS
     return start + count
 
 
-def make_trainer(tmp: Path, new_lineage: bool = False, **trainer: object) -> ContinualTrainer:
+def make_trainer(tmp: Path, new_lineage: bool = False, extra: dict[str, object] | None = None,
+                 **trainer: object) -> ContinualTrainer:
     overrides = {f"trainer.{k}": v for k, v in {"round_events": 300, "inner_batches": 1, "batch_size": 128,
                                                  "round_seconds": 3600.0, **trainer}.items()}
     settings = load_settings(**{"stream.url": f"file://{tmp}/stream/clicks", "stream.partitions": 1,
                                 "stream.create_topics": True,
                                 "feature_store.url": f"file://{tmp}/fs", "registry.url": f"sqlite://{tmp}/reg.db",
-                                "artifacts_url": f"file://{tmp}/artifacts", **overrides})
+                                "artifacts_url": f"file://{tmp}/artifacts", **overrides, **(extra or {})})
     registry = open_registry(settings.registry.url)
     for d in DOMAINS:
         if d not in {x.id for x in registry.list_domains()}:

@@ -238,6 +238,13 @@ class ContinualTrainer:
             by_domain[domain].append(j)
             self._event_ts.append(checked.ts[j])
         self._score(by_domain, checked.user_id, checked.item_id, checked.clicked)
+        if self.distributed is None and by_domain:
+            # ids get their rows in stream order, so a row (and the value it starts from) does not depend on
+            # how polls cut the stream; grouped by domain, an id's row moved with the poll boundaries
+            accepted = sorted(j for rows in by_domain.values() for j in rows)
+            if self.state.ensure([checked.user_id[j] for j in accepted], [checked.item_id[j] for j in accepted],
+                                 list(by_domain), round_no=self.round_no + 1, now=time.time()):
+                self._rebuild_framework()
         for domain, rows in by_domain.items():
             users = [checked.user_id[j] for j in rows]
             items = [checked.item_id[j] for j in rows]
@@ -247,8 +254,6 @@ class ContinualTrainer:
             if self.distributed is not None:  # rows are given at the round, the same on every rank
                 self.distributed.stage(domain, users, items, labels)
                 continue
-            if self.state.ensure(users, items, [domain], round_no=self.round_no + 1, now=time.time()):
-                self._rebuild_framework()
             slot = self.state.domains.get(domain)
             assert slot is not None
             urows, irows = self.state.users.rows(users, add=False), self.state.items.rows(items, add=False)
@@ -257,11 +262,15 @@ class ContinualTrainer:
 
     def _score(self, by_domain: dict[str, list[int]], user_id: list[str], item_id: list[str],
                clicked: list[int]) -> None:
-        """Test, then train: score a poll's events of every domain with a slot, as serving scores them
-        (the graduated Θi or θS), before any of them is trained on or gives an id a row; one batched
-        pass for all domains (``ModelState.predict_rows``) instead of a model call per domain."""
+        """Test, then train: score a poll's events of every domain the live version holds, as serving scores
+        them (the graduated Θi or θS), before any of them is trained on or gives an id a row; one batched
+        pass for all domains (``ModelState.predict_rows``) instead of a model call per domain. A domain
+        that got its slot after the live version was published is not scored yet (whichever poll gave it
+        the slot), so the figures do not depend on how polls cut the stream."""
         assert self.state is not None
-        scored = [(d, slot, rows) for d, rows in by_domain.items() if (slot := self.state.domains.get(d)) is not None]
+        domains = self.state.domains
+        scored = [(d, slot, rows) for d, rows in by_domain.items()
+                  if (slot := domains.get(d)) is not None and domains.as_published(np.array([slot]))[0] >= 0]
         if not scored:
             return
         take = np.concatenate([np.asarray(rows, dtype=np.int64) for _, _, rows in scored])
@@ -515,6 +524,7 @@ class ContinualTrainer:
         assert self.state is not None
         self.state.users.clear_changes()
         self.state.items.clear_changes()
+        self.state.domains.clear_changes()
         self._trained_rows = {"user": [], "item": []}
 
     def _changed_rows(self) -> dict[str, np.ndarray] | None:

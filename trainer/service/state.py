@@ -130,6 +130,7 @@ class ModelState:
         self.items = Vocab()
         self.domains = Vocab()
         self.specific = specific
+        self._scoring_means: dict[tuple[str, int], torch.Tensor] = {}  # (table, publish generation) → vector
 
     # -- growth ---------------------------------------------------------------------------------
     def bound(self, min_count: int = 1, filter_capacity: int = 1_000_000) -> None:
@@ -151,6 +152,7 @@ class ModelState:
             config = dataclasses.replace(self.model.config, n_domains=len(self.domains))
             self.model = _build(self.model_name, config, self.seed)
             self.params = DomainParameters(self.model, self.specific)
+            self._scoring_means.clear()
             grew = True
         elif new_domains > 0:
             self.model.grow_domains(new_domains)  # θi of domain-indexed tensors are rows: still valid
@@ -196,20 +198,35 @@ class ModelState:
             return weight[: max(len(vocab), 1)].mean(0)
         return weight[torch.from_numpy(vocab.live()[1])].mean(0) if vocab.active else weight[:1].mean(0)
 
+    def _published_mean(self, kind: str) -> torch.Tensor:
+        """The live version's cold-start vector (``cold_start`` as of the last publish), cached per version:
+        the rows it averages do not change until the next round trains them."""
+        vocab, table = (self.users, self.model.user_embedding) if kind == "user" else (self.items,
+                                                                                     self.model.item_embedding)
+        key = (kind, vocab.generation)
+        cached = self._scoring_means.get(key)
+        if cached is None:
+            rows = vocab.published_rows()
+            weight = table.weight.detach()
+            cached = weight[torch.from_numpy(rows)].mean(0) if len(rows) else weight[:1].mean(0)
+            self._scoring_means = {k: v for k, v in self._scoring_means.items() if k[0] != kind}
+            self._scoring_means[key] = cached
+        return cached
+
     def slots(self) -> dict[str, int]:
         return {d: i for i, d in enumerate(self.domains.ids)}
 
     # -- scoring with the live parameters (prequential evaluation) -------------------------------
     @torch.no_grad()
     def predict(self, domain: str, users: list[str], items: list[str], with_delta: bool = True) -> np.ndarray:
-        """Click probabilities as serving would give them: unknown ids get the mean vector
-        (``with_delta=False``: θS alone, as a domain whose delta has not graduated is served)."""
+        """Click probabilities as serving would give them: ids without a row in the live version get its
+        cold-start vector (``predict_rows``; ``with_delta=False``: θS alone, as a domain whose delta has not graduated is served)."""
         self.model.eval()
         slot = self.domains.get(domain)
-        urows = self.users.rows(users, add=False)
-        irows = self.items.rows(items, add=False)
+        urows = self.users.as_published(self.users.rows(users, add=False))
+        irows = self.items.as_published(self.items.rows(items, add=False))
         u_table, i_table = self.model.user_embedding.weight, self.model.item_embedding.weight
-        u_mean, i_mean = self._mean("user"), self._mean("item")
+        u_mean, i_mean = self._published_mean("user"), self._published_mean("item")
         u = torch.where(torch.from_numpy(urows >= 0)[:, None], u_table[np.maximum(urows, 0)], u_mean)
         i = torch.where(torch.from_numpy(irows >= 0)[:, None], i_table[np.maximum(irows, 0)], i_mean)
         if slot is None:
@@ -231,8 +248,13 @@ class ModelState:
         groups of similar row counts (padding at most 2×), as DR trains them."""
         self.model.eval()
         u_table, i_table = self.model.user_embedding.weight, self.model.item_embedding.weight
-        u = torch.where(torch.from_numpy(urows >= 0)[:, None], u_table[np.maximum(urows, 0)], self._mean("user"))
-        i = torch.where(torch.from_numpy(irows >= 0)[:, None], i_table[np.maximum(irows, 0)], self._mean("item"))
+        # as the live version sees them: rows given since the last publish (any earlier poll of this round)
+        # are not in it yet, so their ids get its cold-start vector; a poll's scores do not depend on how
+        # polls cut the round
+        urows, irows = self.users.as_published(urows), self.items.as_published(irows)
+        u_mean, i_mean = self._published_mean("user"), self._published_mean("item")
+        u = torch.where(torch.from_numpy(urows >= 0)[:, None], u_table[np.maximum(urows, 0)], u_mean)
+        i = torch.where(torch.from_numpy(irows >= 0)[:, None], i_table[np.maximum(irows, 0)], i_mean)
         shared = self.model.score(u, i, torch.from_numpy(slots.astype(np.int64)))
         specific = shared.clone()
         with_delta = [int(s) for s in np.unique(slots) if self.params.has_delta(int(s))]

@@ -46,6 +46,8 @@ class Vocab:
         self._now = 0.0
         self._dirty: set[int] = set()  # rows assigned, freed or seen since ``clear_changes``
         self._gone: set[str] = set()  # ids that lost their row since then
+        self._unpublished: set[int] = set()  # rows assigned since then: the live version has no row for their ids
+        self.generation = 0  # publishes seen (``clear_changes`` calls): keys what is cached per version
         for i in ids:  # row r of the table belongs to ids[r] (None: a free row)
             row = self._append(i)
             if i is None:
@@ -80,6 +82,7 @@ class Vocab:
             row = self._append(key)
         self._index[key] = row
         self._dirty.add(row)
+        self._unpublished.add(row)
         self._gone.discard(key)
         return row
 
@@ -153,6 +156,22 @@ class Vocab:
         """After a publish: the next version's changes start here."""
         self._dirty.clear()
         self._gone.clear()
+        self._unpublished.clear()
+        self.generation += 1
+
+    def as_published(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` with those assigned since the last publish as -1: how the live version sees their ids
+        (without a row, so with its cold-start vector), whichever poll of the round gave them their row."""
+        if not self._unpublished:
+            return rows
+        new = np.fromiter(self._unpublished, dtype=np.int64, count=len(self._unpublished))
+        return np.where(np.isin(rows, new), -1, rows)
+
+    def published_rows(self) -> np.ndarray:
+        """Rows ids owned at the last publish (and still own): what the live version's cold-start vector
+        averages."""
+        rows = self.live()[1]
+        return rows[~np.isin(rows, np.fromiter(self._unpublished, dtype=np.int64))] if self._unpublished else rows
 
     def marks(self, rows: np.ndarray) -> tuple[list[str | None], list[int], list[float]]:
         """Id, last round and last time of each of ``rows`` (an incremental checkpoint's rows)."""
