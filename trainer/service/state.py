@@ -220,7 +220,8 @@ class ModelState:
     @torch.no_grad()
     def predict(self, domain: str, users: list[str], items: list[str], with_delta: bool = True) -> np.ndarray:
         """Click probabilities as serving would give them: ids without a row in the live version get its
-        cold-start vector (``predict_rows``; ``with_delta=False``: θS alone, as a domain whose delta has not graduated is served)."""
+        cold-start vector (as in ``predict_rows``); ``with_delta=False``: θS alone, as a domain whose delta
+        has not graduated is served."""
         self.model.eval()
         slot = self.domains.get(domain)
         urows = self.users.as_published(self.users.rows(users, add=False))
