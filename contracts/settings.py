@@ -195,10 +195,15 @@ class TrainerSettings(_Section):
     graduation_min_clicks: int = Field(
         200, ge=1, le=1_000_000,
         description="clicks (of both classes) a domain needs before its delta can be served")
+    graduation_metric: Literal["logloss", "auc"] = Field(
+        "logloss",
+        description="how a delta must beat θS on the domain's window to be served: lower log loss (ranking and "
+                    "calibration), or higher AUC (lets deltas that only sharpen the scores through: worse on both "
+                    "figures, docs/streaming.md)")
     graduation_se: float = Field(
         0.0, ge=0, le=10,
         description="a delta is served only while it beats θS on the domain's window by this many standard "
-                    "errors of the paired AUC difference (0: any rise; 1 measured no better, docs/streaming.md)")
+                    "errors of the paired difference (0: any improvement; 1 measured no better, docs/streaming.md)")
     auto_onboard: bool = False
     seed: int = Field(0, ge=0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from tests.support.tiny_model import cached_tiny
@@ -31,23 +32,49 @@ def test_a_delta_graduates_only_when_it_beats_the_shared_model_on_recent_clicks(
     assert "helps" not in g.graduated
 
 
-def test_a_delta_that_wins_by_less_than_the_noise_does_not_graduate() -> None:
-    """graduation_se: the same small AUC gain graduates on many clicks, not on few."""
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@pytest.mark.parametrize("metric", ["auc", "logloss"])
+def test_a_delta_that_wins_by_less_than_the_noise_does_not_graduate(metric: str) -> None:
+    """graduation_se: the same small gain graduates on many clicks, not on few."""
     rng = np.random.default_rng(1)
     y = (rng.random(4000) < 0.4).astype(np.float32)
-    common = 0.7 * rng.random(4000)  # what both models see; each adds its own noise
-    shared = 0.3 * y + common + 0.3 * rng.random(4000)
-    specific = 0.33 * y + common + 0.3 * rng.random(4000)  # better, by a little
+    common = 2.0 * rng.standard_normal(4000)  # what both models see; each adds its own noise
+    shared = _sigmoid(1.2 * y - 0.9 + common + rng.standard_normal(4000))
+    specific = _sigmoid(1.4 * y - 1.0 + common + rng.standard_normal(4000))  # better, by a little
+    key = "auc" if metric == "auc" else "logloss"
+    better = (lambda r: r["auc_specific"] > r["auc_shared"]) if metric == "auc" else (
+        lambda r: r["logloss_specific"] < r["logloss_shared"])
     for clicks, graduates in ((300, False), (4000, True)):
-        g = Graduation(window=5000, min_clicks=100, se=1.0)
+        g = Graduation(window=5000, min_clicks=100, se=1.0, metric=metric)
         g.observe("d", y[:clicks], p_shared=shared[:clicks], p_specific=specific[:clicks])
         report = g.decide()
-        assert report["d"]["auc_specific"] > report["d"]["auc_shared"]
+        assert better(report["d"]), (key, report["d"])
         assert ("d" in g.graduated) == graduates, report["d"]
-    loose = Graduation(window=5000, min_clicks=100)
+    loose = Graduation(window=5000, min_clicks=100, metric=metric)
     loose.observe("d", y[:300], p_shared=shared[:300], p_specific=specific[:300])
     loose.decide()
-    assert loose.graduated == {"d"}  # the default, se = 0: any rise graduates
+    assert loose.graduated == {"d"}  # the default, se = 0: any improvement graduates
+
+
+def test_an_over_confident_delta_does_not_graduate_by_default() -> None:
+    """What the streaming trainer's θi did when fit on a domain's history: a little better at ranking, logits
+    spread far wider. The window's AUC sees only the ranking and serves it; the log loss (the default metric)
+    weighs the over-confidence against the ranking and keeps θS."""
+    rng = np.random.default_rng(2)
+    y = (rng.random(3000) < 0.3).astype(np.float32)
+    common = rng.standard_normal(3000)
+    shared = _sigmoid(-1.0 + 1.0 * (y - 0.3) + common)
+    sharp = _sigmoid(2.5 * (-1.0 + 1.1 * (y - 0.3) + common))
+    by_auc, by_loss = Graduation(min_clicks=100, metric="auc"), Graduation(min_clicks=100)
+    for g in (by_auc, by_loss):
+        g.observe("d", y, p_shared=shared, p_specific=sharp)
+        report = g.decide()["d"]
+    assert report["auc_specific"] > report["auc_shared"]
+    assert report["logloss_specific"] > report["logloss_shared"]
+    assert by_auc.graduated == {"d"} and by_loss.graduated == set()
 
 
 def test_a_domain_without_its_delta_is_exported_as_the_shared_model_with_its_own_rows() -> None:

@@ -123,7 +123,7 @@ class ContinualTrainer:
         self._dropped_seen = 0
         self.heartbeat = Heartbeat()  # /healthz: the loop is alive while it keeps beating
         self.graduation = Graduation(self.cfg.graduation_window, self.cfg.graduation_min_clicks,
-                                     self.cfg.graduation_se)
+                                     self.cfg.graduation_se, self.cfg.graduation_metric)
         self._catch_up = 0  # extra events the next round consumes (overload policy ``sample``)
         self._last_train: dict[str, int] = {}
         self.distributed: Any = None  # this rank's trainer.distributed Replica in a multi-process run
