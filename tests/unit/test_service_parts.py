@@ -93,7 +93,10 @@ def test_batched_scoring_equals_scoring_domain_by_domain() -> None:
     state.ensure([f"u{k}" for k in range(20)], [f"i{k}" for k in range(20)], domains)
     for vocab in (state.users, state.items, state.domains):
         vocab.clear_changes()  # published: the live version holds these rows
+    published = state.cold_start()  # what the version published here holds for ids without a row
     state.ensure(["u-late"], ["i-late"], [])  # a row given after the publish: scored as an id without one
+    for kind in ("user", "item"):  # and the cold-start vector stays the published one
+        assert state._published_mean(kind).tolist() == published[kind]
     torch.manual_seed(0)
     for slot in (1, 3, 4):  # domains with a θi; 0 and 2 are served by θS
         state.params.set_delta(slot, {n: torch.randn_like(t) * 0.3 for n, t in state.params.delta(slot).items()})

@@ -134,3 +134,22 @@ def test_free_rows_and_last_seen_marks_survive_a_restart(tmp_path: Path) -> None
     from feature_store import open_store
 
     assert open_store(f"file://{tmp_path}/fs").describe("v000002").counts["user"] == 20
+
+
+def test_rows_given_since_the_publish_are_not_the_live_versions_even_when_reused() -> None:
+    """``Vocab.as_published``: a row assigned after the last publish, new or taken from the free list after
+    expiry, is -1 to scoring (the live version has no row for its id) until the next publish."""
+    from trainer.service.vocab import Vocab
+
+    v = Vocab()
+    v.rows(["a", "b", "c"], round_no=1)
+    v.clear_changes()  # published
+    v.expire(round_no=5, now=0.0, rounds=3)  # all three freed
+    v.rows(["a"], round_no=5)  # "b"'s old row 0 reused... for "a" again: a new assignment all the same
+    v.rows(["d"], round_no=5)
+    rows = v.rows(["a", "d"], add=False)
+    assert rows.tolist() == [0, 1]
+    assert v.as_published(np.array([0, 1, 2, -1])).tolist() == [-1, -1, 2, -1]
+    assert v.published_rows().tolist() == []  # "c" lost its row: nothing the live version holds is left
+    v.clear_changes()
+    assert v.as_published(rows).tolist() == [0, 1]

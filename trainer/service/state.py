@@ -206,9 +206,14 @@ class ModelState:
         key = (kind, vocab.generation)
         cached = self._scoring_means.get(key)
         if cached is None:
-            rows = vocab.published_rows()
             weight = table.weight.detach()
-            cached = weight[torch.from_numpy(rows)].mean(0) if len(rows) else weight[:1].mean(0)
+            new = vocab.unpublished()
+            published = len(vocab) - len(new)
+            if len(vocab) == vocab.active and published > 0 and (not len(new) or new[0] == published):
+                cached = weight[:published].mean(0)  # new rows were appended: ``cold_start`` at the publish
+            else:  # free rows (expiry) or nothing published yet
+                rows = vocab.published_rows()
+                cached = weight[torch.from_numpy(rows)].mean(0) if len(rows) else weight[:1].mean(0)
             self._scoring_means = {k: v for k, v in self._scoring_means.items() if k[0] != kind}
             self._scoring_means[key] = cached
         return cached

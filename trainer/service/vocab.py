@@ -47,6 +47,7 @@ class Vocab:
         self._dirty: set[int] = set()  # rows assigned, freed or seen since ``clear_changes``
         self._gone: set[str] = set()  # ids that lost their row since then
         self._unpublished: set[int] = set()  # rows assigned since then: the live version has no row for their ids
+        self._new_mask = np.zeros(0, dtype=bool)  # row -> in ``_unpublished`` (vectorised lookups)
         self.generation = 0  # publishes seen (``clear_changes`` calls): keys what is cached per version
         for i in ids:  # row r of the table belongs to ids[r] (None: a free row)
             row = self._append(i)
@@ -83,6 +84,10 @@ class Vocab:
         self._index[key] = row
         self._dirty.add(row)
         self._unpublished.add(row)
+        if row >= len(self._new_mask):
+            self._new_mask = np.concatenate([self._new_mask, np.zeros(max(row + 1, 2 * len(self._new_mask), 1024)
+                                                                      - len(self._new_mask), dtype=bool)])
+        self._new_mask[row] = True
         self._gone.discard(key)
         return row
 
@@ -156,22 +161,28 @@ class Vocab:
         """After a publish: the next version's changes start here."""
         self._dirty.clear()
         self._gone.clear()
+        self._new_mask[list(self._unpublished)] = False
         self._unpublished.clear()
         self.generation += 1
 
+    def unpublished(self) -> np.ndarray:
+        """Rows assigned since the last publish (sorted)."""
+        return np.fromiter(sorted(self._unpublished), dtype=np.int64, count=len(self._unpublished))
+
     def as_published(self, rows: np.ndarray) -> np.ndarray:
         """``rows`` with those assigned since the last publish as -1: how the live version sees their ids
-        (without a row, so with its cold-start vector), whichever poll of the round gave them their row."""
+        (without a row, so with its cold-start vector), whichever poll of the round gave them their row.
+        O(rows) with a mask over the table's rows (set in ``_assign``, cleared at the publish)."""
         if not self._unpublished:
             return rows
-        new = np.fromiter(self._unpublished, dtype=np.int64, count=len(self._unpublished))
-        return np.where(np.isin(rows, new), -1, rows)
+        new = self._new_mask[np.maximum(rows, 0)] & (rows >= 0)
+        return np.where(new, -1, rows)
 
     def published_rows(self) -> np.ndarray:
         """Rows ids owned at the last publish (and still own): what the live version's cold-start vector
         averages."""
         rows = self.live()[1]
-        return rows[~np.isin(rows, np.fromiter(self._unpublished, dtype=np.int64))] if self._unpublished else rows
+        return rows[~self._new_mask[rows]] if self._unpublished else rows
 
     def marks(self, rows: np.ndarray) -> tuple[list[str | None], list[int], list[float]]:
         """Id, last round and last time of each of ``rows`` (an incremental checkpoint's rows)."""
