@@ -248,8 +248,10 @@ class FileConsumer(StreamConsumer):
                     out.extend(got)
                 if len(out) >= budget:
                     break
-            self._next_partition = (self._next_partition + 1) % max(1, n)
-            if out or time.monotonic() >= deadline:
+            if out:  # rotate only past a poll that read: how long the log sat empty must not change the order
+                self._next_partition = (self._next_partition + 1) % max(1, n)
+                return out
+            if time.monotonic() >= deadline:
                 return out
             time.sleep(min(_IDLE_SLEEP_S, max(0.0, deadline - time.monotonic())))
 

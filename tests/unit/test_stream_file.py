@@ -292,3 +292,27 @@ def test_a_read_never_creates_a_file_stream(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="mamdr stream create"):
         open_stream(url, StreamSettings(url=url)).consumer(None)
     assert not (tmp_path / "clicks").exists()
+
+
+def test_the_order_after_an_idle_spell_does_not_depend_on_how_long_it_lasted(url: str, tmp_path: Path) -> None:
+    """Records sent without a key go round-robin over the partitions and a poll reads them in rotation.
+    Empty polls (an idle spell, as many as the machine's speed allows) must not move the rotation: the
+    quickstart streams, idles, then streams a new domain, and its rounds must not depend on the load."""
+    orders = []
+    for idle_polls in (1, 4):
+        where = f"file://{tmp_path}/idle{idle_polls}/clicks"
+        with open_stream(where, _settings(where, partitions=4)) as stream:
+            with stream.producer() as producer:
+                for i in range(40):
+                    producer.send(f"a{i}".encode())
+            with stream.consumer("g") as consumer:
+                first = [r.value for r in consumer.poll(max_records=7, timeout_s=1)]
+                first += [r.value for r in drain(consumer, 33, timeout_s=5)]
+                for _ in range(idle_polls):
+                    assert consumer.poll(timeout_s=0) == []
+                with stream.producer() as producer:
+                    for i in range(40):
+                        producer.send(f"b{i}".encode())
+                after = [r.value for r in consumer.poll(max_records=10, timeout_s=1)]
+        orders.append((first, after))
+    assert orders[0] == orders[1]
