@@ -36,10 +36,10 @@ DOMAIN_METRICS = METRICS[:2]
 
 
 def round_auc(rounds: list[float | None]) -> float:
-    """Mean of the rounds' own prequential AUC from round 2 (round 1 is scored by the untrained model, the
-    same for every framework). Unlike the cumulative figure it never compares clicks of different rounds,
-    which never compete for the same slate, so a model is not rewarded or penalised for how its score
-    level moves between rounds."""
+    """Mean of the rounds' own prequential AUC from round 2 (round 1 has no live version to score it; runs
+    recorded before that scored it with the untrained model, the same for every framework). Unlike the
+    cumulative figure it never compares clicks of different rounds, which never compete for the same slate,
+    so a model is not rewarded or penalised for how its score level moves between rounds."""
     values = [v for v in rounds[1:] if v is not None]
     return float(np.mean(values)) if values else float("nan")
 

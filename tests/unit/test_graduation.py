@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from contracts.errors import ConfigError
 from tests.support.tiny_model import cached_tiny
 from trainer.export.view import build_view_module, domain_view_arrays
 from trainer.service.graduation import Graduation
@@ -75,6 +76,8 @@ def test_an_over_confident_delta_does_not_graduate_by_default() -> None:
     assert report["auc_specific"] > report["auc_shared"]
     assert report["logloss_specific"] > report["logloss_shared"]
     assert by_auc.graduated == {"d"} and by_loss.graduated == set()
+    with pytest.raises(ConfigError, match="logloss"):
+        Graduation(metric="brier")
 
 
 def test_a_domain_without_its_delta_is_exported_as_the_shared_model_with_its_own_rows() -> None:

@@ -153,3 +153,16 @@ def test_rows_given_since_the_publish_are_not_the_live_versions_even_when_reused
     assert v.published_rows().tolist() == []  # "c" lost its row: nothing the live version holds is left
     v.clear_changes()
     assert v.as_published(rows).tolist() == [0, 1]
+
+
+def test_a_restored_vocabulary_with_free_rows_looks_up_every_row() -> None:
+    """A restored vocabulary has no mask of new rows yet; the first id to take a free row must size it to the
+    whole table (it was sized to that row only, and scoring a higher row raised IndexError)."""
+    from trainer.service.vocab import Vocab
+
+    ids: list[str | None] = [f"u{k}" for k in range(3000)]
+    ids[3] = None  # freed by expiry before the checkpoint
+    v = Vocab(ids)
+    assert v.rows(["new"]).tolist() == [3]
+    assert v.as_published(np.array([2999, 3, -1])).tolist() == [2999, -1, -1]
+    assert len(v.published_rows()) == 2999 and 3 not in v.published_rows()

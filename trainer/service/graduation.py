@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from contracts.errors import ConfigError
 from trainer.evaluation import auc, paired_auc_z
 
 EPS = 1e-7
@@ -65,6 +66,10 @@ class Graduation:
     metric: str = "logloss"
     graduated: set[str] = field(default_factory=set)
     _seen: dict[str, _Window] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("logloss", "auc"):
+            raise ConfigError(f"graduation metric {self.metric!r}: use 'logloss' or 'auc'")
 
     def observe(self, domain: str, labels: np.ndarray, p_shared: np.ndarray, p_specific: np.ndarray) -> np.ndarray:
         """Record one domain's scored clicks; return the scores serving gave them (graduated or not)."""

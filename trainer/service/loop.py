@@ -480,10 +480,11 @@ class ContinualTrainer:
         domains = {d: s for d, s in state.slots().items() if self._known.get(d, "active") != "retired"}
         served_with_delta = set(graduated)  # a set: ``in`` a list of 10,000 graduated domains was quadratic
         without_delta = [d for d in domains if d not in served_with_delta]  # served by θS (with their own rows)
+        cold_start = state.cold_start()
         export_version(state.params, domains, self.root, version, parent=self.live_version,
                        feature_store_version=version, offsets=offsets, events_included=events,
                        metrics=_finite(metrics), registry=self.registry, promote=True,
-                       cold_start=state.cold_start(), without_delta=without_delta,
+                       cold_start=cold_start, without_delta=without_delta,
                        delta_dtype=self.cfg.delta_dtype)
         failpoint("after_export")
         self.consumer.commit(offsets)
@@ -500,6 +501,7 @@ class ContinualTrainer:
         self.last_publish = {"fs_parent": fs_parent, "rows": written,
                              "checkpoint": json.loads((ckpt / CHAIN_FILE).read_text())["kind"]}
         self.forget_changes()
+        state.published(cold_start)  # what the next polls score ids without a live row with
         self._pending, self._event_ts = [], []
         self._round_valid = self._round_rejected = 0
         self.metrics.round_seconds.observe(report.seconds)

@@ -198,9 +198,18 @@ class ModelState:
             return weight[: max(len(vocab), 1)].mean(0)
         return weight[torch.from_numpy(vocab.live()[1])].mean(0) if vocab.active else weight[:1].mean(0)
 
+    def published(self, cold_start: dict[str, list[float]]) -> None:
+        """A version holding ``cold_start`` (``cold_start()`` at its export) is live and the vocabularies'
+        changes were cleared: its vectors are what scoring gives ids without a row until the next publish."""
+        for kind, table in (("user", self.model.user_embedding), ("item", self.model.item_embedding)):
+            vocab = self.users if kind == "user" else self.items
+            self._scoring_means = {k: v for k, v in self._scoring_means.items() if k[0] != kind}
+            self._scoring_means[(kind, vocab.generation)] = torch.tensor(cold_start[kind], dtype=table.weight.dtype)
+
     def _published_mean(self, kind: str) -> torch.Tensor:
         """The live version's cold-start vector (``cold_start`` as of the last publish), cached per version:
-        the rows it averages do not change until the next round trains them."""
+        the rows it averages do not change until the next round trains them. Set by ``published`` at a
+        publish; computed here only after a restart or on a worker rank."""
         vocab, table = (self.users, self.model.user_embedding) if kind == "user" else (self.items,
                                                                                      self.model.item_embedding)
         key = (kind, vocab.generation)

@@ -84,9 +84,9 @@ class Vocab:
         self._index[key] = row
         self._dirty.add(row)
         self._unpublished.add(row)
-        if row >= len(self._new_mask):
-            self._new_mask = np.concatenate([self._new_mask, np.zeros(max(row + 1, 2 * len(self._new_mask), 1024)
-                                                                      - len(self._new_mask), dtype=bool)])
+        if len(self._new_mask) < len(self._ids):  # covers every row (a restored vocabulary starts without a mask)
+            size = max(len(self._ids), 2 * len(self._new_mask), 1024)
+            self._new_mask = np.concatenate([self._new_mask, np.zeros(size - len(self._new_mask), dtype=bool)])
         self._new_mask[row] = True
         self._gone.discard(key)
         return row
