@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from mamdr.quickstart import QuickstartConfig, run_quickstart
-from trainer.evaluation import auc
-from trainer.service.graduation import Graduation, log_losses
-from trainer.service.prequential import Prequential, _DomainStats
+from trainer.evaluation import auc, log_losses
+from trainer.service.graduation import Graduation
+from trainer.service.prequential import Prequential
 
 
 @dataclass
@@ -93,17 +93,13 @@ POLICIES: dict[str, Policy | bool] = {"never (Î¸S: alternate)": False, "always Î
 
 
 def _figures(served: dict[str, list[tuple[np.ndarray, np.ndarray]]], per_round: list[float]) -> tuple[float, ...]:
-    cumulative = []
-    for parts in served.values():
-        stats = _DomainStats()  # the trainer's own histogram AUC, so "never" equals alternate's figure exactly
-        y, p = np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
-        bins = np.clip((p * len(stats.pos)).astype(np.int64), 0, len(stats.pos) - 1)
-        np.add.at(stats.pos, bins[y > 0.5], 1)
-        np.add.at(stats.neg, bins[y <= 0.5], 1)
-        cumulative.append(stats.auc())
+    domains = list(served)
     y = np.concatenate([a for parts in served.values() for a, _ in parts])
     p = np.concatenate([b for parts in served.values() for _, b in parts])
-    return (float(np.nanmean(cumulative)), float(np.mean(per_round)) if per_round else float("nan"),
+    codes = np.repeat(np.arange(len(domains)), [sum(len(a) for a, _ in served[d]) for d in domains])
+    figures = Prequential()  # the trainer's own figure, so "never" equals alternate's to the last digit
+    figures.update_many(domains, codes, y, p)
+    return (figures.mean_auc(), float(np.mean(per_round)) if per_round else float("nan"),
             float(log_losses(y, p).mean()))
 
 

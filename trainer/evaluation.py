@@ -22,6 +22,15 @@ if TYPE_CHECKING:
     Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+LOSS_EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps] before the log
+
+
+def log_losses(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Each click's log loss (the prequential figure's running mean and graduation's comparison)."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), LOSS_EPS, 1 - LOSS_EPS)
+    return -(labels * np.log(p) + (1 - labels) * np.log1p(-p))
+
+
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Exact ROC AUC (ties counted half); NaN when there are no labels or only one class.
 

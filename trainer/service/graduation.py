@@ -30,15 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from contracts.errors import ConfigError
-from trainer.evaluation import auc, paired_auc_z
-
-EPS = 1e-7
-
-
-def log_losses(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Each click's log loss (probabilities clipped as the prequential figure clips them)."""
-    p = np.clip(probs, EPS, 1 - EPS)
-    return -(labels * np.log(p) + (1 - labels) * np.log1p(-p))
+from trainer.evaluation import auc, log_losses, paired_auc_z
 
 
 def paired_loss_z(labels: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:

@@ -228,6 +228,7 @@ class ContinualTrainer:
                 self._onboard(unknown)
         statuses: dict[str, str | None] = {d: self._known.get(d) for d in distinct}
         by_domain: dict[str, list[int]] = defaultdict(list)
+        accepted: list[int] = []  # in stream order
         for j, domain in enumerate(checked.domain):
             status = statuses[domain]
             if status != "active":
@@ -236,15 +237,15 @@ class ContinualTrainer:
                              status or "unknown")
                 continue
             by_domain[domain].append(j)
+            accepted.append(j)
             self._event_ts.append(checked.ts[j])
         self._score(by_domain, checked.user_id, checked.item_id, checked.clicked)
-        if self.distributed is None and by_domain:
-            # ids get their rows in stream order, so a row (and the value it starts from) does not depend on
-            # how polls cut the stream; grouped by domain, an id's row moved with the poll boundaries
-            accepted = sorted(j for rows in by_domain.values() for j in rows)
-            if self.state.ensure([checked.user_id[j] for j in accepted], [checked.item_id[j] for j in accepted],
-                                 list(by_domain), round_no=self.round_no + 1, now=time.time()):
-                self._rebuild_framework()
+        # ids get their rows in stream order, so a row (and the value it starts from) does not depend on how
+        # polls cut the stream (grouped by domain, an id's row moved with the poll boundaries)
+        if self.distributed is None and accepted and self.state.ensure(
+                [checked.user_id[j] for j in accepted], [checked.item_id[j] for j in accepted], list(by_domain),
+                round_no=self.round_no + 1, now=time.time()):
+            self._rebuild_framework()
         for domain, rows in by_domain.items():
             users = [checked.user_id[j] for j in rows]
             items = [checked.item_id[j] for j in rows]
@@ -270,7 +271,7 @@ class ContinualTrainer:
         assert self.state is not None
         domains = self.state.domains
         scored = [(d, slot, rows) for d, rows in by_domain.items()
-                  if (slot := domains.get(d)) is not None and domains.as_published(np.array([slot]))[0] >= 0]
+                  if (slot := domains.get(d)) is not None and domains.is_published(slot)]
         if not scored:
             return
         take = np.concatenate([np.asarray(rows, dtype=np.int64) for _, _, rows in scored])
@@ -500,8 +501,7 @@ class ContinualTrainer:
         self.live_version = version
         self.last_publish = {"fs_parent": fs_parent, "rows": written,
                              "checkpoint": json.loads((ckpt / CHAIN_FILE).read_text())["kind"]}
-        self.forget_changes()
-        state.published(cold_start)  # what the next polls score ids without a live row with
+        self.forget_changes(cold_start)
         self._pending, self._event_ts = [], []
         self._round_valid = self._round_rejected = 0
         self.metrics.round_seconds.observe(report.seconds)
@@ -520,13 +520,11 @@ class ContinualTrainer:
         return report
 
     # -- incremental publish -------------------------------------------------------------------------
-    def forget_changes(self) -> None:
+    def forget_changes(self, cold_start: dict[str, list[float]] | None = None) -> None:
         """A version was published (by this process or, on a worker rank, by rank 0): start the next
         change set empty, so it never grows across rounds."""
         assert self.state is not None
-        self.state.users.clear_changes()
-        self.state.items.clear_changes()
-        self.state.domains.clear_changes()
+        self.state.published(cold_start)  # also what the next polls score ids without a live row with
         self._trained_rows = {"user": [], "item": []}
 
     def _changed_rows(self) -> dict[str, np.ndarray] | None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trainer.evaluation import log_losses
+
 BINS = 2048
 
 
@@ -49,8 +51,7 @@ class Prequential:
         keys, hits = np.unique((codes.astype(np.int64) * BINS + bins) * 2 + clicked, return_counts=True)
         key_code, key_bin, key_pos = keys // (2 * BINS), (keys // 2) % BINS, keys % 2 == 1
         cuts = np.searchsorted(key_code, np.arange(n + 1))
-        p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
-        losses = np.bincount(codes, weights=-(labels * np.log(p) + (1 - labels) * np.log(1 - p)), minlength=n)
+        losses = np.bincount(codes, weights=log_losses(labels, probs), minlength=n)
         counts = np.bincount(codes, minlength=n)
         for k, domain in enumerate(domains):
             if not counts[k]:

@@ -130,7 +130,7 @@ class ModelState:
         self.items = Vocab()
         self.domains = Vocab()
         self.specific = specific
-        self._scoring_means: dict[tuple[str, int], torch.Tensor] = {}  # (table, publish generation) → vector
+        self._scoring_means: dict[str, torch.Tensor] = {}  # table → the live version's cold-start vector
 
     # -- growth ---------------------------------------------------------------------------------
     def bound(self, min_count: int = 1, filter_capacity: int = 1_000_000) -> None:
@@ -198,34 +198,38 @@ class ModelState:
             return weight[: max(len(vocab), 1)].mean(0)
         return weight[torch.from_numpy(vocab.live()[1])].mean(0) if vocab.active else weight[:1].mean(0)
 
-    def published(self, cold_start: dict[str, list[float]]) -> None:
-        """A version holding ``cold_start`` (``cold_start()`` at its export) is live and the vocabularies'
-        changes were cleared: its vectors are what scoring gives ids without a row until the next publish."""
-        for kind, table in (("user", self.model.user_embedding), ("item", self.model.item_embedding)):
-            vocab = self.users if kind == "user" else self.items
-            self._scoring_means = {k: v for k, v in self._scoring_means.items() if k[0] != kind}
-            self._scoring_means[(kind, vocab.generation)] = torch.tensor(cold_start[kind], dtype=table.weight.dtype)
+    def published(self, cold_start: dict[str, list[float]] | None = None) -> None:
+        """A version is live: every vocabulary's changes start over, and scoring gives ids without a row its
+        ``cold_start`` (``cold_start()`` at its export; None, e.g. on a worker rank: computed when first needed)."""
+        for vocab in (self.users, self.items, self.domains):
+            vocab.clear_changes()
+        self._scoring_means = {} if cold_start is None else {
+            kind: torch.tensor(cold_start[kind], dtype=self.model.user_embedding.weight.dtype) for kind in cold_start}
 
     def _published_mean(self, kind: str) -> torch.Tensor:
-        """The live version's cold-start vector (``cold_start`` as of the last publish), cached per version:
-        the rows it averages do not change until the next round trains them. Set by ``published`` at a
-        publish; computed here only after a restart or on a worker rank."""
-        vocab, table = (self.users, self.model.user_embedding) if kind == "user" else (self.items,
-                                                                                     self.model.item_embedding)
-        key = (kind, vocab.generation)
-        cached = self._scoring_means.get(key)
+        """The live version's cold-start vector: the mean of the rows it holds, which do not change until the
+        next round trains them (and publishes)."""
+        cached = self._scoring_means.get(kind)
         if cached is None:
+            vocab, table = (self.users, self.model.user_embedding) if kind == "user" else (
+                self.items, self.model.item_embedding)
+            rows = vocab.published_rows()  # O(table): only before a publish set the vector, e.g. after a restart
             weight = table.weight.detach()
-            new = vocab.unpublished()
-            published = len(vocab) - len(new)
-            if len(vocab) == vocab.active and published > 0 and (not len(new) or new[0] == published):
-                cached = weight[:published].mean(0)  # new rows were appended: ``cold_start`` at the publish
-            else:  # free rows (expiry) or nothing published yet
-                rows = vocab.published_rows()
-                cached = weight[torch.from_numpy(rows)].mean(0) if len(rows) else weight[:1].mean(0)
-            self._scoring_means = {k: v for k, v in self._scoring_means.items() if k[0] != kind}
-            self._scoring_means[key] = cached
+            cached = self._scoring_means[kind] = weight[torch.from_numpy(rows)].mean(0) if len(rows) else \
+                weight[:1].mean(0)
         return cached
+
+    def _inputs(self, urows: np.ndarray, irows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """User and item vectors as the live version gives them: rows given since its publish (by any earlier
+        poll of this round) are not in it, so their ids get its cold-start vector, like ids without a row;
+        scores then do not depend on how polls cut the round."""
+        out = []
+        for rows, vocab, table, kind in ((urows, self.users, self.model.user_embedding, "user"),
+                                         (irows, self.items, self.model.item_embedding, "item")):
+            rows = vocab.as_published(rows)
+            out.append(torch.where(torch.from_numpy(rows >= 0)[:, None], table.weight[np.maximum(rows, 0)],
+                                   self._published_mean(kind)))
+        return out[0], out[1]
 
     def slots(self) -> dict[str, int]:
         return {d: i for i, d in enumerate(self.domains.ids)}
@@ -238,12 +242,7 @@ class ModelState:
         has not graduated is served."""
         self.model.eval()
         slot = self.domains.get(domain)
-        urows = self.users.as_published(self.users.rows(users, add=False))
-        irows = self.items.as_published(self.items.rows(items, add=False))
-        u_table, i_table = self.model.user_embedding.weight, self.model.item_embedding.weight
-        u_mean, i_mean = self._published_mean("user"), self._published_mean("item")
-        u = torch.where(torch.from_numpy(urows >= 0)[:, None], u_table[np.maximum(urows, 0)], u_mean)
-        i = torch.where(torch.from_numpy(irows >= 0)[:, None], i_table[np.maximum(irows, 0)], i_mean)
+        u, i = self._inputs(self.users.rows(users, add=False), self.items.rows(items, add=False))
         if slot is None:
             raise DataError(f"domain {domain!r} has no slot yet: it is scored once its first clicks are buffered")
         d = torch.full((len(users),), slot, dtype=torch.long)
@@ -262,14 +261,7 @@ class ModelState:
         batch's domain column, and domains with a delta are scored ``vmap``-ed over their stacked Θi in
         groups of similar row counts (padding at most 2×), as DR trains them."""
         self.model.eval()
-        u_table, i_table = self.model.user_embedding.weight, self.model.item_embedding.weight
-        # as the live version sees them: rows given since the last publish (any earlier poll of this round)
-        # are not in it yet, so their ids get its cold-start vector; a poll's scores do not depend on how
-        # polls cut the round
-        urows, irows = self.users.as_published(urows), self.items.as_published(irows)
-        u_mean, i_mean = self._published_mean("user"), self._published_mean("item")
-        u = torch.where(torch.from_numpy(urows >= 0)[:, None], u_table[np.maximum(urows, 0)], u_mean)
-        i = torch.where(torch.from_numpy(irows >= 0)[:, None], i_table[np.maximum(irows, 0)], i_mean)
+        u, i = self._inputs(urows, irows)
         shared = self.model.score(u, i, torch.from_numpy(slots.astype(np.int64)))
         specific = shared.clone()
         with_delta = [int(s) for s in np.unique(slots) if self.params.has_delta(int(s))]

@@ -48,7 +48,6 @@ class Vocab:
         self._gone: set[str] = set()  # ids that lost their row since then
         self._unpublished: set[int] = set()  # rows assigned since then: the live version has no row for their ids
         self._new_mask = np.zeros(0, dtype=bool)  # row -> in ``_unpublished`` (vectorised lookups)
-        self.generation = 0  # publishes seen (``clear_changes`` calls): keys what is cached per version
         for i in ids:  # row r of the table belongs to ids[r] (None: a free row)
             row = self._append(i)
             if i is None:
@@ -163,11 +162,10 @@ class Vocab:
         self._gone.clear()
         self._new_mask[list(self._unpublished)] = False
         self._unpublished.clear()
-        self.generation += 1
 
-    def unpublished(self) -> np.ndarray:
-        """Rows assigned since the last publish (sorted)."""
-        return np.fromiter(sorted(self._unpublished), dtype=np.int64, count=len(self._unpublished))
+    def is_published(self, row: int) -> bool:
+        """Whether the live version holds ``row`` (it was assigned before the last publish)."""
+        return row not in self._unpublished
 
     def as_published(self, rows: np.ndarray) -> np.ndarray:
         """``rows`` with those assigned since the last publish as -1: how the live version sees their ids
