@@ -184,6 +184,13 @@ class TrainerSettings(_Section):
         "history", description="rows DR trains θi on: each domain's fresh rows plus its whole replay reservoir (a "
                                "uniform sample of its history: θi learns the domain, not the moment) or the "
                                "round's (fresh + replay: θi tracks recent clicks)")
+    specific: str = Field(
+        "head", min_length=1, max_length=1000,
+        description="which parameters get a per-domain θi: head (the layers that make the logit, e.g. the MLP's "
+                    "output layer: as good as every parameter on both measured streams, at 65 instead of 139,905 "
+                    "values per domain for the paper MLP, docs/streaming.md), default (every parameter but the "
+                    "user/item tables: the paper's), or comma-separated glob patterns over parameter names. A "
+                    "lineage keeps the scope it started with")
     overload_policy: Literal["backpressure", "sample"] = "backpressure"
     max_lag_events: int = Field(200_000, ge=0)
     framework: Literal["mamdr", "dn", "alternate"] = Field(

@@ -37,11 +37,14 @@ def default_specific_names(model: nn.Module) -> list[str]:
 def resolve_specific(model: nn.Module, spec: str | Sequence[str] | None) -> list[str]:
     """Names of the domain-specific parameters.
 
-    ``spec`` is ``None``/``"default"`` (see :func:`default_specific_names`), ``"all"`` (every
-    trainable parameter), ``"none"``, a comma-separated string of glob patterns, or a list of them.
+    ``spec`` is ``None``/``"default"`` (see :func:`default_specific_names`), ``"head"`` (the model's
+    ``HEAD`` patterns: the layers that make the logit; the default when the model declares none), ``"all"``
+    (every trainable parameter), ``"none"``, a comma-separated string of glob patterns, or a list of them.
     A pattern that matches nothing is an error: a typo must not silently train nothing.
     """
     names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if spec == "head":
+        spec = list(getattr(model, "HEAD", ())) or None
     if spec is None or spec == "default":
         return default_specific_names(model)
     if spec == "all":

@@ -35,6 +35,8 @@ def register(subparsers: Any) -> None:
     run.add_argument("--table-optimizer", choices=("sparse_adam", "rowwise_adagrad", "dense"),
                      help="optimizer of the user/item tables (env MAMDR_TRAINER__TABLE_OPTIMIZER)")
     run.add_argument("--replay-ratio", type=float, help="replay rows per fresh row in a round")
+    run.add_argument("--specific", help="θi's scope for a new lineage: head (default), default (every parameter "
+                                        "but the tables) or glob patterns")
     run.add_argument("--overload-policy", choices=("backpressure", "sample"),
                      help="when the consumer lag exceeds --max-lag-events: stop polling past a round "
                           "(backpressure) or train on a counted uniform sample (sample)")
@@ -81,6 +83,7 @@ def settings_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def
         "trainer.expire_seconds": args.expire_seconds, "trainer.keep_versions": args.keep_versions,
         "trainer.pinned_versions": tuple(args.pin) if args.pin else None,
         "trainer.table_optimizer": args.table_optimizer, "trainer.replay_ratio": args.replay_ratio,
+        "trainer.specific": args.specific,
         "trainer.overload_policy": args.overload_policy, "trainer.max_lag_events": args.max_lag_events,
     })
 

@@ -368,3 +368,42 @@ def test_composed_row_delta_is_differentiable_in_both_parts() -> None:
     composed["domain_embedding.weight"].sum().backward()
     assert torch.equal(delta["domain_embedding.weight"].grad, torch.ones_like(delta["domain_embedding.weight"]))
     assert torch.equal(model.domain_embedding.weight.grad, torch.ones_like(model.domain_embedding.weight))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_head_is_a_few_layers_that_make_the_logit(name: str) -> None:
+    """``specific="head"`` (the continual trainer's θi scope) names a small part of every zoo model, and a
+    change there moves the logits of every domain: the layers that make the logit, not a dead branch."""
+    model = make(name)
+    perturb(model)
+    model.eval()
+    head = DomainParameters(model, "head").specific_names
+    every = DomainParameters(model, "default").specific_names
+    assert head and set(head) < set(every), (name, head)
+    params = dict(model.named_parameters())
+    assert sum(params[n].numel() for n in head) * 4 < sum(params[n].numel() for n in every), name
+    user, item, domain = batch(30)
+    before = model(user, item, domain)
+    with torch.no_grad():
+        for n in head:
+            params[n].add_(0.5)
+    after = model(user, item, domain)
+    for d in range(N_DOMAINS):
+        assert not torch.allclose(before[domain == d], after[domain == d]), (name, d)
+
+
+def test_head_falls_back_to_every_dense_parameter_when_a_model_declares_none() -> None:
+    """A user's model without ``HEAD`` keeps the paper's θi (every parameter but the tables) under "head"."""
+
+    class Plain(CTRModel):
+        name = "plain_test"
+
+        def __init__(self, config: ModelConfig) -> None:
+            super().__init__(config)
+            self.out = nn.Linear(self.in_dim, 1)
+
+        def score(self, user_emb: torch.Tensor, item_emb: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+            return self.out(torch.cat([user_emb, item_emb, self.domain_embedding(domain)], -1)).squeeze(-1)
+
+    model = Plain(ModelConfig(n_users=4, n_items=4, n_domains=2, emb_dim=4))
+    assert DomainParameters(model, "head").specific_names == DomainParameters(model, None).specific_names

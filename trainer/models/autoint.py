@@ -42,6 +42,7 @@ class InteractingLayer(nn.Module):
 
 class AutoInt(CTRModel):
     name = "autoint"
+    HEAD = ("out.*",)
     def __init__(self, config: ModelConfig) -> None:
         from contracts.errors import ConfigError
 

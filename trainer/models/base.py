@@ -103,6 +103,10 @@ class CTRModel(nn.Module):
     SHARED_TABLES: ClassVar[tuple[str, ...]] = ("user_embedding.weight", "item_embedding.weight")
     # Domain-axis tensors owned directly by the model (not by a DomainIndexedModule).
     STATIC_DOMAIN_INDEXED: ClassVar[tuple[str, ...]] = ("domain_embedding.weight",)
+    # Glob patterns of the layers that turn the last hidden features into the logit: θi's scope under
+    # ``specific="head"`` (the continual trainer's default, docs/streaming.md "θi over the head"). Empty:
+    # the model declares none, and "head" falls back to every dense parameter (the paper's scope).
+    HEAD: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

@@ -22,6 +22,7 @@ def fm_interactions(fields: torch.Tensor) -> torch.Tensor:
 
 class DeepFM(CTRModel):
     name = "deepfm"
+    HEAD = ("linear.*", "dnn_out.*")
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)

@@ -19,6 +19,7 @@ def mlp_tower(in_dim: int, hidden: tuple[int, ...], dropout: float) -> nn.Sequen
 
 class MLP(CTRModel):
     name = "mlp"
+    HEAD = ("out.*",)
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)

@@ -15,6 +15,7 @@ from trainer.models.layers import DomainLinear, DomainMLP, ExpertBank, split_hid
 
 class MMoE(CTRModel):
     name = "mmoe"
+    HEAD = ("towers.out.*",)
 
     def __init__(self, config: ModelConfig) -> None:
         from contracts.errors import ConfigError

@@ -17,6 +17,7 @@ from trainer.models.mlp import mlp_tower
 
 class NeurFM(CTRModel):
     name = "neurfm"
+    HEAD = ("linear.*", "out.*")
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)

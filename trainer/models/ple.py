@@ -50,6 +50,7 @@ class CGCLevel(nn.Module):
 
 class PLE(CTRModel):
     name = "ple"
+    HEAD = ("towers.out.*",)
 
     def __init__(self, config: ModelConfig) -> None:
         from contracts.errors import ConfigError

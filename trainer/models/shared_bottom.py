@@ -15,6 +15,7 @@ from trainer.models.mlp import mlp_tower
 
 class SharedBottom(CTRModel):
     name = "shared_bottom"
+    HEAD = ("towers.out.*",)
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)

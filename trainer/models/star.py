@@ -46,6 +46,7 @@ class StarLinear(DomainIndexedModule):
 
 class STAR(CTRModel):
     name = "star"
+    HEAD = ("out.*", "aux_out.*")
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)

@@ -16,6 +16,7 @@ from trainer.models.mlp import mlp_tower
 
 class WideDeep(CTRModel):
     name = "wdl"
+    HEAD = ("wide.*", "deep_out.*")
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)

@@ -146,11 +146,14 @@ class ContinualTrainer:
             self.live_version = live.id
             self.round_no = int(meta.get("round", 0))
             log.info("resuming from live version %s at offsets %s", live.id, offsets)
+            if (self.state.specific or "default") != self.cfg.specific:  # θi's shapes are the lineage's
+                log.warning("trainer.specific=%r ignored: lineage %s keeps θi over %r (--new-lineage to change it)",
+                            self.cfg.specific, live.id, self.state.specific or "default")
         else:
             extra = {k: v for k, v in self.model_config.items() if k not in ModelConfig.__dataclass_fields__}
             base = {k: v for k, v in self.model_config.items() if k in ModelConfig.__dataclass_fields__}
             config = ModelConfig(**{"n_users": 1024, "n_items": 1024, "n_domains": 0, **base, "extra": extra})
-            self.state = ModelState(self.model_name, config, seed=self.cfg.seed)
+            self.state = ModelState(self.model_name, config, specific=self.cfg.specific, seed=self.cfg.seed)
             log.info("%s: starting a new model lineage (%s)", "--new-lineage" if live is not None else
                      "no live version", self.model_name)
         self._bound_tables()
