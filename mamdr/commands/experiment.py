@@ -68,7 +68,8 @@ def _add_framework_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delta-init", default="zeros", choices=DELTA_INITS, help="θi start")
     p.add_argument("--l2", type=float, default=1e-5, help="L2 on embeddings (default 1e-5)")
     p.add_argument("--specific", default=None,
-                   help="domain-specific parameters: all (default) | default (all but user/item tables) | globs")
+                   help="domain-specific parameters: all (default) | default (all but user/item tables) | head "
+                        "(the model's output layers) | globs")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

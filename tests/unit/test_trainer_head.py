@@ -5,11 +5,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from contracts.artifacts import load_version
 from contracts.errors import ConfigError
+from serving.composition import build_composer
 from tests.unit.test_trainer_retention import make_trainer, produce, rounds
+from trainer.export import export_version
+from trainer.models import MODELS, ModelConfig
+from trainer.service.state import ModelState
+
+DOMS = ["d0", "d1", "d2"]
 
 
 def _trained(trainer) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -33,7 +41,7 @@ def test_theta_i_covers_the_head_by_default_and_a_lineage_keeps_its_scope(tmp_pa
         resumed.start()
     assert resumed.live_version == versions[-1]
     assert resumed.state.params.specific_names == ["out.weight", "out.bias"]
-    assert any("keeps θi over 'head'" in r.getMessage() for r in caplog.records)
+    assert any("keeps θi over out.weight, out.bias" in r.getMessage() for r in caplog.records)
     for slot, theta in thetas.items():  # θi restored as published
         assert torch.equal(resumed.state.params.delta(slot)["out.weight"], theta), slot
     resumed.close()
@@ -50,3 +58,61 @@ def test_a_scope_that_names_no_parameter_is_refused_at_start(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="matches no trainable parameter"):
         trainer.start()
     trainer.close()
+    produce(f"file://{tmp_path}/stream/clicks", 0, 300)  # and on a resumed lineage too, not only a new one
+    rounds(make_trainer(tmp_path), 1)
+    resumed = make_trainer(tmp_path, specific="towr.*")
+    with pytest.raises(ConfigError, match="matches no trainable parameter"):
+        resumed.start()
+    resumed.close()
+
+
+def test_the_same_scope_spelt_otherwise_resumes_quietly_and_a_changed_head_keeps_the_lineage(
+        tmp_path: Path, caplog, monkeypatch) -> None:
+    """Checkpoints hold the names θi covers, not the alias: "out.*" is "head" for the MLP (no warning), and a
+    later release that changes the MLP's HEAD neither breaks nor silently rescopes a lineage."""
+    from trainer.models.mlp import MLP
+
+    produce(f"file://{tmp_path}/stream/clicks", 0, 600)
+    first = make_trainer(tmp_path)
+    rounds(first, 2)
+    first.close()
+    with caplog.at_level(logging.WARNING, logger="mamdr.trainer"):
+        same = make_trainer(tmp_path, specific="out.*")
+        same.start()
+        same.close()
+    assert not [r for r in caplog.records if "ignored" in r.getMessage()]
+    monkeypatch.setattr(MLP, "HEAD", ("out.weight",))
+    later = make_trainer(tmp_path)
+    later.start()
+    assert later.state.params.specific_names == ["out.weight", "out.bias"]
+    later.close()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_serving_scores_a_head_delta_as_the_trainer_does(name: str, tmp_path: Path) -> None:
+    """Every zoo model: θi over the head, exported and composed by serving (``feed``), gives the trainer's Θi
+    scores (``predict_rows``); a domain without θi gets θS's."""
+    torch.set_num_threads(1)
+    cfg = ModelConfig(n_users=16, n_items=16, n_domains=0, emb_dim=8, hidden=(16, 8), dropout=0.0)
+    state = ModelState(name, cfg, specific="head", seed=3)
+    state.ensure([f"u{k}" for k in range(20)], [f"i{k}" for k in range(20)], DOMS)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in state.model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    for vocab in (state.users, state.items, state.domains):
+        vocab.clear_changes()
+    for slot in (0, 2):  # d1 has no θi
+        state.params.set_delta(slot, {n: 0.5 * torch.randn(t.shape, generator=gen)
+                                      for n, t in state.params.delta(slot).items()})
+    export_version(state.params, state.slots(), tmp_path, "v1", cold_start=state.cold_start())
+    composer = build_composer("feed", load_version(tmp_path / "v1"), cache_size=2, threads=1)
+    rng = np.random.default_rng(0)
+    slots, urows, irows = rng.integers(0, 3, 60), rng.integers(0, 20, 60), rng.integers(0, 20, 60)
+    p_shared, p_specific = state.predict_rows(slots, urows, irows)
+    uw, iw = state.model.user_embedding.weight.detach().numpy(), state.model.item_embedding.weight.detach().numpy()
+    for slot, domain in enumerate(DOMS):
+        rows = np.flatnonzero(slots == slot)
+        logits = composer.logits(domain, np.ascontiguousarray(uw[urows[rows]]), np.ascontiguousarray(iw[irows[rows]]))
+        np.testing.assert_allclose(1 / (1 + np.exp(-logits)), p_specific[rows], atol=2e-5, err_msg=f"{name}/{domain}")
+        assert (slot == 1) == np.allclose(p_shared[rows], p_specific[rows], atol=1e-6), (name, domain)

@@ -50,7 +50,8 @@ class CGCLevel(nn.Module):
 
 class PLE(CTRModel):
     name = "ple"
-    HEAD = ("towers.out.*",)
+    # no HEAD: the towers are per-domain rows of θS already; a θi of rows alone gets nothing from DR's steps
+    # on other domains (eq. 6 moves only dense θi), so "head" keeps the paper's scope for this model
 
     def __init__(self, config: ModelConfig) -> None:
         from contracts.errors import ConfigError

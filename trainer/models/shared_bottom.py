@@ -15,7 +15,8 @@ from trainer.models.mlp import mlp_tower
 
 class SharedBottom(CTRModel):
     name = "shared_bottom"
-    HEAD = ("towers.out.*",)
+    # no HEAD: the towers are per-domain rows of θS already; a θi of rows alone gets nothing from DR's steps
+    # on other domains (eq. 6 moves only dense θi), so "head" keeps the paper's scope for this model
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)

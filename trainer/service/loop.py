@@ -60,6 +60,7 @@ from trainer.frameworks.dr import MAMDR
 from trainer.frameworks.dr_batched import BatchedDR
 from trainer.frameworks.sparse import carry_table_state
 from trainer.models import ModelConfig
+from trainer.params import resolve_specific
 from trainer.service.buffers import DomainBuffers, round_batches
 from trainer.service.failpoints import failpoint
 from trainer.service.graduation import Graduation
@@ -146,9 +147,10 @@ class ContinualTrainer:
             self.live_version = live.id
             self.round_no = int(meta.get("round", 0))
             log.info("resuming from live version %s at offsets %s", live.id, offsets)
-            if (self.state.specific or "default") != self.cfg.specific:  # θi's shapes are the lineage's
-                log.warning("trainer.specific=%r ignored: lineage %s keeps θi over %r (--new-lineage to change it)",
-                            self.cfg.specific, live.id, self.state.specific or "default")
+            wanted = resolve_specific(self.state.model, self.cfg.specific)  # a pattern that names nothing: refused
+            if wanted != self.state.params.specific_names:  # θi's shapes are the lineage's
+                log.warning("trainer.specific=%r ignored: lineage %s keeps θi over %s (--new-lineage to change it)",
+                            self.cfg.specific, live.id, ", ".join(self.state.params.specific_names) or "nothing")
         else:
             extra = {k: v for k, v in self.model_config.items() if k not in ModelConfig.__dataclass_fields__}
             base = {k: v for k, v in self.model_config.items() if k in ModelConfig.__dataclass_fields__}

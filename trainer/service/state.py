@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,8 @@ def _grow_rows(table: nn.Embedding, needed: int, seed: int, kind: int) -> None:
 class ModelState:
     """Model + deltas + vocabularies. Domains get slots (rows of domain-indexed tensors) in arrival order."""
 
-    def __init__(self, model_name: str, config: ModelConfig, specific: str | None = None, seed: int = 0) -> None:
+    def __init__(self, model_name: str, config: ModelConfig, specific: str | Sequence[str] | None = None,
+                 seed: int = 0) -> None:
         self.model_name = model_name
         self.seed = seed
         self.model: CTRModel = _build(model_name, config, seed)
@@ -129,7 +131,9 @@ class ModelState:
         self.users = Vocab()
         self.items = Vocab()
         self.domains = Vocab()
-        self.specific = specific
+        # the names the scope resolved to, as checkpoints store it: a later change of a model's HEAD (or of what
+        # "default" means) must not change the scope of a lineage that already has θi
+        self.specific: list[str] = list(self.params.specific_names)
         self._scoring_means: dict[str, torch.Tensor] = {}  # table → the live version's cold-start vector
 
     # -- growth ---------------------------------------------------------------------------------
