@@ -116,3 +116,26 @@ def test_serving_scores_a_head_delta_as_the_trainer_does(name: str, tmp_path: Pa
         logits = composer.logits(domain, np.ascontiguousarray(uw[urows[rows]]), np.ascontiguousarray(iw[irows[rows]]))
         np.testing.assert_allclose(1 / (1 + np.exp(-logits)), p_specific[rows], atol=2e-5, err_msg=f"{name}/{domain}")
         assert (slot == 1) == np.allclose(p_shared[rows], p_specific[rows], atol=1e-6), (name, domain)
+
+
+@pytest.mark.parametrize("specific", ["head", "default"])
+def test_dr_runs_on_a_model_that_normalises_by_the_batch(specific: str) -> None:
+    """STAR's partitioned norm groups a batch by domain in training, which a vmapped DR step cannot do: DR
+    normalises with θS's running statistics and leaves them as they were."""
+    from trainer.data.base import Split
+    from trainer.frameworks.dr_batched import BatchedDR
+
+    torch.set_num_threads(1)
+    state = ModelState("star", ModelConfig(n_users=16, n_items=16, n_domains=0, emb_dim=8, hidden=(16, 8)),
+                       specific=specific, seed=3)
+    state.ensure([f"u{k}" for k in range(20)], [f"i{k}" for k in range(20)], DOMS)
+    buffers = {n: b.clone() for n, b in state.model.named_buffers()}
+    rng = np.random.default_rng(0)
+    splits = {d: Split(user=rng.integers(0, 20, 30), item=rng.integers(0, 20, 30),
+                       label=rng.integers(0, 2, 30).astype(np.float32)) for d in range(3)}
+    BatchedDR(state.params, lr=0.1, gamma=1.0, batch_size=64, max_steps=2, optimizer="sgd").run(
+        [0, 2], {0: [1, 0], 2: [0, 2]}, splits)
+    assert all(float(t.abs().sum()) > 0 for t in state.params.delta(0).values())
+    for n, b in state.model.named_buffers():
+        assert torch.equal(b, buffers[n]), n
+    assert state.model.training  # the model's own mode is restored

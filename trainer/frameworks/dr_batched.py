@@ -34,6 +34,13 @@ from trainer.data.base import Split
 from trainer.params import DomainParameters
 
 GROUP = 64  # fewest targets per vmapped group
+
+
+def _batch_statistics(module: torch.nn.Module) -> bool:
+    """A layer that normalises by its batch in training (BatchNorm, STAR's partitioned norm). DR runs it with its
+    running statistics: they are θS's state, which DR must not move, a vmapped step cannot group rows by domain
+    (``torch.unique`` has no batching rule), and a target's padded rows would count in the batch statistics."""
+    return isinstance(module, torch.nn.modules.batchnorm._NormBase) or bool(getattr(module, "BATCH_STATISTICS", False))
 MAX_GROUP = 1024  # most targets per group
 GROUP_BYTES = 256 << 20  # a group's θ̃, Adam m and v and grad (4 × |θi| floats per target) stay under this
 
@@ -110,7 +117,10 @@ class BatchedDR:
         """Eqs. 5-8 for every target over its sequence (k others then itself), ``GROUP`` targets at a time."""
         rng = np.random.default_rng(seed)
         was_training = self.model.training
-        self.model.train()
+        self.model.train()  # dropout as in training, but normalisation by θS's running statistics (below)
+        for module in self.model.modules():
+            if _batch_statistics(module):
+                module.eval()
         size = group_size(self.params)
         # similar-sized targets share a group: a step pads every target to the group's largest batch
         ordered = sorted(targets, key=lambda t: len(splits[t]))

@@ -30,6 +30,7 @@ from trainer.models.base import DomainIndexedModule, mean_rows
 class PartitionedNorm(DomainIndexedModule):
     domain_tensors: ClassVar[tuple[str, ...]] = (
         "domain_weight", "domain_bias", "running_mean", "running_var")
+    BATCH_STATISTICS: ClassVar[bool] = True  # normalises by the batch in training (see dr_batched)
 
     def __init__(self, n_domains: int, dim: int, momentum: float = 0.1, eps: float = 1e-5,
                  min_count: int = 2) -> None:
