@@ -143,7 +143,8 @@ def _run(cfg, threads: int | None, show: bool = True) -> int:  # type: ignore[no
         bar.close()
     print(results["summary"])
     print(results["table"])
-    print(f"wrote {cfg.out / 'results.json'} and {cfg.out / 'per_domain_auc.png'}")
+    print(f"wrote {cfg.out / 'results.json'}, {cfg.out / 'per_domain_auc.png'} and "
+          f"{cfg.out / 'per_domain_val_loss.png'}")
     return 0
 
 
