@@ -22,8 +22,16 @@ from trainer.data.base import MultiDomainDataset
 from trainer.evaluation import average_rank, mean_auc
 from trainer.frameworks import FRAMEWORKS, FitResult, FrameworkConfig, build_framework, fit
 from trainer.frameworks.fit import FitState
+from trainer.frameworks.multitask import StepFramework
 from trainer.models import MODELS, ModelConfig, build_model
-from trainer.research.report import conflict_lines, format_table, plot_per_domain, plot_val_loss, val_loss_lines
+from trainer.research.report import (
+    conflict_lines,
+    format_table,
+    plot_per_domain,
+    plot_val_loss,
+    sampling_line,
+    val_loss_lines,
+)
 
 log = logging.getLogger(__name__)
 FINETUNE_SUFFIX = "+finetune"
@@ -160,7 +168,8 @@ def _run_seed(cfg: ExperimentConfig, ds: MultiDomainDataset, seed: int, bases: l
                 "best_val_auc": result.best_val_auc, "val_history": result.val_history,
                 "time_to_best_s": result.time_to_best_s, "capped": result.capped,
                 "conflict": result.conflict, "lr": lr, "guard": result.guard,
-                "kept_deltas": result.kept_deltas, "val_curves": result.val_curves.to_json(ds.domains)}
+                "kept_deltas": result.kept_deltas, "val_curves": result.val_curves.to_json(ds.domains),
+                "domain_sampling": fcfg.domain_sampling if isinstance(fw, StepFramework) else None}
         if base in cfg.methods:
             cells[base] = {"per_domain": result.test, **info}
         if finetune and result.test_finetuned is not None:
@@ -233,6 +242,7 @@ def aggregate(cfg: ExperimentConfig, per_seed: list[dict[str, dict[str, Any]]], 
             "time_to_alternate_best_s_per_seed": match,
             "capped": [sorted(set(c["capped"])) for c in cells],
             "lr_per_seed": [c.get("lr") for c in cells],
+            "domain_sampling": cells[0].get("domain_sampling"),
             "per_seed": [{"avg_auc": c["avg_auc"], "avg_rank": c["avg_rank"], "val_history": c["val_history"],
                           "phases": c.get("phases", []), "epoch_times_s": c.get("epoch_times_s", []),
                           "capped": c["capped"], "conflict": c["conflict"], "lr": c.get("lr"),
@@ -242,6 +252,9 @@ def aggregate(cfg: ExperimentConfig, per_seed: list[dict[str, dict[str, Any]]], 
                           "per_domain": {domains[d]: v for d, v in c["per_domain"].items()}} for c in cells],
         }
     table = format_table(methods)
+    sampling = sampling_line(methods)
+    if sampling:
+        table += "\n" + sampling
     if cfg.lrs:
         grid = ", ".join(f"{lr:g}" for lr in cfg.lrs)
         table += (f"\nevery method ran at each learning rate in {{{grid}}}; per method and seed the one with the "

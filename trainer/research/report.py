@@ -40,6 +40,21 @@ def format_table(methods: dict[str, Any]) -> str:
     return "\n".join(lines + notes)
 
 
+def sampling_line(methods: dict[str, Any]) -> str:
+    """Which domain sampling the step baselines used: it moves their AUC (balanced repeats a small domain many
+    times per epoch), so a table without it cannot be compared with another run."""
+    used: dict[str, list[str]] = {}
+    for name, m in methods.items():
+        if m.get("domain_sampling"):
+            used.setdefault(m["domain_sampling"], []).append(name)
+    if not used:
+        return ""
+    what = {"balanced": "⌈batch/n⌉ rows of every domain per step",
+            "proportional": "each domain's rows per step ∝ its training rows, every row once per epoch"}
+    return "domain sampling: " + "; ".join(f"{kind} for {', '.join(names)} ({what.get(kind, kind)})"
+                                           for kind, names in used.items())
+
+
 def conflict_lines(results: dict[str, Any]) -> list[str]:
     """Per method that recorded domain conflict (DN: cosine of the domains' inner updates; PCGrad: of their
     gradients), the mean off-diagonal cosine and the share of domain pairs pulling against each other."""
