@@ -69,7 +69,7 @@ def _add_framework_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--domain-sampling", default=None, choices=DOMAIN_SAMPLINGS,
                    help="weighted_loss, pcgrad, maml, mldg: rows of each domain per step; balanced = "
                         "⌈batch/n⌉ of every domain (small domains repeated within an epoch) | proportional = a "
-                        "share ∝ the domain's training rows, every row once per epoch (default: FrameworkConfig's)")
+                        "share ∝ the domain's training rows, every row once per epoch (default: balanced)")
     p.add_argument("--delta-init", default="zeros", choices=DELTA_INITS, help="θi start")
     p.add_argument("--l2", type=float, default=1e-5, help="L2 on embeddings (default 1e-5)")
     p.add_argument("--specific", default=None,

@@ -7,7 +7,8 @@ Alternate (21 against 400 on ml-latest-small) and left them on the popularity pl
 0.864). Which rows of which domain a step gets is ``FrameworkConfig.domain_sampling``: ``balanced``
 (⌈batch_size / n⌉ from each domain, so small domains are oversampled) or ``proportional`` (each domain's
 rows spread over the epoch's steps, every row once per epoch); see :class:`BalancedSampler` and
-:class:`ProportionalSampler`.
+:class:`ProportionalSampler`. The default is ``balanced``, equal per-task batches as these methods are
+usually run; the measurements that kept it are in ``FrameworkConfig``'s docstring.
 """
 
 from __future__ import annotations
