@@ -18,6 +18,7 @@ BETA_SCHEDULES = ("constant", "anneal")
 SCHEDULES = ("interleaved", "staged")
 DR_BUDGETS = ("pass", "half")
 DELTA_INITS = ("zeros", "random")
+DOMAIN_SAMPLINGS = ("balanced", "proportional")
 
 
 def _add_framework_flags(p: argparse.ArgumentParser) -> None:
@@ -65,6 +66,10 @@ def _add_framework_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dr-select-se", type=float, default=None,
                    help="domain: θi is kept only if it beats θS alone on the domain's validation by this many "
                         "standard errors of the paired AUC difference (default 2; 0: any rise)")
+    p.add_argument("--domain-sampling", default=None, choices=DOMAIN_SAMPLINGS,
+                   help="weighted_loss, pcgrad, maml, mldg: rows of each domain per step; balanced = "
+                        "⌈batch/n⌉ of every domain (small domains repeated within an epoch) | proportional = a "
+                        "share ∝ the domain's training rows, every row once per epoch (default: balanced)")
     p.add_argument("--delta-init", default="zeros", choices=DELTA_INITS, help="θi start")
     p.add_argument("--l2", type=float, default=1e-5, help="L2 on embeddings (default 1e-5)")
     p.add_argument("--specific", default=None,
@@ -108,6 +113,7 @@ def _framework_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         "beta": args.beta, "gamma": args.gamma, "k": args.k, "dr_budget": args.dr_budget,
         "schedule": args.schedule, "dr_patience": args.dr_patience, "dr_select": args.dr_select,
         "dr_select_se": args.dr_select_se, "dn_guard": args.dn_guard, "specific": args.specific,
+        "domain_sampling": args.domain_sampling,
     }
     return FrameworkConfig(
         epochs=args.epochs, patience=args.patience, min_delta=args.min_delta,
@@ -144,7 +150,8 @@ def _run(cfg, threads: int | None, show: bool = True) -> int:  # type: ignore[no
         bar.close()
     print(results["summary"])
     print(results["table"])
-    print(f"wrote {cfg.out / 'results.json'} and {cfg.out / 'per_domain_auc.png'}")
+    print(f"wrote {cfg.out / 'results.json'}, {cfg.out / 'per_domain_auc.png'} and "
+          f"{cfg.out / 'per_domain_val_loss.png'}")
     return 0
 
 

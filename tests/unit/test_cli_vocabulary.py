@@ -89,7 +89,8 @@ def test_framework_choices_match_the_framework_config() -> None:
     from mamdr.commands import experiment as cli
     from trainer.frameworks import config
 
-    for name in ("INNER_OPTIMIZERS", "OUTER_OPTIMIZERS", "BETA_SCHEDULES", "SCHEDULES", "DR_BUDGETS", "DELTA_INITS"):
+    for name in ("INNER_OPTIMIZERS", "OUTER_OPTIMIZERS", "BETA_SCHEDULES", "SCHEDULES", "DR_BUDGETS", "DELTA_INITS",
+                 "DOMAIN_SAMPLINGS"):
         assert getattr(cli, name) == getattr(config, name), name
 
 

@@ -33,6 +33,16 @@ def test_experiment_writes_results_and_plot_reproducibly(tmp_path: Path) -> None
     ranks = [m["avg_rank"] for m in saved["methods"].values()]
     assert sum(ranks) == pytest.approx(1 + 2 + 3)  # RANK is taken across the table's methods
     assert "avg AUC" in first["table"] and "mamdr+finetune" in first["table"]
+    assert (tmp_path / "a" / "per_domain_val_loss.png").stat().st_size > 1000
+    for name, m in saved["methods"].items():  # one curve entry per epoch run, per domain and the mean
+        for s in m["per_seed"]:
+            curves, epochs = s["val_curves"], len(s["val_history"])
+            assert set(curves["loss"]) == set(curves["auc"]) == set(saved["domains"]), name
+            assert epochs >= 1 and len(curves["mean_loss"]) == epochs, name
+            assert all(len(v) == epochs for v in [*curves["loss"].values(), *curves["auc"].values()]), name
+            assert all(0.0 < v < 5.0 for v in curves["mean_loss"]), name
+            assert 1 <= s["best_epoch"] <= epochs
+    assert "lowest mean val loss at epoch" in first["table"]
     second = _run(tmp_path / "b")
     for name, m in first["methods"].items():
         assert m["per_domain"] == second["methods"][name]["per_domain"], name
@@ -90,3 +100,22 @@ def test_time_to_reach_alternates_best_skips_a_guarded_runs_own_alternate_epochs
     assert _time_to_reach(cell, 0.9) is None
     staged_dr = {**cell, "phases": ["alternate", "alternate", "dr", "dr", "dr"], "guard": None}
     assert _time_to_reach(staged_dr, 0.8) == 2.0  # a staged DR's first stage is its own training
+
+
+def test_val_loss_lines_count_the_domains_whose_loss_rose_before_the_best_auc_epoch(tmp_path: Path) -> None:
+    from trainer.research.report import plot_val_loss, risen_by, val_loss_lines
+
+    curves = {"loss": {"a": [0.5, 0.6, 0.7], "b": [0.6, 0.5, 0.4], "c": [0.7, 0.6, 0.65], "d": [0.4, 0.4, 0.4]},
+              "mean_loss": [0.55, 0.525, 0.5375], "n_domains": 4}
+    assert risen_by(curves, 3) == (["a", "c"], 4)  # a turned up after epoch 1, c after 2; d flat is not a rise
+    assert risen_by(curves, 1) == ([], 4)
+    assert risen_by(curves, 4) == ([], 0)  # no figure at that epoch
+    methods = {"wl": {"per_seed": [{"best_epoch": 3, "val_curves": curves},
+                                   {"best_epoch": 1, "val_curves": {**curves, "n_domains": 70}}]},
+               "old": {"per_seed": [{"best_epoch": 1}]}}  # a result from before the curves: left out
+    lines = val_loss_lines(methods)
+    assert len(lines) == 2 and "first 4 of 70 domains" in lines[0]
+    assert "epoch 2, 2;" in lines[1] and "(3, 1) 2/4, 0/4 domains" in lines[1]
+    results = {"dataset": "toy", "model": "mlp", "seeds": [0], "domains": list(curves["loss"]), "methods": methods}
+    plot_val_loss(results, tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").stat().st_size > 1000

@@ -19,20 +19,24 @@ from trainer.frameworks.config import SAFETY_EPOCHS
 
 
 def _run(monkeypatch: pytest.MonkeyPatch, curve: list[float], name: str = "dn", **cfg):  # type: ignore[no-untyped-def]
-    """fit() with training stubbed out and the validation AUC of epoch e = curve[e] (last value repeats)."""
+    """fit() with training stubbed out and the validation AUC of epoch e = curve[e] (last value repeats).
+
+    The loop scores the validation splits once per epoch and takes the AUCs from those scores (``aucs_of``,
+    whose scores also feed the loss curves), the test AUC from ``domain_auc``: both are scripted."""
     ds = toy_dataset(n_domains=2, rows=32)
     # dn_guard off: the guard trains its own DN and Alternate instances, which the stub below does not reach
     fw = build_framework(name, toy_model(ds), ds, FrameworkConfig(batch_size=32, k=1, **{"dn_guard": False, **cfg}))
     seen = {"n": 0}
 
-    def scripted(scorer, splits, batch_size=0):  # type: ignore[no-untyped-def]
-        if splits is ds.test:
-            return {d: 0.5 for d in splits}
+    def scripted(splits, scores):  # type: ignore[no-untyped-def]
+        assert splits is ds.val
         value = curve[min(seen["n"], len(curve) - 1)]
         seen["n"] += 1
         return {d: value for d in splits}
 
-    monkeypatch.setattr(importlib.import_module("trainer.frameworks.fit"), "domain_auc", scripted)
+    loop = importlib.import_module("trainer.frameworks.fit")
+    monkeypatch.setattr(loop, "aucs_of", scripted)
+    monkeypatch.setattr(loop, "domain_auc", lambda scorer, splits, batch_size=0: {d: 0.5 for d in splits})
     fw.train_epoch = lambda epoch, rng: None  # type: ignore[method-assign]
     return fit(fw)
 

@@ -1,4 +1,5 @@
-"""The epoch loop: train, validate on mean AUC over domains, stop early, keep the best state,
+"""The epoch loop: train, validate on mean AUC over domains (recording each domain's validation loss and
+AUC per epoch, curves.py), stop early, keep the best state,
 report per-domain test AUC (and after the optional per-domain finetune).
 
 ``FitState`` is everything the loop carries (RNG states included), so a ``staged`` DR/MAMDR run can
@@ -21,6 +22,7 @@ from trainer.evaluation import EarlyStopping, aucs_of, domain_auc, domain_scores
 from trainer.frameworks.alternate import Alternate
 from trainer.frameworks.base import Framework
 from trainer.frameworks.config import SAFETY_EPOCHS, FrameworkConfig
+from trainer.frameworks.curves import ValCurves
 from trainer.frameworks.dn import DomainNegotiation
 from trainer.frameworks.finetune import finetune_deltas
 
@@ -84,6 +86,7 @@ class FitState:
     selection: DeltaSelection | None = None
     conflict: list[list[list[float]]] = field(default_factory=list)  # DN: per-epoch domain cosine matrix
     guard: str | None = None  # dn_guard: whose θS was kept ("dn" or "alternate")
+    curves: ValCurves = field(default_factory=ValCurves)  # per-epoch validation loss and AUC per domain
 
 
 @dataclass
@@ -102,6 +105,7 @@ class FitResult:
     conflict: list[list[list[float]]] = field(default_factory=list)
     kept_deltas: int | None = None  # dr_select="domain": domains that keep their θi
     guard: str | None = None  # dn_guard: whose θS was kept ("dn" or "alternate")
+    val_curves: ValCurves = field(default_factory=ValCurves)  # aligned with val_history
 
     @property
     def time_to_best_s(self) -> float:
@@ -179,6 +183,7 @@ def _fit_guarded(fw: Framework, progress: Callable[[int, float], None] | None,
     offset = len(first.times)
     state.times, state.history = list(first.times) + state.times, list(first.history) + state.history
     state.phases = list(first.phases) + state.phases
+    state.curves = first.curves.concat(state.curves)
     state.conflict = list(negotiated.conflict)
     state.stopper.best_epoch += offset
     state.guard = "dn" if keep_dn else "alternate"
@@ -234,12 +239,12 @@ def _train(fw: Framework, progress: Callable[[int, float], None] | None,
             fw.train_epoch(epoch, rng)
             state.times.append(time.perf_counter() - start)
             state.phases.append(str(getattr(fw, "phase", fw.name)))
-            if state.selection is not None and getattr(fw, "phase", None) == "dr":  # one scoring feeds both
-                scores = domain_scores(fw.score, fw.dataset.val, cfg.eval_batch_size)
-                per_domain = aucs_of(fw.dataset.val, scores)
+            # one scoring feeds the mean AUC, the curves and DR's per-domain selection
+            scores = domain_scores(fw.score, fw.dataset.val, cfg.eval_batch_size)
+            per_domain = aucs_of(fw.dataset.val, scores)
+            if state.selection is not None and getattr(fw, "phase", None) == "dr":
                 state.selection.observe(fw, scores, per_domain, epoch)
-            else:
-                per_domain = domain_auc(fw.score, fw.dataset.val, cfg.eval_batch_size)
+            state.curves.record(fw.dataset.val, scores, per_domain)
             value = mean_auc(per_domain)
             state.history.append(value)
             if progress is not None:
@@ -288,7 +293,7 @@ def _result(fw: Framework, state: FitState) -> FitResult:
         fw.params.deltas.update(saved)
     return FitResult(fw.name, best_epoch, len(state.times), best_val, list(state.times),
                      list(state.history), test, tuned, list(state.phases), state, list(state.capped),
-                     list(state.conflict), kept, state.guard)
+                     list(state.conflict), kept, state.guard, copy.deepcopy(state.curves))
 
 
 def _selection(fw: Framework, epoch: int) -> DeltaSelection | None:

@@ -76,18 +76,20 @@ class FirstOrderMeta(StepFramework):
 
 class MAML(FirstOrderMeta):
     name = "maml"
+    min_domain_rows = 2  # a support and a query half
 
     def train_epoch(self, epoch: int, rng: torch.Generator) -> None:
         self.model.train()
-        streams = self.streams(rng)
-        for _ in range(self.steps_per_epoch()):
+        sampler = self.sampler(rng)
+        for step in range(sampler.steps):
             total: list[torch.Tensor] | None = None
-            for d in self.domains:
-                support, query = _split(next(streams[d]))
+            present = sampler.domains(step)
+            for d in present:
+                support, query = _split(sampler.batch(step, d))
                 grads = self.grads_at(self.adapt(support), query)
                 total = grads if total is None else [a + b for a, b in zip(total, grads, strict=True)]
-            assert total is not None
-            self.apply([g / len(self.domains) for g in total])
+            if total is not None:
+                self.apply([g / len(present) for g in total])
 
 
 class MLDG(FirstOrderMeta):
@@ -95,9 +97,12 @@ class MLDG(FirstOrderMeta):
 
     def train_epoch(self, epoch: int, rng: torch.Generator) -> None:
         self.model.train()
-        streams = self.streams(rng)
-        n = len(self.domains)
-        for _ in range(self.steps_per_epoch()):
+        sampler = self.sampler(rng)
+        for step in range(sampler.steps):
+            present = sampler.domains(step)  # the split is over the domains with rows in this step
+            if not present:
+                continue
+            n = len(present)
             order = torch.randperm(n, generator=rng).tolist()
             n_test = max(1, n // 3) if n > 1 else 0
             test, train = order[:n_test], order[n_test:]
@@ -105,10 +110,10 @@ class MLDG(FirstOrderMeta):
             g_train = [torch.zeros_like(t) for t in theta.values()]
             for d in train:
                 g_train = [a + b / len(train) for a, b in
-                           zip(g_train, self.grads_at(theta, next(streams[self.domains[d]])), strict=True)]
+                           zip(g_train, self.grads_at(theta, sampler.batch(step, present[d])), strict=True)]
             moved = {k: t - self.alpha * g for (k, t), g in zip(theta.items(), g_train, strict=True)}
             total = g_train
             for d in test:
-                g_test = self.grads_at(moved, next(streams[self.domains[d]]))
+                g_test = self.grads_at(moved, sampler.batch(step, present[d]))
                 total = [a + b / len(test) for a, b in zip(total, g_test, strict=True)]
             self.apply(total)

@@ -1,17 +1,21 @@
-"""Multi-task baselines over one shared model, one mini-batch per domain per step:
+"""Multi-task baselines over one shared model, rows of every domain in each step:
 Weighted Loss (uncertainty weighting, log-variance form) and PCGrad (gradient surgery).
 
-A step draws ``batch_size`` rows split evenly over the domains (⌈batch_size / n⌉ from each, so small
-domains are oversampled: the tasks are balanced) and makes one optimizer step; an epoch has as many
-steps as Alternate's (⌈rows / batch_size⌉). The earlier rule, a full ``batch_size`` from every domain
-per step, gave these baselines n times fewer optimizer steps per epoch than Alternate (21 against
-400 on ml-latest-small) and left them on the popularity plateau (test AUC 0.84 against 0.864).
+An epoch has as many optimizer steps as Alternate's (⌈rows / batch_size⌉). The earlier rule, a full
+``batch_size`` from every domain per step, gave these baselines n times fewer optimizer steps per epoch than
+Alternate (21 against 400 on ml-latest-small) and left them on the popularity plateau (test AUC 0.84 against
+0.864). Which rows of which domain a step gets is ``FrameworkConfig.domain_sampling``: ``balanced``
+(⌈batch_size / n⌉ from each domain, so small domains are oversampled) or ``proportional`` (each domain's
+rows spread over the epoch's steps, every row once per epoch); see :class:`BalancedSampler` and
+:class:`ProportionalSampler`. The default is ``balanced``, equal per-task batches as these methods are
+usually run; the measurements that kept it are in ``FrameworkConfig``'s docstring.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -20,8 +24,88 @@ from trainer.frameworks.base import Batch, Framework, make_optimizer
 from trainer.frameworks.telemetry import dense_parameters
 
 
+class DomainSampler:
+    """One epoch's rows for a step baseline: ``domains(step)`` are the domains with rows in that step (in
+    domain order), ``batch(step, d)`` their rows; a method asks for each of them once per step."""
+
+    steps: int
+
+    def domains(self, step: int) -> list[int]:
+        raise NotImplementedError
+
+    def batch(self, step: int, domain: int) -> Batch:
+        raise NotImplementedError
+
+
+class BalancedSampler(DomainSampler):
+    """⌈batch_size / n⌉ rows of every domain in every step, from endless per-domain streams: a domain's next
+    permutation is drawn when its last one runs out, in the order the method asks for the batches (the draw
+    order the baselines have always had, so a seed gives the same run as before the option existed)."""
+
+    def __init__(self, fw: StepFramework, rng: torch.Generator) -> None:
+        self.steps = fw.steps_per_epoch()
+        self.all = list(fw.domains)
+        self.streams = fw.streams(rng)
+
+    def domains(self, step: int) -> list[int]:
+        return self.all
+
+    def batch(self, step: int, domain: int) -> Batch:
+        return next(self.streams[domain])
+
+
+def proportional_slots(rows: int, cycle: int, minimum: int = 1) -> dict[int, tuple[int, int]]:
+    """Position in a cycle of ``cycle`` steps → (start, stop) in a domain's shuffled rows: the rows cut into
+    ``min(cycle, rows // minimum)`` near-equal chunks (sizes differ by at most one) spread evenly over the
+    cycle, so every row is used once per cycle and a step's share is ∝ ``rows``. A domain with fewer rows than
+    steps is in only some steps (spread, not front-loaded, so it is not trained early and then forgotten)."""
+    if rows <= 0:
+        return {}
+    chunks = min(cycle, max(1, rows // minimum))
+    return {k * cycle // chunks: (k * rows // chunks, (k + 1) * rows // chunks) for k in range(chunks)}
+
+
+class ProportionalSampler(DomainSampler):
+    """Every domain's rows once per cycle of ⌈rows / batch_size⌉ steps (one epoch unless ``inner_steps``
+    says otherwise), each step taking the domain's next chunk (:func:`proportional_slots`): a domain's share of
+    a step is ∝ its training rows, as in Alternate's one pass per domain. All domains' permutations for a cycle
+    are drawn, in domain order, when the cycle's first step is asked for."""
+
+    def __init__(self, fw: StepFramework, rng: torch.Generator) -> None:
+        self.fw, self.rng = fw, rng
+        self.steps = fw.steps_per_epoch()
+        total = sum(len(fw.dataset.train[d]) for d in fw.domains)
+        self.cycle = max(1, math.ceil(total / fw.config.batch_size))
+        self.slots = {d: proportional_slots(len(fw.dataset.train[d]), self.cycle, fw.min_domain_rows)
+                      for d in fw.domains}
+        self.drawn = -1
+        self.order: dict[int, torch.Tensor] = {}
+
+    def _draw(self, step: int) -> int:
+        cycle, position = divmod(step, self.cycle)
+        if cycle != self.drawn:
+            self.order = {d: torch.randperm(len(self.fw.dataset.train[d]), generator=self.rng)
+                          for d in self.fw.domains}
+            self.drawn = cycle
+        return position
+
+    def domains(self, step: int) -> list[int]:
+        position = self._draw(step)
+        return [d for d in self.fw.domains if position in self.slots[d]]
+
+    def batch(self, step: int, domain: int) -> Batch:
+        start, stop = self.slots[domain][self._draw(step)]
+        idx = self.order[domain][start:stop]
+        split = self.fw.dataset.train[domain]
+        parts = (torch.from_numpy(split.user)[idx], torch.from_numpy(split.item)[idx],
+                 torch.full((idx.shape[0],), domain, dtype=torch.long), torch.from_numpy(split.label)[idx])
+        return tuple(t.to(self.fw.device) for t in parts)  # type: ignore[return-value]
+
+
 class StepFramework(Framework):
-    """Shared plumbing: endless per-domain batch streams and the steps-per-epoch rule."""
+    """Shared plumbing: the steps-per-epoch rule and the per-step domain sampler."""
+
+    min_domain_rows: ClassVar[int] = 1  # the fewest rows a domain brings to a step (MAML halves its rows)
 
     def steps_per_epoch(self) -> int:
         if self.config.inner_steps is not None:
@@ -41,6 +125,12 @@ class StepFramework(Framework):
                 for batch in split.batches(d, size, rng):
                     yield tuple(t.to(self.device) for t in batch)  # type: ignore[misc]
         return {d: endless(d) for d in self.domains}
+
+    def sampler(self, rng: torch.Generator) -> DomainSampler:
+        """This epoch's rows per step and domain, as ``config.domain_sampling`` says."""
+        if self.config.domain_sampling == "proportional":
+            return ProportionalSampler(self, rng)
+        return BalancedSampler(self, rng)
 
 
 class WeightedLoss(StepFramework):
@@ -73,10 +163,13 @@ class WeightedLoss(StepFramework):
 
     def train_epoch(self, epoch: int, rng: torch.Generator) -> None:
         self.model.train()
-        streams = self.streams(rng)
-        for _ in range(self.steps_per_epoch()):
+        sampler = self.sampler(rng)
+        for step in range(sampler.steps):
+            present = sampler.domains(step)
+            if not present:  # proportional sampling over tiny domains can leave a step empty
+                continue
             self.optimizer.zero_grad(set_to_none=True)
-            self.weighted_loss({d: next(s) for d, s in streams.items()}).backward()
+            self.weighted_loss({d: sampler.batch(step, d) for d in present}).backward()
             self.optimizer.step()
 
 
@@ -131,16 +224,19 @@ class PCGrad(StepFramework):
         self.model.train()
         params = list(self.params.shared().values())
         optimizer = self.inner_optimizer()
-        streams = self.streams(rng)
+        sampler = self.sampler(rng)
         n = len(self.domains)
         cosines = torch.zeros(n, n, dtype=torch.float64)
+        pairs = torch.zeros(n, n, dtype=torch.float64)  # steps in which both domains had rows
         dense = {id(p) for p in dense_parameters(self.model, self.params.shared())}
         mask = torch.cat([torch.full((p.numel(),), id(p) in dense, dtype=torch.bool) for p in params])
-        steps = self.steps_per_epoch()
-        for _ in range(steps):
+        for step in range(sampler.steps):
             flat = []
-            for d in self.domains:
-                grads = torch.autograd.grad(self.loss(next(streams[d])), params, allow_unused=True)
+            present = sampler.domains(step)
+            if not present:
+                continue
+            for d in present:
+                grads = torch.autograd.grad(self.loss(sampler.batch(step, d)), params, allow_unused=True)
                 flat.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
                                        for p, g in zip(params, grads, strict=True)]))
             stacked = torch.stack(flat)
@@ -148,7 +244,9 @@ class PCGrad(StepFramework):
             shown = stacked[:, mask]
             shown_gram = (shown @ shown.T).double()
             norm = shown_gram.diagonal().clamp_min(1e-30).sqrt()
-            cosines += shown_gram / norm[:, None] / norm[None, :]
+            rows = torch.tensor([self.domains.index(d) for d in present])[:, None]
+            cosines[rows, rows.T] += shown_gram / norm[:, None] / norm[None, :]
+            pairs[rows, rows.T] += 1
             total = pcgrad_sum(stacked, rng, gram)
             at = 0
             for p in params:
@@ -156,4 +254,4 @@ class PCGrad(StepFramework):
                 at += p.numel()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        self.conflict_matrix = (cosines / max(1, steps)).tolist()
+        self.conflict_matrix = torch.where(pairs > 0, cosines / pairs.clamp_min(1), math.nan).tolist()

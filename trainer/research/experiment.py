@@ -22,8 +22,16 @@ from trainer.data.base import MultiDomainDataset
 from trainer.evaluation import average_rank, mean_auc
 from trainer.frameworks import FRAMEWORKS, FitResult, FrameworkConfig, build_framework, fit
 from trainer.frameworks.fit import FitState
+from trainer.frameworks.multitask import StepFramework
 from trainer.models import MODELS, ModelConfig, build_model
-from trainer.research.report import conflict_lines, format_table, plot_per_domain
+from trainer.research.report import (
+    conflict_lines,
+    format_table,
+    plot_per_domain,
+    plot_val_loss,
+    sampling_line,
+    val_loss_lines,
+)
 
 log = logging.getLogger(__name__)
 FINETUNE_SUFFIX = "+finetune"
@@ -107,7 +115,7 @@ def build(ds: MultiDomainDataset, cfg: ExperimentConfig, seed: int):  # type: ig
 
 def run_experiment(cfg: ExperimentConfig,
                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train every method for every seed; write results.json and the plot; return the results."""
+    """Train every method for every seed; write results.json and the plots; return the results."""
     MODELS.check(cfg.model)
     torch.use_deterministic_algorithms(True, warn_only=True)
     bases = list(dict.fromkeys(m.removesuffix(FINETUNE_SUFFIX) for m in cfg.methods))
@@ -127,6 +135,7 @@ def run_experiment(cfg: ExperimentConfig,
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
     plot_per_domain(results, cfg.out / "per_domain_auc.png")
+    plot_val_loss(results, cfg.out / "per_domain_val_loss.png")
     return results
 
 
@@ -159,7 +168,8 @@ def _run_seed(cfg: ExperimentConfig, ds: MultiDomainDataset, seed: int, bases: l
                 "best_val_auc": result.best_val_auc, "val_history": result.val_history,
                 "time_to_best_s": result.time_to_best_s, "capped": result.capped,
                 "conflict": result.conflict, "lr": lr, "guard": result.guard,
-                "kept_deltas": result.kept_deltas}
+                "kept_deltas": result.kept_deltas, "val_curves": result.val_curves.to_json(ds.domains),
+                "domain_sampling": fcfg.domain_sampling if isinstance(fw, StepFramework) else None}
         if base in cfg.methods:
             cells[base] = {"per_domain": result.test, **info}
         if finetune and result.test_finetuned is not None:
@@ -232,19 +242,27 @@ def aggregate(cfg: ExperimentConfig, per_seed: list[dict[str, dict[str, Any]]], 
             "time_to_alternate_best_s_per_seed": match,
             "capped": [sorted(set(c["capped"])) for c in cells],
             "lr_per_seed": [c.get("lr") for c in cells],
+            "domain_sampling": cells[0].get("domain_sampling"),
             "per_seed": [{"avg_auc": c["avg_auc"], "avg_rank": c["avg_rank"], "val_history": c["val_history"],
                           "phases": c.get("phases", []), "epoch_times_s": c.get("epoch_times_s", []),
                           "capped": c["capped"], "conflict": c["conflict"], "lr": c.get("lr"),
                           "lr_val_auc": c.get("lr_val_auc"), "guard": c.get("guard"),
-                          "kept_deltas": c.get("kept_deltas"),
+                          "kept_deltas": c.get("kept_deltas"), "best_epoch": c["best_epoch"],
+                          "val_curves": c.get("val_curves"),
                           "per_domain": {domains[d]: v for d, v in c["per_domain"].items()}} for c in cells],
         }
     table = format_table(methods)
+    sampling = sampling_line(methods)
+    if sampling:
+        table += "\n" + sampling
     if cfg.lrs:
         grid = ", ".join(f"{lr:g}" for lr in cfg.lrs)
         table += (f"\nevery method ran at each learning rate in {{{grid}}}; per method and seed the one with the "
                   "best validation AUC is shown:\n" + "\n".join(
                       f"  {m:<20} {' '.join(f'{lr:g}' for lr in info['lr_per_seed'])}" for m, info in methods.items()))
+    losses = val_loss_lines(methods)
+    if losses:
+        table += "\n" + "\n".join(losses)
     conflict = conflict_lines({"methods": methods})
     if conflict:
         table += "\n" + "\n".join(conflict)

@@ -1,8 +1,11 @@
 """The text table (like the paper's Tables V/VI), the per-domain AUC plot of an experiment, and DN's
-domain-conflict heatmap beside it."""
+domain-conflict heatmap beside it; the per-domain validation-loss curves that show over-fitting the mean
+validation AUC hides (issue 14)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,21 @@ def format_table(methods: dict[str, Any]) -> str:
             notes.append(f"CAPPED: {name} hit its epoch budget while the validation AUC was still improving "
                          f"(seed index {', '.join(map(str, capped))}): not converged, raise --epochs or drop it")
     return "\n".join(lines + notes)
+
+
+def sampling_line(methods: dict[str, Any]) -> str:
+    """Which domain sampling the step baselines used: it moves their AUC (balanced repeats a small domain many
+    times per epoch), so a table without it cannot be compared with another run."""
+    used: dict[str, list[str]] = {}
+    for name, m in methods.items():
+        if m.get("domain_sampling"):
+            used.setdefault(m["domain_sampling"], []).append(name)
+    if not used:
+        return ""
+    what = {"balanced": "⌈batch/n⌉ rows of every domain per step",
+            "proportional": "each domain's rows per step ∝ its training rows, every row once per epoch"}
+    return "domain sampling: " + "; ".join(f"{kind} for {', '.join(names)} ({what.get(kind, kind)})"
+                                           for kind, names in used.items())
 
 
 def conflict_lines(results: dict[str, Any]) -> list[str]:
@@ -103,5 +121,107 @@ def plot_per_domain(results: dict[str, Any], path: Path) -> None:
         hx.set_title(f"domain conflict ({source}): cos of inner updates", fontsize=9)
         fig.colorbar(image, ax=hx, fraction=0.046, pad=0.04)
     fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def lowest_epoch(values: Sequence[float]) -> int | None:
+    """1-based epoch of the lowest finite value (the first on a tie); None when there is none."""
+    finite = [(v, k) for k, v in enumerate(values) if v == v]
+    return min(finite)[1] + 1 if finite else None
+
+
+def risen_by(curves: dict[str, Any], best_epoch: int) -> tuple[list[str], int]:
+    """Domains whose validation loss at ``best_epoch`` (1-based) is above their lowest value before it: they
+    had started to over-fit while the mean AUC had not yet peaked. Earliest turn first (then by name); with
+    the number of domains that had a loss at that epoch."""
+    risen: list[tuple[int, str]] = []
+    counted = 0
+    for name, losses in curves.get("loss", {}).items():
+        upto = list(losses[:best_epoch])
+        if len(upto) < best_epoch or upto[-1] != upto[-1]:
+            continue  # no figure at that epoch
+        counted += 1
+        low = lowest_epoch(upto)
+        if low is not None and upto[-1] > upto[low - 1]:
+            risen.append((low, name))
+    return [name for _, name in sorted(risen)], counted
+
+
+def val_loss_lines(methods: dict[str, Any]) -> list[str]:
+    """Per method and seed: the epoch of the lowest mean validation loss, and how many domains' validation
+    loss had risen by the best-AUC epoch (the "over-fits right after epoch 1" evidence of docs/benchmarks.md)."""
+    lines, capped = [], set()
+    for name, info in methods.items():
+        seeds = [s for s in info.get("per_seed", []) if s.get("val_curves")]
+        if not seeds:
+            continue
+        lowest, best, risen = [], [], []
+        for s in seeds:
+            curves = s["val_curves"]
+            if curves.get("n_domains", 0) > len(curves.get("loss", {})):
+                capped.add((len(curves["loss"]), curves["n_domains"]))
+            low = lowest_epoch(curves.get("mean_loss", []))
+            lowest.append("-" if low is None else str(low))
+            best.append(str(s["best_epoch"]))
+            names, counted = risen_by(curves, int(s["best_epoch"]))
+            risen.append(f"{len(names)}/{counted}")
+        lines.append(f"  {name:<20} lowest mean val loss at epoch {', '.join(lowest)}; by the best-AUC epoch "
+                     f"({', '.join(best)}) {', '.join(risen)} domains' val loss had risen")
+    if not lines:
+        return []
+    note = "".join(f"; per-domain figures for the first {k} of {n} domains" for k, n in sorted(capped))
+    return [f"validation log loss, per seed (risen: above the domain's lowest value before that epoch{note}):",
+            *lines]
+
+
+def plot_val_loss(results: dict[str, Any], path: Path) -> None:
+    """One panel per method: each domain's validation log loss over the epochs of the first seed, the mean
+    over domains in black, the best-AUC epoch dashed: a domain whose curve turns up before that line was
+    over-fitting while the mean AUC still rose."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    runs = {m: info["per_seed"][0] for m, info in results["methods"].items()
+            if info.get("per_seed") and info["per_seed"][0].get("val_curves")}
+    colour = {name: f"C{k % 10}" for k, name in enumerate(results["domains"])}  # a domain's colour in every panel
+    cols = min(3, max(1, len(runs)))
+    rows = max(1, math.ceil(len(runs) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 1.8, 3.4 * rows + 0.5), squeeze=False)
+    handles: dict[str, Any] = {}
+    for ax, (name, run) in zip(axes.flat, runs.items(), strict=False):
+        curves = run["val_curves"]
+        for domain, losses in curves["loss"].items():
+            (line,) = ax.plot(range(1, len(losses) + 1), losses, lw=1, marker="o", ms=2, alpha=0.85,
+                              color=colour.get(domain))
+            handles.setdefault(domain, line)
+        mean = curves.get("mean_loss", [])
+        (line,) = ax.plot(range(1, len(mean) + 1), mean, color="black", lw=2, label="mean over domains")
+        handles.setdefault("mean over domains", line)
+        best = run.get("best_epoch")
+        if best:
+            line = ax.axvline(best, color="gray", ls="--", lw=1)
+            handles.setdefault("best val AUC epoch", line)
+        low = lowest_epoch(mean)
+        ax.set_title(f"{name}: best AUC epoch {best}, lowest mean loss epoch {low}", fontsize=8)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel("validation log loss", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(runs):]:
+        ax.axis("off")
+    if not runs:
+        axes.flat[0].text(0.5, 0.5, "no validation curves recorded", ha="center", va="center")
+    shown = {k: v for k, v in handles.items() if k in ("mean over domains", "best val AUC epoch")
+             or len(handles) <= 22}  # beyond 20 domains a legend is unreadable: the means only
+    if shown:
+        fig.legend(list(shown.values()), list(shown), loc="center right", fontsize=7)
+    seed = results.get("seeds", [None])[0]
+    fig.suptitle(f"{results['dataset']} / {results['model']}: per-domain validation log loss (seed {seed})",
+                 fontsize=10)
+    fig.tight_layout(rect=(0.0, 0.0, 1.0 - 1.6 / fig.get_figwidth(), 0.96))
     fig.savefig(path, dpi=120)
     plt.close(fig)
