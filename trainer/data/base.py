@@ -30,10 +30,14 @@ class Split:
         """(user, item, domain, label) tensors; shuffled with ``generator`` for determinism."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        user, item, label = torch.from_numpy(self.user), torch.from_numpy(self.item), torch.from_numpy(self.label)
         for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            yield user[idx], item[idx], torch.full((idx.shape[0],), domain, dtype=torch.long), label[idx]
+            yield self.take(domain, order[start:start + batch_size])
+
+    def take(self, domain: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rows ``idx`` as one (user, item, domain, label) batch (``from_numpy`` shares memory: no copy
+        but the gather)."""
+        return (torch.from_numpy(self.user)[idx], torch.from_numpy(self.item)[idx],
+                torch.full((idx.shape[0],), domain, dtype=torch.long), torch.from_numpy(self.label)[idx])
 
 
 @dataclass

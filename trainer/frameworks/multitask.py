@@ -95,11 +95,8 @@ class ProportionalSampler(DomainSampler):
 
     def batch(self, step: int, domain: int) -> Batch:
         start, stop = self.slots[domain][self._draw(step)]
-        idx = self.order[domain][start:stop]
-        split = self.fw.dataset.train[domain]
-        parts = (torch.from_numpy(split.user)[idx], torch.from_numpy(split.item)[idx],
-                 torch.full((idx.shape[0],), domain, dtype=torch.long), torch.from_numpy(split.label)[idx])
-        return tuple(t.to(self.fw.device) for t in parts)  # type: ignore[return-value]
+        batch = self.fw.dataset.train[domain].take(domain, self.order[domain][start:stop])
+        return tuple(t.to(self.fw.device) for t in batch)  # type: ignore[return-value]
 
 
 class StepFramework(Framework):
@@ -230,6 +227,7 @@ class PCGrad(StepFramework):
         pairs = torch.zeros(n, n, dtype=torch.float64)  # steps in which both domains had rows
         dense = {id(p) for p in dense_parameters(self.model, self.params.shared())}
         mask = torch.cat([torch.full((p.numel(),), id(p) in dense, dtype=torch.bool) for p in params])
+        position = {d: k for k, d in enumerate(self.domains)}  # a domain's row in the conflict matrix
         for step in range(sampler.steps):
             flat = []
             present = sampler.domains(step)
@@ -244,7 +242,7 @@ class PCGrad(StepFramework):
             shown = stacked[:, mask]
             shown_gram = (shown @ shown.T).double()
             norm = shown_gram.diagonal().clamp_min(1e-30).sqrt()
-            rows = torch.tensor([self.domains.index(d) for d in present])[:, None]
+            rows = torch.tensor([position[d] for d in present])[:, None]
             cosines[rows, rows.T] += shown_gram / norm[:, None] / norm[None, :]
             pairs[rows, rows.T] += 1
             total = pcgrad_sum(stacked, rng, gram)
