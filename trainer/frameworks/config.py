@@ -63,8 +63,9 @@ class FrameworkConfig:
     training rows, every row once per epoch, as Alternate sees it). Each method still forms and combines
     its per-domain terms as before. The default stays ``balanced`` (equal per-task batches): against
     Alternate, ``proportional`` closed 38-46 % of the four methods' gap on Amazon (3 seeds; the mean rose
-    for every method, 9 of 12 seed pairs) and 65-71 % of WL's, PCGrad's and MLDG's on ml-latest-small (seed 0), but
-    MAML lost there (−0.011 → −0.021: a small genre's step share is ~9 rows, so its support half is ~4),
+    for every method, 9 of 12 seed pairs) and 65-68 % of WL's, PCGrad's and MLDG's on ml-latest-small (seeds 0
+    and 1), but MAML lost there (mean gap −0.0126 → −0.0140; seed 0 −0.011 → −0.021: a small genre's step
+    share is ~9 rows, so its support half is ~4),
     short of the bar set before the runs (most of the gap on both sets). What is left on Amazon comes with
     mixed-domain steps as such: Joint (every row once, no per-domain weights) trails Alternate by 0.010.
 
