@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from trainer.models.base import CTRModel, ModelConfig, resolve_knobs
+from trainer.models.dropout import Dropout
 from trainer.models.layers import FieldStack
 
 N_FIELDS = 3
@@ -54,7 +55,7 @@ class AutoInt(CTRModel):
         self.fields = FieldStack(config.udim, config.idim, config.emb_dim)
         dims = [config.emb_dim] + [width] * int(knobs["attn_layers"])
         self.layers = nn.ModuleList(InteractingLayer(a, b, heads) for a, b in itertools.pairwise(dims))
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.out = nn.Linear(N_FIELDS * dims[-1], 1)
 
     def score(self, user_emb: torch.Tensor, item_emb: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from trainer.models.base import DomainIndexedModule
+from trainer.models.dropout import Dropout
 
 
 def tracing() -> bool:
@@ -82,7 +83,7 @@ class DomainMLP(nn.Module):
         dims = (in_dim, *hidden)
         self.layers = nn.ModuleList(DomainLinear(n_domains, a, b) for a, b in itertools.pairwise(dims))
         self.out = DomainLinear(n_domains, dims[-1], 1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -102,7 +103,7 @@ class ExpertBank(nn.Module):
         self.biases = nn.ParameterList(
             nn.Parameter(_uniform_(torch.empty(n_experts, b), a)) for a, b in itertools.pairwise(dims)
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.out_dim = dims[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

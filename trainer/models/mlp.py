@@ -6,13 +6,14 @@ import torch
 from torch import nn
 
 from trainer.models.base import CTRModel, ModelConfig
+from trainer.models.dropout import Dropout
 
 
 def mlp_tower(in_dim: int, hidden: tuple[int, ...], dropout: float) -> nn.Sequential:
     """Linear + ReLU + dropout per hidden layer (no output layer)."""
     layers: list[nn.Module] = []
     for width in hidden:
-        layers += [nn.Linear(in_dim, width), nn.ReLU(), nn.Dropout(dropout)]
+        layers += [nn.Linear(in_dim, width), nn.ReLU(), Dropout(dropout)]
         in_dim = width
     return nn.Sequential(*layers)
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from trainer.models.base import CTRModel, ModelConfig
 from trainer.models.deepfm import fm_interactions
+from trainer.models.dropout import Dropout
 from trainer.models.layers import FieldStack, last_width
 from trainer.models.mlp import mlp_tower
 
@@ -23,7 +24,7 @@ class NeurFM(CTRModel):
         super().__init__(config)
         self.fields = FieldStack(config.udim, config.idim, config.emb_dim)
         self.linear = nn.Linear(self.in_dim, 1)
-        self.pool_dropout = nn.Dropout(config.dropout)
+        self.pool_dropout = Dropout(config.dropout)
         self.mlp = mlp_tower(config.emb_dim, config.hidden, config.dropout)
         self.out = nn.Linear(last_width(config.emb_dim, config.hidden), 1)
 

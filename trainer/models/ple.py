@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from trainer.models.base import CTRModel, ModelConfig, resolve_knobs
+from trainer.models.dropout import Dropout
 from trainer.models.layers import DomainLinear, DomainMLP, ExpertBank, split_hidden
 
 
@@ -34,7 +35,7 @@ class CGCLevel(nn.Module):
         self.shared = ExpertBank(n_shared, in_dim, (width,), dropout)
         self.domain_gate = DomainLinear(n_domains, in_dim, n_specific + n_shared)
         self.shared_gate = None if last else nn.Linear(in_dim, n_specific + n_shared)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x_domain: torch.Tensor, x_shared: torch.Tensor,
                 domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from trainer.models.base import CTRModel, DomainIndexedModule, ModelConfig, resolve_knobs
+from trainer.models.dropout import Dropout
 from trainer.models.layers import domain_matmul, last_width
 from trainer.models.mlp import mlp_tower
 from trainer.models.partitioned_norm import PartitionedNorm
@@ -58,7 +59,7 @@ class STAR(CTRModel):
         dims = (in_dim, *config.hidden)
         self.layers = nn.ModuleList(StarLinear(config.n_domains, a, b) for a, b in itertools.pairwise(dims))
         self.out = StarLinear(config.n_domains, dims[-1], 1)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.aux = mlp_tower(config.emb_dim, knobs["aux_hidden"], config.dropout)
         self.aux_out = nn.Linear(last_width(config.emb_dim, knobs["aux_hidden"]), 1)
 
