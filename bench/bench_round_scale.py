@@ -167,7 +167,7 @@ def one_run(n_ids: int, n_domains: int, n_clicks: int, model: str, trainer_knobs
 def _child(args: argparse.Namespace, n_ids: int, n_domains: int, n_clicks: int) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--one", f"{n_ids},{n_domains},{n_clicks}", "--model", args.model,
            "--store", args.store, "--rounds", str(args.rounds)]
-    for flag in ("table_optimizer", "inner_batches", "replay_ratio", "dr_k", "specific"):
+    for flag in ("table_optimizer", "inner_batches", "replay_ratio", "dr_k", "specific", "precision"):
         value = getattr(args, flag)
         if value is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(value)]
@@ -192,6 +192,7 @@ def main() -> int:
     parser.add_argument("--replay-ratio", dest="replay_ratio", type=float, default=None)
     parser.add_argument("--dr-k", dest="dr_k", type=int, default=None)
     parser.add_argument("--specific", default=None, help="θi's scope (trainer.specific; default: the settings')")
+    parser.add_argument("--precision", default=None, help="training forward: auto, bf16 or fp32 (trainer.precision)")
     parser.add_argument("--skip", default="", help="comma list of scale,domains to skip")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per trainer; the last is measured")
     parser.add_argument("--full-publish", action="store_true", help="every row and a full checkpoint per round")
@@ -202,7 +203,7 @@ def main() -> int:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.ERROR)
     knobs: dict[str, Any] = {k: getattr(args, k) for k in ("table_optimizer", "inner_batches", "replay_ratio", "dr_k",
-                                                          "specific")}
+                                                          "specific", "precision")}
     if args.full_publish:
         knobs["incremental_publish"] = False
     if args.one:

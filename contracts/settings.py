@@ -191,6 +191,11 @@ class TrainerSettings(_Section):
                     "values per domain for the paper MLP, docs/streaming.md), default (every parameter but the "
                     "user/item tables: the paper's), or comma-separated glob patterns over parameter names. A "
                     "lineage keeps the scope it started with")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="arithmetic of the training forward (DN's steps, DR's head inputs): auto (bfloat16 "
+                            "matmuls where the CPU has bfloat16 in hardware, float32 elsewhere; the loss, gradients "
+                            "and optimizer steps stay float32: 1.3x the round at the same learning on both measured "
+                            "streams, docs/streaming.md), bf16 or fp32")
     overload_policy: Literal["backpressure", "sample"] = "backpressure"
     max_lag_events: int = Field(200_000, ge=0)
     framework: Literal["mamdr", "dn", "alternate"] = Field(

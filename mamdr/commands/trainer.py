@@ -37,6 +37,9 @@ def register(subparsers: Any) -> None:
     run.add_argument("--replay-ratio", type=float, help="replay rows per fresh row in a round")
     run.add_argument("--specific", help="θi's scope for a new lineage: head (default), default (every parameter "
                                         "but the tables) or glob patterns")
+    run.add_argument("--precision", choices=("auto", "bf16", "fp32"),
+                     help="the training forward's arithmetic (DN's steps, DR's head inputs): auto (bfloat16 where the "
+                          "CPU has it in hardware, default), bf16 or fp32")
     run.add_argument("--overload-policy", choices=("backpressure", "sample"),
                      help="when the consumer lag exceeds --max-lag-events: stop polling past a round "
                           "(backpressure) or train on a counted uniform sample (sample)")
@@ -83,7 +86,7 @@ def settings_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def
         "trainer.expire_seconds": args.expire_seconds, "trainer.keep_versions": args.keep_versions,
         "trainer.pinned_versions": tuple(args.pin) if args.pin else None,
         "trainer.table_optimizer": args.table_optimizer, "trainer.replay_ratio": args.replay_ratio,
-        "trainer.specific": args.specific,
+        "trainer.specific": args.specific, "trainer.precision": args.precision,
         "trainer.overload_policy": args.overload_policy, "trainer.max_lag_events": args.max_lag_events,
     })
 

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from contracts.errors import ConfigError
 from trainer.data.base import MultiDomainDataset
 from trainer.frameworks.config import FrameworkConfig
+from trainer.frameworks.precision import autocast
 from trainer.frameworks.sparse import (
     SplitOptimizer,
     make_table_optimizer,
@@ -91,8 +92,9 @@ class Framework:
     def loss(self, batch: Batch) -> torch.Tensor:
         """BCE on logits plus the paper's L2 on the embedding rows the batch touched."""
         user, item, domain, label = batch
-        logits = self.model(user, item, domain)
-        loss = F.binary_cross_entropy_with_logits(logits, label)
+        with autocast(self.config.precision):  # the forward only: the loss and every step stay float32
+            logits = self.model(user, item, domain)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), label)
         if self.config.l2:
             loss = loss + self.config.l2 * self.model.l2_embeddings(user, item, domain)
         return loss

@@ -113,6 +113,7 @@ class FrameworkConfig:
     finetune_patience: int = 3
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"  # or "bf16": the model's forward in training steps under bfloat16 autocast (precision.py)
     eval_batch_size: int = 8192
     domain_sampling: str = "balanced"
 
@@ -142,6 +143,7 @@ class FrameworkConfig:
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.inner_steps is None or self.inner_steps >= 1, "inner_steps must be >= 1 (None: full pass)"),
             (self.dr_steps is None or self.dr_steps >= 1, "dr_steps must be >= 1 (or None: full pass)"),
+            (self.precision in ("fp32", "bf16"), f"precision {self.precision!r}: use fp32 or bf16"),
         ]
         for ok, message in checks:
             if not ok:

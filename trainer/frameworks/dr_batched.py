@@ -12,17 +12,32 @@ What each target computes is Algorithm 2 as ``DomainRegularization.regularize`` 
 θ̃i ← θi (eq. 5); updates on T_j (eq. 6) then T_i (eq. 7) at Θ = θS + θ̃i; θi ← θi + γ(θ̃i − θi)
 (eq. 8), for each j of the sampled sequence. A domain-indexed tensor's θi is its row i: a batch of
 T_j reads row j of θS (no delta), a batch of T_i reads row i of θS + θ̃i; both are fed as a one-row
-tensor with the batch's domain column set to 0 (the form export uses). The one difference (with Adam;
-SGD has no state, so none): each target gets a fresh Adam state per round (``regularize`` shares one
-optimizer across targets), so θi does not depend on the order of the targets — as in the distributed
-trainer. A fresh Adam state is also
-why SGD is the streaming default: Adam's first bias-corrected steps move every weight by about ``lr``
-whatever the size of its gradient, so a round of DR adds that much noise to every coordinate of θi.
+tensor with the batch's domain column set to 0 (the form export uses). Two differences from
+``regularize``. Each target gets a fresh Adam state per round (``regularize`` shares one optimizer across
+targets), so θi does not depend on the order of the targets — as in the distributed trainer (SGD has no
+state). A fresh Adam state is also why SGD is the streaming default: Adam's first bias-corrected steps
+move every weight by about ``lr`` whatever the size of its gradient, so a round of DR adds that much
+noise to every coordinate of θi. And a group draws each domain's mini-batches once (``Batches``: passes
+over random permutations, at most K batches): every update on T_d, as a neighbour (eq. 6) or as the
+target (eq. 7), reads those batches, where ``regularize`` draws afresh per update. So the rows DR reads
+per group are at most K batches per active domain, whatever k and the number of targets (a group holds
+up to 1,024 targets with a head θi, fewer with a wide one: ``group_size``).
+
+**θi over a linear head** (the default scope, ``trainer.specific=head``): when every tensor of θi is the
+weight or bias of a one-output ``nn.Linear`` whose output is a term of the logit, logit(θS + θ̃i) =
+logit(θS) + Σ (x·δW + δb) with x the layer's input, which θi does not change. Then DR computes θS's
+logit and x once per drawn row (in training mode, so each drawn row gets one dropout mask for the round
+where the whole-model path draws one per update) and each update is a logistic-regression step on them:
+no pass through the body per update. Whether the logit is that sum is checked on the first rows against
+the model with a random θi; when it is not, DR runs the whole model per update as above (logged).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -31,9 +46,13 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from trainer.data.base import Split
+from trainer.frameworks.precision import autocast
 from trainer.params import DomainParameters
 
+log = logging.getLogger(__name__)
+
 GROUP = 64  # fewest targets per vmapped group
+FEATURE_CHUNK = 8192  # rows per forward when computing the head inputs
 
 
 def _batch_statistics(module: torch.nn.Module) -> bool:
@@ -53,22 +72,14 @@ def group_size(params: DomainParameters) -> int:
     return max(GROUP, min(MAX_GROUP, GROUP_BYTES // max(1, per_target)))
 
 
-def _padded(table: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
-    """Rows ``rows`` of a padded table, cut or zero-padded to ``width`` columns (a fresh array)."""
-    if width <= table.shape[1]:
-        return table[rows, :width]
-    out = np.zeros((len(rows), width), dtype=table.dtype)
-    out[:, :table.shape[1]] = table[rows]
-    return out
-
-
 class BatchedDR:
     """Algorithm 2 over groups of targets; ``run(targets, sequences, splits)`` updates their θi."""
 
     def __init__(self, params: DomainParameters, lr: float, gamma: float, batch_size: int, max_steps: int,
                  l2: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 passes: int = 1, optimizer: Literal["adam", "sgd"] = "adam") -> None:
+                 passes: int = 1, optimizer: Literal["adam", "sgd"] = "adam", precision: str = "fp32") -> None:
         self.params = params
+        self.precision = precision  # of the head-input forward, as the training forward's (frameworks/precision.py)
         self.model = params.model
         self.lr, self.gamma, self.bs, self.max_steps, self.l2 = lr, gamma, batch_size, max_steps, l2
         self.betas, self.eps, self.passes = betas, eps, passes
@@ -78,6 +89,8 @@ class BatchedDR:
         self.names = list(params.specific_names)
         self.rows = [n for n in self.names if n in params.row_names]
         self.indexed = set(getattr(self.model, "domain_indexed", ()))
+        # θi over a linear head (the default scope, ``trainer.specific=head``): DR needs the body once per row
+        self.head = linear_head(self.model, self.names, self.indexed | set(self.rows))
 
     # -- one target's loss (vmapped) ------------------------------------------------------------------
     def _loss_fn(self, fixed: Mapping[str, torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -101,11 +114,6 @@ class BatchedDR:
             return out
 
         return loss
-
-    def _batch(self, split: Split, rng: np.random.Generator, size: int) -> tuple[np.ndarray, ...]:
-        n = len(split)
-        idx = rng.permutation(n)[:size] if n > size else rng.permutation(n)
-        return split.user[idx], split.item[idx], split.label[idx]
 
     def _steps(self, split: Split) -> int:
         """Mini-batches of one update on ``split``: ``passes`` passes over it, at most ``max_steps`` (K)."""
@@ -132,12 +140,17 @@ class BatchedDR:
 
     def _group(self, targets: list[int], sequences: Mapping[int, Sequence[int]], splits: Mapping[int, Split],
                rng: np.random.Generator) -> None:
-        named = dict(self.model.named_parameters())
-        named.update(dict(self.model.named_buffers()))
-        fixed = {n: t.detach() for n, t in named.items()}
-        loss = self._loss_fn(fixed)
-        step_fn = vmap(grad(loss), in_dims=(0, 0, 0, 0, 0, 0, 0), randomness="different")
         T = len(targets)
+        used = sorted({d for t in targets for d in sequences[t]})
+        batches = Batches.draw(used, splits, self.bs, self._steps, rng)
+        if not len(batches.flat_user):  # no rows: every gradient is 0, so θi stays as it is
+            return
+        head = self._head_inputs(batches) if self.head is not None else None
+        if head is None:
+            named = dict(self.model.named_parameters())
+            named.update(dict(self.model.named_buffers()))
+            step_fn = vmap(grad(self._loss_fn({n: t.detach() for n, t in named.items()})),
+                           in_dims=(0, 0, 0, 0, 0, 0, 0), randomness="different")
         delta = {n: torch.stack([self.params.delta(t)[n] for t in targets]) for n in self.names}
         adam = self.optimizer == "adam"  # SGD keeps no moment buffers
         m = {n: torch.zeros_like(v) for n, v in delta.items()} if adam else {}
@@ -145,26 +158,11 @@ class BatchedDR:
         count = torch.zeros(T)
         b1, b2 = self.betas
         length = max(len(sequences[t]) for t in targets)
-        # every split that fits one batch is always taken whole (the loss is a weighted sum: row order does not
-        # matter), so its padded rows are built once per group and each step gathers them in one numpy index
-        used = sorted({d for t in targets for d in sequences[t]})
-        whole = [d for d in used if len(splits[d]) <= self.bs]
-        slot_of = {d: k for k, d in enumerate(whole)}
-        wide = max((len(splits[d]) for d in whole), default=1)
-        table = {f: np.zeros((len(whole) + 1, wide), dtype=dt) for f, dt in
-                 (("user", np.int64), ("item", np.int64), ("label", np.float32), ("weight", np.float32))}
-        sizes = np.zeros(len(whole) + 1, dtype=np.int64)  # the last row: an inactive target (all weight 0)
-        for k, d in enumerate(whole):
-            sp, n = splits[d], len(splits[d])
-            table["user"][k, :n], table["item"][k, :n], table["label"][k, :n] = sp.user, sp.item, sp.label
-            table["weight"][k, :n], sizes[k] = 1.0, n
         target_t = torch.tensor(targets)
         target_np = np.asarray(targets, dtype=np.int64)
         seq = np.full((T, length), -1, dtype=np.int64)  # each target's sequence, -1 after its end
         for k, t in enumerate(targets):
             seq[k, :len(sequences[t])] = sequences[t]
-        steps_of = {d: self._steps(splits[d]) for d in used}
-        row_of = {d: slot_of.get(d, len(whole)) for d in used}
         for s in range(length):
             present_np = seq[:, s] >= 0
             # eq. 8 with γ = 1 is θi ← θ̃i: when every target takes this pair, step θi itself (no copy, no blend)
@@ -172,32 +170,29 @@ class BatchedDR:
             tilde = delta if in_place else {n: t.clone() for n, t in delta.items()}  # eq. 5
             for phase in (0, 1):  # eq. 6 on T_j, then eq. 7 on T_i
                 doms_np = np.where(present_np, seq[:, s] if phase == 0 else target_np, -1)
-                doms = doms_np.tolist()
-                steps = np.array([steps_of[d] if d >= 0 else 0 for d in doms])
-                base_rows = np.array([row_of[d] if d >= 0 else len(whole) for d in doms])
+                steps = np.array([batches.steps[d] if d >= 0 else 0 for d in doms_np.tolist()])
                 dom_t = torch.from_numpy(np.maximum(doms_np, 0))
                 is_target = (dom_t == target_t).float()
                 for q in range(int(steps.max())):
                     active_np = q < steps
-                    active = active_np.tolist()
-                    rows = np.where(active_np, base_rows, len(whole))
-                    big = [k for k in np.flatnonzero(active_np & (base_rows == len(whole))).tolist()]
-                    parts = {k: self._batch(splits[doms[k]], rng, self.bs) for k in big}
-                    width = max([int(sizes[rows].max()), *(len(p[0]) for p in parts.values())])
-                    fields = {f: _padded(table[f], rows, width) for f in table}
-                    for k, p in parts.items():  # sampled batches of splits larger than a batch
-                        n = len(p[0])
-                        fields["user"][k, :n], fields["item"][k, :n], fields["label"][k, :n] = p[0], p[1], p[2]
-                        fields["weight"][k, :n] = 1.0
-                    user, item = torch.from_numpy(fields["user"]), torch.from_numpy(fields["item"])
-                    label, weight = torch.from_numpy(fields["label"]), torch.from_numpy(fields["weight"])
+                    rows = np.array([batches.slot[(d, q)] if a else batches.idle
+                                     for d, a in zip(doms_np.tolist(), active_np.tolist(), strict=True)])
+                    width = max(1, int(batches.sizes[rows].max()))
+                    label = torch.from_numpy(batches.label[rows, :width])
+                    weight = torch.from_numpy(batches.weight[rows, :width])
                     with torch.enable_grad():
-                        g = step_fn(tilde, user, item, label, weight, dom_t, is_target)
-                    act = torch.tensor(active)
+                        if head is None:
+                            user = torch.from_numpy(batches.user[rows, :width])
+                            item = torch.from_numpy(batches.item[rows, :width])
+                            g = step_fn(tilde, user, item, label, weight, dom_t, is_target)
+                        else:
+                            g = self._head_grad(tilde, head, torch.from_numpy(batches.flat[rows, :width]), label,
+                                                weight)
+                    act = torch.from_numpy(active_np)
                     count += act.float()
                     c1 = 1 - b1 ** count.clamp_min(1)
                     c2 = 1 - b2 ** count.clamp_min(1)
-                    everyone = bool(act.all())
+                    everyone = bool(active_np.all())
                     for n in self.names:  # on the stacked tensors; inactive targets keep θ̃ (and Adam's state)
                         shape = (T,) + (1,) * (tilde[n].dim() - 1)
                         if not adam:  # plain SGD (no state); an inactive target keeps its θ̃
@@ -228,3 +223,190 @@ class BatchedDR:
             own = self.params.delta(t)
             for n in self.names:
                 own[n].copy_(delta[n][k])
+
+    # -- θi over a linear head: the body's features once, then logistic regression per target ---------------------
+    def _features(self, user: torch.Tensor, item: torch.Tensor, domain: torch.Tensor
+                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """θS's logits of the rows and the input of every head layer, in the model's current mode: ``run``'s (dropout
+        on, batch statistics from θS's running estimates), so each drawn row gets one dropout mask for the group,
+        where the whole-model path draws one per update."""
+        assert self.head is not None
+        seen: dict[str, list[torch.Tensor]] = {name: [] for name in self.head}
+        modules = dict(self.model.named_modules())
+        hooks = [modules[name].register_forward_pre_hook(
+            lambda _m, args, name=name: seen[name].append(args[0].detach())) for name in self.head]
+        try:
+            logits = [self.model(user[k:k + FEATURE_CHUNK], item[k:k + FEATURE_CHUNK], domain[k:k + FEATURE_CHUNK])
+                      for k in range(0, len(user), FEATURE_CHUNK)]
+        finally:
+            for hook in hooks:
+                hook.remove()
+        rows = [len(z) for z in logits]
+        for v in seen.values():  # one [rows, in] input per forward: a layer called twice, or per field, is not one term
+            if len(v) != len(rows) or any(x.dim() != 2 or x.shape[0] != n for x, n in zip(v, rows, strict=True)):
+                raise _NotAffine
+        return {name: torch.cat(v) for name, v in seen.items()}, torch.cat(logits)
+
+    @staticmethod
+    def _logits(head: Mapping[str, tuple[str | None, str | None]], inputs: Mapping[str, torch.Tensor],
+                base: torch.Tensor, delta: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """logit(θS + θ̃i) = logit(θS) + Σ over head layers (x · δW + δb), for inputs [T, B, in], deltas [T, ...]."""
+        z = base
+        for name, (w, b) in head.items():
+            if w is not None:
+                z = z + torch.einsum("tbi,ti->tb", inputs[name], delta[w][:, 0, :])
+            if b is not None:
+                z = z + delta[b][:, :1]
+        return z
+
+    def _head_inputs(self, batches: Batches) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
+        """Every drawn row's head inputs and θS logit, or None when the model's logit is not affine in θi (checked
+        first, on up to 64 rows in eval mode, against the model itself with a random θi; then DR runs the whole
+        model)."""
+        assert self.head is not None
+        user, item = torch.from_numpy(batches.flat_user), torch.from_numpy(batches.flat_item)
+        domain = torch.from_numpy(batches.flat_domain)
+        try:
+            if not self._affine(user[:64], item[:64], domain[:64]):
+                raise _NotAffine
+            with autocast(self.precision):
+                inputs, base = self._features(user, item, domain)
+            return {n: x.float() for n, x in inputs.items()}, base.float()
+        except _NotAffine:
+            log.warning("%s: the logit is not affine in θi's head %s; DR runs the whole model",
+                        type(self.model).__name__, sorted(self.head))
+            self.head = None
+            return None
+
+    def _affine(self, user: torch.Tensor, item: torch.Tensor, domain: torch.Tensor) -> bool:
+        """logit(θS + δ) = logit(θS) + Σ (x·δW + δb) for a random δ over θi's names, without dropout."""
+        assert self.head is not None
+        gen = torch.Generator().manual_seed(0)
+        named = dict(self.model.named_parameters())
+        delta = {n: 0.5 * torch.randn(named[n].shape, generator=gen) for n in self.names}
+        moved = {n: named[n] + delta[n] for n in self.names}
+        with _eval_mode(self.model):  # no dropout: a train-only op after a head layer would go unseen here
+            inputs, base = self._features(user, item, domain)
+            full = functional_call(self.model, moved, (user, item, domain), strict=False)
+        try:
+            linear = self._logits(self.head, {n: x[None] for n, x in inputs.items()}, base[None],
+                                  {n: d[None] for n, d in delta.items()})[0]
+        except RuntimeError:  # shapes the sum does not take: not a logit term
+            return False
+        return linear.shape == full.shape and bool(torch.allclose(full, linear, rtol=1e-4, atol=1e-4))
+
+    def _head_grad(self, tilde: Mapping[str, torch.Tensor],
+                   head: tuple[Mapping[str, torch.Tensor], torch.Tensor], flat: torch.Tensor, label: torch.Tensor,
+                   weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each target's gradient of its weighted log loss (the same loss as ``_loss_fn``) at θS + θ̃i. The targets'
+        losses are summed: each θ̃i only reaches its own, so the gradient of the sum is every target's own."""
+        assert self.head is not None
+        inputs, base = head
+        leaves = {n: t.detach().requires_grad_() for n, t in tilde.items()}
+        z = self._logits(self.head, {n: x[flat] for n, x in inputs.items()}, base[flat], leaves)
+        per = (F.binary_cross_entropy_with_logits(z, label, reduction="none") * weight).sum(1)
+        loss = (per / weight.sum(1).clamp_min(1.0)).sum()
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        return dict(zip(leaves, grads, strict=True))
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Every module in eval mode, then each back in its own mode (``run`` keeps batch-statistics layers in eval
+    while the rest trains; ``model.train(flag)`` would undo that)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+class _NotAffine(Exception):
+    """The model's logit is not an affine function of θi's head."""
+
+
+def linear_head(model: torch.nn.Module, names: Sequence[str], indexed: set[str]
+                ) -> dict[str, tuple[str | None, str | None]] | None:
+    """θi's layers as {layer: (weight name, bias name)} when every name of θi is the weight or bias of a shared
+    ``nn.Linear`` with one output (a logit term), else None. Whether the logit is their sum is checked on data."""
+    modules = dict(model.named_modules())
+    head: dict[str, list[str | None]] = {}
+    for n in names:
+        layer, _, leaf = n.rpartition(".")
+        module = modules.get(layer)
+        if n in indexed or leaf not in ("weight", "bias") or not isinstance(module, torch.nn.Linear) \
+                or module.out_features != 1:
+            return None
+        head.setdefault(layer, [None, None])[0 if leaf == "weight" else 1] = n
+    return {layer: (w, b) for layer, (w, b) in head.items()} or None
+
+
+@dataclass
+class Batches:
+    """A group's mini-batches, drawn once: every update on T_d (eq. 6 as a neighbour, eq. 7 as the target) reads
+    the same ``steps[d]`` batches of d, so the rows a group's DR reads are at most K batches per domain.
+
+    Row ``slot[(d, q)]`` of the padded tables is d's q-th batch; ``idle`` is an all-weight-0 row (a target that
+    sits out a step). ``flat`` indexes each cell's row in ``flat_user``/``flat_item``/``flat_domain`` (the
+    batches' rows end to end, for the head inputs)."""
+
+    slot: dict[tuple[int, int], int]
+    steps: dict[int, int]
+    user: np.ndarray
+    item: np.ndarray
+    label: np.ndarray
+    weight: np.ndarray
+    flat: np.ndarray
+    sizes: np.ndarray
+    flat_user: np.ndarray
+    flat_item: np.ndarray
+    flat_domain: np.ndarray
+
+    @property
+    def idle(self) -> int:
+        return len(self.sizes) - 1
+
+    @classmethod
+    def draw(cls, used: Sequence[int], splits: Mapping[int, Split], size: int, steps_of: Callable[[Split], int],
+             rng: np.random.Generator) -> Batches:
+        """A split that fits one batch is taken whole at every step (the loss is a weighted sum: order does not
+        matter); a larger one gets ``steps_of(split)`` batches cut from passes over random permutations of it
+        (``size`` rows each, a pass's last one shorter), so no row is read twice before every row was read once."""
+        picks: list[tuple[int, np.ndarray]] = []
+        slot: dict[tuple[int, int], int] = {}
+        steps: dict[int, int] = {}
+        for d in used:
+            split = splits[d]
+            n, steps[d] = len(split), steps_of(split)
+            if n <= size:  # whole, one slot for every step
+                slot.update({(d, q): len(picks) for q in range(steps[d])})
+                picks.append((d, np.arange(n)))
+                continue
+            chunks: list[np.ndarray] = []
+            while len(chunks) < steps[d]:  # passes over a permutation: disjoint batches, the last one shorter
+                order = rng.permutation(n)
+                chunks += [order[k:k + size] for k in range(0, n, size)]
+            for q, idx in enumerate(chunks[:steps[d]]):
+                slot[(d, q)] = len(picks)
+                picks.append((d, idx))
+        width = max((len(idx) for _, idx in picks), default=1)
+        rows = len(picks) + 1
+        out = {f: np.zeros((rows, width), dtype=dt) for f, dt in
+               (("user", np.int64), ("item", np.int64), ("label", np.float32), ("weight", np.float32),
+                ("flat", np.int64))}
+        sizes = np.zeros(rows, dtype=np.int64)
+        offset = 0
+        for k, (d, idx) in enumerate(picks):
+            split, n = splits[d], len(idx)
+            out["user"][k, :n], out["item"][k, :n], out["label"][k, :n] = split.user[idx], split.item[idx], \
+                split.label[idx]
+            out["weight"][k, :n], out["flat"][k, :n], sizes[k] = 1.0, offset + np.arange(n), n
+            offset += n
+        flat_user = np.concatenate([splits[d].user[idx] for d, idx in picks]) if picks else np.zeros(0, np.int64)
+        flat_item = np.concatenate([splits[d].item[idx] for d, idx in picks]) if picks else np.zeros(0, np.int64)
+        flat_domain = np.concatenate([np.full(len(idx), d, dtype=np.int64) for d, idx in picks]) if picks \
+            else np.zeros(0, np.int64)
+        return cls(slot=slot, steps=steps, sizes=sizes, flat_user=flat_user.astype(np.int64),
+                   flat_item=flat_item.astype(np.int64), flat_domain=flat_domain, **out)

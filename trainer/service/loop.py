@@ -55,6 +55,7 @@ from stream.validate import check_records
 from trainer.data.base import MultiDomainDataset, Split
 from trainer.export.publish import read_manifest
 from trainer.feature_sync import sync_embeddings
+from trainer.frameworks import precision
 from trainer.frameworks.config import FrameworkConfig
 from trainer.frameworks.dr import MAMDR
 from trainer.frameworks.dr_batched import BatchedDR
@@ -107,6 +108,8 @@ class ContinualTrainer:
         self.stop_event = threading.Event()
         self.prequential = Prequential()
         self.buffers = DomainBuffers(self.cfg.buffer_per_domain, self.cfg.reservoir_size, self.cfg.seed)
+        self.precision = precision.resolve(self.cfg.precision)  # DN's arithmetic on this CPU
+        log.info("DN's pass in %s (trainer.precision=%s)", self.precision, self.cfg.precision)
         self.consumer: StreamConsumer | None = None
         self.state: ModelState | None = None
         self.framework: MAMDR | None = None
@@ -179,6 +182,7 @@ class ContinualTrainer:
             beta=1.0 if self.cfg.framework == "alternate" else self.cfg.beta,  # β = 1: DN is alternate training
             gamma=self.cfg.gamma, k=self.cfg.dr_k, batch_size=self.cfg.batch_size,
             seed=self.cfg.seed, table_optimizer=self.cfg.table_optimizer, table_lr=self.cfg.table_lr,
+            precision=self.precision,
         )
         dataset = self._dataset({})
         old = self.framework
@@ -411,7 +415,8 @@ class ContinualTrainer:
         cfg = fw.config
         dr_train = train if self.cfg.dr_data == "round" else self._history(train)
         BatchedDR(fw.params, lr=self.cfg.dr_step, gamma=cfg.gamma, batch_size=cfg.batch_size,
-                  max_steps=self.cfg.inner_batches, l2=cfg.l2, passes=passes, optimizer=self.cfg.dr_optimizer).run(
+                  max_steps=self.cfg.inner_batches, l2=cfg.l2, passes=passes, optimizer=self.cfg.dr_optimizer,
+                  precision=self.precision).run(
             targets, sequences, dr_train, seed=self.cfg.seed * 1_000_003 + self.round_no)
         self._last_train["dr_ms"] = round((time.perf_counter() - t_dn) * 1000) - self._last_train["dn_ms"]
         return targets
