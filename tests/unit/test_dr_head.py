@@ -1,6 +1,7 @@
 """Domain Regularization over a linear head (``trainer.specific=head``): the body's features once per drawn row,
 then logistic-regression steps, which must be Algorithm 2 exactly; models whose logit is not a sum of head terms
-fall back to the whole-model path; a round's DR reads at most K batches per domain."""
+fall back to the whole-model path; a round's DR reads at most K batches per domain. (Against
+``DomainRegularization.regularize`` per target: ``tests/unit/test_trainer_scale.py``.)"""
 
 from __future__ import annotations
 
@@ -10,11 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support.frameworks_toy import toy_dataset
 from trainer.data.base import Split
-from trainer.frameworks import DomainRegularization, FrameworkConfig
 from trainer.frameworks.dr_batched import BatchedDR, Batches
-from trainer.models import MODELS, ModelConfig, build_model
+from trainer.models import MODELS, ModelConfig
 from trainer.service.state import ModelState
 
 SEQUENCES = {0: [1, 2, 0], 1: [3, 0, 1], 2: [0, 1, 2], 3: [2, 1, 3]}
@@ -102,39 +101,6 @@ def test_with_dropout_the_head_path_trains_on_masked_features(name: str) -> None
     plain, _ = _run(state, whole_model=False)
     assert all(torch.equal(masked[t][n], again[t][n]) for t in range(4) for n in plain[t])
     assert any(not torch.allclose(masked[t][n], plain[t][n]) for t in range(4) for n in plain[t])
-
-
-@pytest.mark.parametrize("gamma", [0.5, 1.0])
-def test_head_path_is_algorithm_2_per_target(gamma: float) -> None:
-    """Against ``DomainRegularization.regularize``, one target at a time with full-split batches."""
-    ds = toy_dataset(n_domains=4)
-    torch.manual_seed(1)
-    model = build_model("mlp", ModelConfig(n_users=ds.n_users, n_items=ds.n_items, n_domains=4, emb_dim=8,
-                                           hidden=(16, 8), dropout=0.0))
-    fw = DomainRegularization(model, ds, FrameworkConfig(inner="sgd", inner_lr=2.0, gamma=gamma, batch_size=10_000,
-                                                         delta_init="random", seed=1, specific="head"))
-    assert fw.params.specific_names == ["out.weight", "out.bias"]
-    init = {t: {n: v.clone() for n, v in fw.params.delta(t).items()} for t in range(4)}
-    sequences = {0: [2, 0], 1: [0, 3, 1]}
-
-    def full(d: int) -> list:  # type: ignore[type-arg]
-        s = ds.train[d]
-        return [(torch.from_numpy(s.user), torch.from_numpy(s.item), torch.full((len(s),), d),
-                 torch.from_numpy(s.label))]
-
-    for t, seq in sequences.items():
-        fw._dr_opt = None
-        fw.regularize(t, [(full(j), full(t)) for j in seq])
-    expected = {t: {n: v.clone() for n, v in fw.params.delta(t).items()} for t in sequences}
-    for t in range(4):
-        fw.params.set_delta(t, init[t])
-    dr = BatchedDR(fw.params, lr=2.0, gamma=gamma, batch_size=10_000, max_steps=1, optimizer="sgd")
-    dr.run([0, 1], sequences, ds.train)
-    assert dr.head is not None
-    for t in sequences:
-        for n, value in expected[t].items():
-            assert torch.allclose(fw.params.delta(t)[n], value, atol=1e-5), (t, n)
-            assert (value - init[t][n]).abs().max() > 1e-3, (t, n)
 
 
 def test_a_logit_that_is_not_a_sum_of_head_terms_runs_the_whole_model(caplog: pytest.LogCaptureFixture) -> None:

@@ -202,12 +202,14 @@ def test_dn_with_beta_one_is_alternate_with_row_sparse_tables() -> None:
     assert torch.allclose(train(DomainNegotiation), train(Alternate), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("specific", ["default", "head"])
 @pytest.mark.parametrize("gamma", [0.5, 1.0])
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_batched_dr_is_algorithm_2_per_target(optimizer: str, gamma: float) -> None:
-    """All targets at once (vmap) = ``regularize`` per target with a fresh Adam (or plain SGD) each
-    (full-split batches). γ = 1 steps θi in place while every target takes the pair (the first two here),
-    and copies θ̃ for the pair only target 1 takes."""
+def test_batched_dr_is_algorithm_2_per_target(optimizer: str, gamma: float, specific: str) -> None:
+    """All targets at once = ``regularize`` per target with a fresh Adam (or plain SGD) each (full-split
+    batches), over every parameter (vmapped whole-model steps) and over the head (steps on the head's inputs).
+    γ = 1 steps θi in place while every target takes the pair (the first two here), and copies θ̃ for the pair
+    only target 1 takes."""
 
     ds = toy_dataset(n_domains=4)
     torch.manual_seed(1)
@@ -216,7 +218,7 @@ def test_batched_dr_is_algorithm_2_per_target(optimizer: str, gamma: float) -> N
     lr = 0.01 if optimizer == "adam" else 5.0  # SGD: the toy gradients are small
     fw = DomainRegularization(model, ds, FrameworkConfig(inner=optimizer, inner_lr=lr, gamma=gamma, l2=1e-3,
                                                          batch_size=10_000, delta_init="random", seed=1,
-                                                         specific="default"))
+                                                         specific=specific))
     init = {t: {n: v.clone() for n, v in fw.params.delta(t).items()} for t in range(4)}
     sequences = {0: [2, 0], 1: [0, 3, 1]}  # unequal: target 0 sits out the last pair (masked steps)
 
@@ -231,8 +233,9 @@ def test_batched_dr_is_algorithm_2_per_target(optimizer: str, gamma: float) -> N
     expected = {t: {n: v.clone() for n, v in fw.params.delta(t).items()} for t in sequences}
     for t in range(4):
         fw.params.set_delta(t, init[t])
-    BatchedDR(fw.params, lr=lr, gamma=gamma, batch_size=10_000, max_steps=1, l2=1e-3, optimizer=optimizer).run(
-        [0, 1], sequences, ds.train)
+    dr = BatchedDR(fw.params, lr=lr, gamma=gamma, batch_size=10_000, max_steps=1, l2=1e-3, optimizer=optimizer)
+    dr.run([0, 1], sequences, ds.train)
+    assert (dr.head is not None) == (specific == "head")
     for t in sequences:
         for n, value in expected[t].items():
             assert torch.allclose(fw.params.delta(t)[n], value, atol=1e-6), (t, n)
