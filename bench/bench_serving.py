@@ -79,8 +79,12 @@ def rss_mib(pid: int) -> float:
 
 
 # --------------------------------------------------------------------------------------------- setup
-def build_world(tmp: Path, redis_url: str, n_users: int, n_items: int) -> dict[str, object]:
-    """Paper-size MLP exported with 4 real domains; embeddings in Redis; a sqlite registry."""
+def build_world(tmp: Path, redis_url: str, n_users: int, n_items: int, specific: str = "head") -> dict[str, object]:
+    """Paper-size MLP exported with 4 real domains; embeddings in Redis; a sqlite registry.
+
+    ``art/v1`` (what the HTTP sections serve) has θi over ``specific`` (the trainer's default: the head, whose
+    deltas leave the first layer to θS, so serving factors it: serving/factoring.py); ``art-full/v1`` has θi over
+    every parameter, the base of the synthetic versions the domains section holds (full-network deltas)."""
     import torch
 
     from contracts.settings import load_settings
@@ -93,9 +97,12 @@ def build_world(tmp: Path, redis_url: str, n_users: int, n_items: int) -> dict[s
 
     torch.manual_seed(0)
     model = build_model("mlp", ModelConfig(n_users=n_users, n_items=n_items, n_domains=4, dropout=0.0))
-    params = DomainParameters(model)
+    full = DomainParameters(model)
     for d in range(4):
-        params.set_delta(d, {n: torch.randn_like(t) * 0.01 for n, t in params.shared_specific().items()})
+        full.set_delta(d, {n: torch.randn_like(t) * 0.01 for n, t in full.shared_specific().items()})
+    params = DomainParameters(model, specific=specific)
+    for d in range(4):
+        params.set_delta(d, {n: full.delta(d)[n].clone() for n in params.specific_names})
     store = open_store(redis_url, load_settings().feature_store)
     users = [f"u{k}" for k in range(n_users)]
     items = [f"i{k}" for k in range(n_items)]
@@ -106,6 +113,7 @@ def build_world(tmp: Path, redis_url: str, n_users: int, n_items: int) -> dict[s
         registry.create_domain(d)
     export_version(params, domains, tmp / "art", "v1", feature_store_version="emb-1", registry=registry,
                    promote=True)
+    export_version(full, domains, tmp / "art-full", "v1", feature_store_version="emb-1")
     registry.close()
     store.close()
     return {"users": users, "items": items}
@@ -120,7 +128,7 @@ def publish_synthetic(tmp: Path, n_domains: int) -> tuple[Path, str]:
     from trainer.export.onnx_graph import delta_model
     from trainer.export.publish import publish_version
 
-    base = load_version(tmp / "art" / "v1")
+    base = load_version(tmp / "art-full" / "v1")
     root = tmp / f"art-{n_domains}"
 
     class Deltas(Mapping[str, tuple[bytes, dict[str, np.ndarray]]]):
@@ -154,7 +162,7 @@ def publish_synthetic(tmp: Path, n_domains: int) -> tuple[Path, str]:
 
 # --------------------------------------------------------------------------------------------- floor
 def floor(tmp: Path, redis_url: str, world: dict, iters: int) -> dict[str, float]:
-    """Feature-store lookup + one onnxruntime run of the shared graph, in this process."""
+    """Feature-store lookup + one onnxruntime run of the shared graph as serving runs it, in this process."""
     from contracts.artifacts import load_version
     from contracts.settings import load_settings
     from feature_store import open_store
@@ -171,15 +179,28 @@ def floor(tmp: Path, redis_url: str, world: dict, iters: int) -> dict[str, float
         t0 = time.perf_counter()
         found = store.lookup(user, items, version="emb-1")
         t1 = time.perf_counter()
-        users = np.ascontiguousarray(np.broadcast_to(found.user, (N_CANDIDATES, found.user.shape[0])))
-        composer.base.run(["logit"], {"user_emb": users, "item_emb": found.items})
+        # what serving runs for a domain without a delta: one user row (the first layer factored where it can be)
+        composer.logits("no-delta", np.ascontiguousarray(found.user, dtype=np.float32)[None], found.items)
         t2 = time.perf_counter()
         if k >= 50:
             lat.append(t2 - t0)
             fs_lat.append(t1 - t0)
+    # the run alone, on the last request's rows: the general graph (the user repeated per row, what serving ran
+    # before serving/factoring.py) against the graph serving runs (one user row, first layer factored)
+    user1 = np.ascontiguousarray(found.user, dtype=np.float32)[None]
+    repeated = np.ascontiguousarray(np.repeat(user1, N_CANDIDATES, axis=0))
+    general, one = [], []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        composer.base.run(["logit"], {"user_emb": repeated, "item_emb": found.items})
+        t1 = time.perf_counter()
+        composer.logits("no-delta", user1, found.items)
+        general.append(t1 - t0)
+        one.append(time.perf_counter() - t1)
     store.close()
     p50, p99 = pct(lat)
-    return {"p50": p50, "p99": p99, "fs_p50": pct(fs_lat)[0], "mean": float(np.mean(lat)) * 1e3}
+    return {"p50": p50, "p99": p99, "fs_p50": pct(fs_lat)[0], "mean": float(np.mean(lat)) * 1e3,
+            "run_general_p50": pct(general)[0], "run_one_user_p50": pct(one)[0], "factored": composer.factored}
 
 
 # --------------------------------------------------------------------------------------------- http
@@ -302,7 +323,7 @@ def strategies(tmp: Path, n_domains: int, iters: int) -> list[str]:
     from trainer.export.onnx_graph import delta_model
     from trainer.export.publish import publish_version
 
-    base = load_version(tmp / "art" / "v1")
+    base = load_version(tmp / "art-full" / "v1")
     real = base.read_delta("dom-0")  # full-network delta (all dense layers + domain row)
     rng = np.random.default_rng(1)
     deltas = {}
@@ -443,6 +464,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write every figure here")
     ap.add_argument("--strategies", action="store_true", help="also compare the composition strategies")
     ap.add_argument("--strategies-only", action="store_true", help="only the floor and the strategies (no HTTP)")
+    ap.add_argument("--specific", default="head",
+                    help="θi's scope in the served version (head: the trainer's default; default: every parameter)")
     args = ap.parse_args()
     iters = 300 if args.quick else 3_000
     counts = (10, 100) if args.quick else (10, 1_000, 10_000)
@@ -453,11 +476,15 @@ def main() -> None:
     try:
         print(f"setup: paper MLP, {args.users} users / {args.items} items in Redis, {N_CANDIDATES} candidates",
               flush=True)
-        world = build_world(tmp, redis_url, args.users, args.items)
+        world = build_world(tmp, redis_url, args.users, args.items, args.specific)
         fl = floor(tmp, redis_url, world, iters)
         results["floor"] = fl
         print(f"floor (Redis MGET + onnxruntime, no HTTP): p50 {fl['p50']:.3f} ms  p99 {fl['p99']:.3f} ms  "
               f"(feature store p50 {fl['fs_p50']:.3f} ms); 1-core ceiling {1e3 / fl['mean']:.0f} req/s", flush=True)
+        print(f"onnxruntime run alone, {N_CANDIDATES} candidates: p50 {fl['run_general_p50']:.3f} ms with the user "
+              f"repeated per row, {fl['run_one_user_p50']:.3f} ms with one user row "
+              f"({'first layer factored' if fl['factored'] else 'not factored: a delta covers the first layer'}; "
+              f"{fl['run_general_p50'] / fl['run_one_user_p50']:.2f}x)", flush=True)
         if not args.strategies_only:
             http_section(tmp, redis_url, world, fl, iters, seconds, results)
         if args.strategies or args.strategies_only:

@@ -38,6 +38,7 @@ from onnx import helper
 
 from contracts.artifacts import LoadedVersion
 from contracts.errors import ConfigError
+from serving.factoring import factor_first_layer
 
 USER_INPUT, ITEM_INPUT = "user_emb", "item_emb"
 DELTA_SUFFIX = "__delta"
@@ -104,7 +105,8 @@ class Composer(ABC):
 
     @abstractmethod
     def logits(self, domain: str, user: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Logits [N] for user vectors [N, Du] and item vectors [N, Di] (float32, C-contiguous)."""
+        """Logits [N] for user vectors [N, Du], or [1, Du] for one user on every row, and item vectors [N, Di]
+        (float32, C-contiguous)."""
 
     def logits_many(self, jobs: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         """Logits of several (domain, users, items) requests; the base runs them one by one."""
@@ -121,17 +123,33 @@ class FeedComposer(Composer):
         super().__init__(version, cache_size, threads)
         self._overridable = version.delta_names
         self.delta_dtype = version.delta_dtype
-        model = with_delta_inputs(onnx.load_model_from_string(version.shared_bytes), self._overridable,
-                                  self.delta_dtype)
-        self._model_bytes = model.SerializeToString()
-        self.session = ort.InferenceSession(self._model_bytes, session_options(threads),
-                                            providers=["CPUExecutionProvider"])
-        self.base = ort.InferenceSession(version.shared_bytes, session_options(threads),
-                                         providers=["CPUExecutionProvider"])  # domains without a delta
+        shared = onnx.load_model_from_string(version.shared_bytes)
+        # graphs by "one user per run": the general graph (user_emb [N, Du]) and, where the first layer factors
+        # (serving/factoring.py), the one a request's single user takes (user_emb [1, Du], ~half the FLOPs)
+        factored = factor_first_layer(shared, self._overridable)
+        bases = {False: version.shared_bytes} | ({True: factored.SerializeToString()} if factored else {})
+        self._model_bytes = {one: with_delta_inputs(onnx.load_model_from_string(b), self._overridable,
+                                                    self.delta_dtype).SerializeToString() for one, b in bases.items()}
+        self._sessions = {one: ort.InferenceSession(b, session_options(threads), providers=["CPUExecutionProvider"])
+                          for one, b in self._model_bytes.items()}
+        self._bases = {one: ort.InferenceSession(b, session_options(threads), providers=["CPUExecutionProvider"])
+                       for one, b in bases.items()}  # domains without a delta
+        self.factored = factored is not None
         # what a tensor missing from a domain's delta is fed: one zero array per tensor, shared by every domain
         self._zeros = {n: np.zeros(version.shared[n].shape, dtype=self.delta_dtype) for n in self._overridable}
-        self._groups: dict[int, tuple[ort.InferenceSession, list[str]]] = {}
+        self._groups: dict[tuple[int, bool], tuple[ort.InferenceSession, list[str]]] = {}
         self._group_lock = threading.Lock()
+
+    @property
+    def base(self) -> ort.InferenceSession:
+        """The plain shared graph (user_emb [N, Du])."""
+        return self._bases[False]
+
+    def _users(self, user: np.ndarray, n: int) -> tuple[bool, np.ndarray]:
+        """Whether the one-user graph takes this run, and the user rows to feed it or the general graph."""
+        if user.shape[0] == 1 and self.factored:
+            return True, user
+        return False, _rows(user, n)
 
     def _build(self, domain: str) -> dict[str, np.ndarray]:
         """The delta feeds of a domain, held as published (float16 stays float16)."""
@@ -143,37 +161,39 @@ class FeedComposer(Composer):
         return feeds
 
     def logits(self, domain: str, user: np.ndarray, items: np.ndarray) -> np.ndarray:
+        one, user = self._users(user, len(items))
         if domain not in self.version.manifest.deltas:
-            return self.base.run([self.output], {USER_INPUT: user, ITEM_INPUT: items})[0]
+            return self._bases[one].run([self.output], {USER_INPUT: user, ITEM_INPUT: items})[0]
         feeds = {USER_INPUT: user, ITEM_INPUT: items}
         feeds.update(self._entry(domain))
-        return self.session.run([self.output], feeds)[0]
+        return self._sessions[one].run([self.output], feeds)[0]
 
-    def _grouped(self, copies: int) -> tuple[ort.InferenceSession, list[str]]:
-        found = self._groups.get(copies)
+    def _grouped(self, copies: int, one: bool) -> tuple[ort.InferenceSession, list[str]]:
+        found = self._groups.get((copies, one))
         if found is not None:
             return found
         with self._group_lock:
-            found = self._groups.get(copies)
+            found = self._groups.get((copies, one))
             if found is None:
-                model = grouped_model(onnx.load_model_from_string(self._model_bytes), copies, set(), self.output)
+                model = grouped_model(onnx.load_model_from_string(self._model_bytes[one]), copies, set(), self.output)
                 session = ort.InferenceSession(model.SerializeToString(), session_options(self.threads),
                                                providers=["CPUExecutionProvider"])
-                found = self._groups[copies] = (session, [f"{self.output}__{k}" for k in range(copies)])
+                found = self._groups[(copies, one)] = (session, [f"{self.output}__{k}" for k in range(copies)])
         return found
 
     def warm_groups(self, max_group: int) -> None:
-        for copies in range(2, max_group + 1):
-            self._grouped(copies)
+        for copies in range(2, max_group + 1):  # the graphs scoring's batches take (one user per request)
+            self._grouped(copies, self.factored)
 
     def logits_many(self, jobs: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         if len(jobs) == 1:
             return [self.logits(*jobs[0])]
-        session, outputs = self._grouped(len(jobs))
+        one = self.factored and all(user.shape[0] == 1 for _, user, _ in jobs)
+        session, outputs = self._grouped(len(jobs), one)
         feeds: dict[str, np.ndarray] = {}
         deltas = self.version.manifest.deltas
         for k, (domain, user, items) in enumerate(jobs):
-            feeds[f"{USER_INPUT}__{k}"] = user
+            feeds[f"{USER_INPUT}__{k}"] = user if one else _rows(user, len(items))
             feeds[f"{ITEM_INPUT}__{k}"] = items
             if domain in deltas:
                 for name, array in self._entry(domain).items():
@@ -207,8 +227,16 @@ class SessionComposer(Composer):
         return session, keep
 
     def logits(self, domain: str, user: np.ndarray, items: np.ndarray) -> np.ndarray:
+        user = _rows(user, len(items))
         session = self._entry(domain)[0] if domain in self.version.manifest.deltas else self.base
         return session.run([self.output], {USER_INPUT: user, ITEM_INPUT: items})[0]
+
+
+def _rows(user: np.ndarray, n: int) -> np.ndarray:
+    """User vectors for the general graph: one row per item (a single user repeated)."""
+    if user.shape[0] == 1 and n != 1:
+        return np.ascontiguousarray(np.broadcast_to(user, (n, user.shape[1])))
+    return user
 
 
 def with_delta_inputs(model: onnx.ModelProto, names: Sequence[str], dtype: str) -> onnx.ModelProto:

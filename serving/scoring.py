@@ -183,7 +183,7 @@ def _score_checked(state: ServingState, live: LiveModel, jobs: Sequence[Job]) ->
             state.metrics.cold_items.labels(label).inc(len(cold_items))
         if found.user is None:
             state.metrics.cold_users.labels(label).inc()
-        users = np.ascontiguousarray(np.broadcast_to(user.astype(np.float32, copy=False), (n, contract.user_dim)))
+        users = np.ascontiguousarray(user, dtype=np.float32).reshape(1, contract.user_dim)  # one user, every row
         runs.append((job.domain, users, np.ascontiguousarray(items, dtype=np.float32)))
         colds.append(cold_items)
     try:
