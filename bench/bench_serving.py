@@ -83,7 +83,7 @@ def build_world(tmp: Path, redis_url: str, n_users: int, n_items: int, specific:
     """Paper-size MLP exported with 4 real domains; embeddings in Redis; a sqlite registry.
 
     ``art/v1`` (what the HTTP sections serve) has θi over ``specific`` (the trainer's default: the head, whose
-    deltas leave the first layer to θS, so serving factors it: serving/factoring.py); ``art-full/v1`` has θi over
+    deltas leave the first layer to θS, so serving factors it: serving/factoring.py); ``art-fullnet/v1`` has θi over
     every parameter, the base of the synthetic versions the domains section holds (full-network deltas)."""
     import torch
 
@@ -113,7 +113,7 @@ def build_world(tmp: Path, redis_url: str, n_users: int, n_items: int, specific:
         registry.create_domain(d)
     export_version(params, domains, tmp / "art", "v1", feature_store_version="emb-1", registry=registry,
                    promote=True)
-    export_version(full, domains, tmp / "art-full", "v1", feature_store_version="emb-1")
+    export_version(full, domains, tmp / "art-fullnet", "v1", feature_store_version="emb-1")
     registry.close()
     store.close()
     return {"users": users, "items": items}
@@ -128,7 +128,7 @@ def publish_synthetic(tmp: Path, n_domains: int) -> tuple[Path, str]:
     from trainer.export.onnx_graph import delta_model
     from trainer.export.publish import publish_version
 
-    base = load_version(tmp / "art-full" / "v1")
+    base = load_version(tmp / "art-fullnet" / "v1")
     root = tmp / f"art-{n_domains}"
 
     class Deltas(Mapping[str, tuple[bytes, dict[str, np.ndarray]]]):
@@ -323,7 +323,7 @@ def strategies(tmp: Path, n_domains: int, iters: int) -> list[str]:
     from trainer.export.onnx_graph import delta_model
     from trainer.export.publish import publish_version
 
-    base = load_version(tmp / "art-full" / "v1")
+    base = load_version(tmp / "art-fullnet" / "v1")
     real = base.read_delta("dom-0")  # full-network delta (all dense layers + domain row)
     rng = np.random.default_rng(1)
     deltas = {}

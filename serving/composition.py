@@ -132,18 +132,15 @@ class FeedComposer(Composer):
                                                     self.delta_dtype).SerializeToString() for one, b in bases.items()}
         self._sessions = {one: ort.InferenceSession(b, session_options(threads), providers=["CPUExecutionProvider"])
                           for one, b in self._model_bytes.items()}
-        self._bases = {one: ort.InferenceSession(b, session_options(threads), providers=["CPUExecutionProvider"])
-                       for one, b in bases.items()}  # domains without a delta
+        # domains without a delta: the plain graph; on the one-user graph they are fed zero deltas instead, as in
+        # a batch (its domain row would be constant-folded alone and not in a batch: scores 1e-8 apart)
+        self.base = ort.InferenceSession(version.shared_bytes, session_options(threads),
+                                         providers=["CPUExecutionProvider"])
         self.factored = factored is not None
         # what a tensor missing from a domain's delta is fed: one zero array per tensor, shared by every domain
         self._zeros = {n: np.zeros(version.shared[n].shape, dtype=self.delta_dtype) for n in self._overridable}
         self._groups: dict[tuple[int, bool], tuple[ort.InferenceSession, list[str]]] = {}
         self._group_lock = threading.Lock()
-
-    @property
-    def base(self) -> ort.InferenceSession:
-        """The plain shared graph (user_emb [N, Du])."""
-        return self._bases[False]
 
     def _users(self, user: np.ndarray, n: int) -> tuple[bool, np.ndarray]:
         """Whether the one-user graph takes this run, and the user rows to feed it or the general graph."""
@@ -162,10 +159,13 @@ class FeedComposer(Composer):
 
     def logits(self, domain: str, user: np.ndarray, items: np.ndarray) -> np.ndarray:
         one, user = self._users(user, len(items))
-        if domain not in self.version.manifest.deltas:
-            return self._bases[one].run([self.output], {USER_INPUT: user, ITEM_INPUT: items})[0]
         feeds = {USER_INPUT: user, ITEM_INPUT: items}
-        feeds.update(self._entry(domain))
+        if domain in self.version.manifest.deltas:
+            feeds.update(self._entry(domain))
+        elif not one:
+            return self.base.run([self.output], feeds)[0]
+        else:
+            feeds.update({name + DELTA_SUFFIX: zero for name, zero in self._zeros.items()})
         return self._sessions[one].run([self.output], feeds)[0]
 
     def _grouped(self, copies: int, one: bool) -> tuple[ort.InferenceSession, list[str]]:

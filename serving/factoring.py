@@ -14,6 +14,7 @@ overrides (the default head θi never does). The rewritten graph takes ``user_em
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 
 import numpy as np
@@ -21,6 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 USER_INPUT, ITEM_INPUT = "user_emb", "item_emb"
+log = logging.getLogger(__name__)
 
 
 def _depends(graph: onnx.GraphProto, source: str) -> set[str]:
@@ -40,7 +42,47 @@ def _attr(node: onnx.NodeProto, name: str, default: float) -> float:
 
 
 def factor_first_layer(model: onnx.ModelProto, overridable: Collection[str]) -> onnx.ModelProto | None:
-    """A copy of ``model`` with its first layer factored as above and ``user_emb`` of shape [1, Du], or None."""
+    """A copy of ``model`` with its first layer factored as above and ``user_emb`` of shape [1, Du], or None
+    when the pattern does not hold, the rewrite fails, or the rewritten graph does not score random rows of one
+    user as the original does (a user-side op that depends on the row count, say): serving then keeps the
+    general graph."""
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in model.graph.node
+           for a in n.attribute):
+        return None
+    try:
+        out = _rewrite(model, overridable)
+        if out is None or not _same_scores(model, out):
+            return None
+        return out
+    except (ValueError, KeyError, IndexError, onnx.checker.ValidationError, _ort_fail()) as exc:
+        log.warning("serving keeps the general graph: factoring its first layer failed (%s)", exc)
+        return None
+
+
+def _ort_fail() -> type[Exception]:
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return state.Fail if hasattr(state, "Fail") else RuntimeError
+
+
+def _same_scores(model: onnx.ModelProto, factored: onnx.ModelProto, rows: int = 5) -> bool:
+    """The factored graph scores one user's rows as the original does (random vectors, a fixed seed)."""
+    import onnxruntime as ort
+
+    dims = {vi.name: vi.type.tensor_type.shape.dim[1].dim_value for vi in model.graph.input}
+    rng = np.random.default_rng(0)
+    user = rng.standard_normal((1, dims[USER_INPUT]), dtype=np.float32)
+    items = rng.standard_normal((rows, dims[ITEM_INPUT]), dtype=np.float32)
+    feeds = {vi.name: np.zeros([d.dim_value or rows for d in vi.type.tensor_type.shape.dim], dtype=np.float32)
+             for vi in model.graph.input if vi.name not in (USER_INPUT, ITEM_INPUT)}  # delta inputs: zero
+    general = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    one = ort.InferenceSession(factored.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = general.run(None, {USER_INPUT: np.repeat(user, rows, axis=0), ITEM_INPUT: items, **feeds})[0]
+    got = one.run(None, {USER_INPUT: user, ITEM_INPUT: items, **feeds})[0]
+    return got.shape == want.shape and bool(np.allclose(got, want, rtol=1e-4, atol=1e-5))
+
+
+def _rewrite(model: onnx.ModelProto, overridable: Collection[str]) -> onnx.ModelProto | None:
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     user_side, item_side = _depends(graph, USER_INPUT), _depends(graph, ITEM_INPUT)
@@ -50,7 +92,8 @@ def factor_first_layer(model: onnx.ModelProto, overridable: Collection[str]) -> 
             consumers.setdefault(x, []).append(node)
     concat = next((n for n in graph.node if n.op_type == "Concat" and ITEM_INPUT in n.input
                    and USER_INPUT in n.input), None)
-    if concat is None or len(concat.output) != 1 or len(consumers.get(concat.output[0], [])) != 1:
+    if concat is None or len(concat.output) != 1 or len(consumers.get(concat.output[0], [])) != 1 \
+            or concat.output[0] in {o.name for o in graph.output}:
         return None
     gemm = consumers[concat.output[0]][0]
     weight = gemm.input[1] if len(gemm.input) > 1 else ""
@@ -79,29 +122,44 @@ def factor_first_layer(model: onnx.ModelProto, overridable: Collection[str]) -> 
     if sum(widths[x] for x in concat.input) != w.shape[1]:
         return None
 
+    taken = {i.name for i in graph.initializer} | {i.name for i in graph.input} | {
+        x for n in graph.node for x in (*n.input, *n.output)}
+
+    def fresh(name: str) -> str:
+        """``name``, suffixed until no tensor of the graph has it."""
+        k, out_name = 0, name
+        while out_name in taken:
+            k += 1
+            out_name = f"{name}_{k}"
+        taken.add(out_name)
+        return out_name
+
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    nodes, parts, start = [], [], 0
+    nodes, start = [], 0
     user_parts: list[str] = []
     item_part = ""
     for k, x in enumerate(concat.input):
-        name = f"{weight}__part{k}"
+        name = fresh(f"{weight}__part{k}")
         g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w[:, start:start + widths[x]]), name))
         start += widths[x]
-        part = f"{gemm.output[0]}__part{k}"
-        nodes.append(helper.make_node("Gemm", [x, name], [part], transB=1, name=f"{gemm.name}__part{k}"))
-        (parts if x == ITEM_INPUT else user_parts).append(part)
+        part = fresh(f"{gemm.output[0]}__part{k}")
+        nodes.append(helper.make_node("Gemm", [x, name], [part], transB=1, name=fresh(f"{gemm.name}__part{k}")))
         if x == ITEM_INPUT:
             item_part = part
+        else:
+            user_parts.append(part)
     total = user_parts[0]
-    for k, part in enumerate(user_parts[1:]):
-        nodes.append(helper.make_node("Add", [total, part], [f"{gemm.output[0]}__user{k}"]))
-        total = f"{gemm.output[0]}__user{k}"
+    for part in user_parts[1:]:
+        summed = fresh(f"{gemm.output[0]}__user")
+        nodes.append(helper.make_node("Add", [total, part], [summed]))
+        total = summed
     if len(gemm.input) > 2 and gemm.input[2]:
-        nodes.append(helper.make_node("Add", [total, gemm.input[2]], [f"{gemm.output[0]}__user_b"]))
-        total = f"{gemm.output[0]}__user_b"
-    nodes.append(helper.make_node("Add", [item_part, total], [gemm.output[0]], name=f"{gemm.name}__factored"))
+        biased = fresh(f"{gemm.output[0]}__user_b")
+        nodes.append(helper.make_node("Add", [total, gemm.input[2]], [biased]))
+        total = biased
+    nodes.append(helper.make_node("Add", [item_part, total], [gemm.output[0]], name=fresh(f"{gemm.name}__factored")))
     rewritten = []
     for node in g.node:
         if node.name == concat.name and list(node.output) == list(concat.output):

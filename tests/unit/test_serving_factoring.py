@@ -11,6 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import helper, numpy_helper
 
 from contracts.artifacts import load_version
 from serving.composition import FeedComposer
@@ -21,7 +22,8 @@ from trainer.export.view import build_view_module, shared_view_arrays
 from trainer.models import MODELS, ModelConfig, build_model
 from trainer.params import DomainParameters
 
-D = 16
+D = 128
+HIDDEN = (256, 128, 64)
 
 
 def _graph(name: str) -> onnx.ModelProto:
@@ -64,11 +66,35 @@ def test_a_delta_over_the_first_layer_keeps_the_general_graph() -> None:
     assert factor_first_layer(_graph("mlp"), {"out.weight", "out.bias"}) is not None
 
 
+def test_a_user_side_that_depends_on_the_row_count_keeps_the_general_graph() -> None:
+    """Data flow alone would accept it (the user side meets the items only at the concat); the scores differ once
+    the user side runs on one row, and the load-time check sees it."""
+    w = np.random.default_rng(0).standard_normal((3, 12)).astype(np.float32)
+    nodes = [
+        helper.make_node("Shape", ["user_emb"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["rows"], axis=0),
+        helper.make_node("Cast", ["rows"], ["rows_f"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Div", ["user_emb", "rows_f"], ["scaled"]),  # u / N: one row gives u, N rows u / N
+        helper.make_node("Concat", ["scaled", "item_emb"], ["cat"], axis=1),
+        helper.make_node("Gemm", ["cat", "w", "b"], ["h"], transB=1),
+        helper.make_node("ReduceSum", ["h"], ["logit"], axes=[1], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "count", [helper.make_tensor_value_info("user_emb", onnx.TensorProto.FLOAT, ["n", 6]),
+                         helper.make_tensor_value_info("item_emb", onnx.TensorProto.FLOAT, ["n", 6])],
+        [helper.make_tensor_value_info("logit", onnx.TensorProto.FLOAT, ["n"])],
+        initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(3, np.float32), "b"),
+                     numpy_helper.from_array(np.array(0, np.int64), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    assert factor_first_layer(model, set()) is None
+
+
 @pytest.fixture(scope="module")
 def head_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLP version whose deltas cover the head (the trainer's default scope) for two of three domains."""
+    """An MLP version whose deltas cover the head (the trainer's default scope) for two of three domains, at the
+    paper's sizes (a no-delta domain's constant-folded row differed from the batched one only at these sizes)."""
     torch.manual_seed(1)
-    model = build_model("mlp", ModelConfig(n_users=10, n_items=10, n_domains=3, emb_dim=D, hidden=(32, 16)))
+    model = build_model("mlp", ModelConfig(n_users=10, n_items=10, n_domains=3, emb_dim=D, hidden=HIDDEN))
     params = DomainParameters(model, specific=["out.weight", "out.bias"])
     gen = torch.Generator().manual_seed(2)
     for slot in (0, 1):
@@ -93,10 +119,11 @@ def test_one_user_rows_score_as_the_same_user_repeated(head_version: Path) -> No
 
 
 def test_batched_one_user_requests_equal_one_by_one_bit_for_bit(head_version: Path) -> None:
+    """Domains with a delta, one exported without its θi ("c") and one never published, as scoring sends them."""
     composer = FeedComposer(load_version(head_version), cache_size=4)
     rng = np.random.default_rng(4)
-    runs = [(("a", "b", "c")[k % 3], rng.standard_normal((1, D), dtype=np.float32),
-             rng.standard_normal((int(rng.integers(1, 30)), D), dtype=np.float32)) for k in range(7)]
+    runs = [(("a", "b", "c", "never-published")[k % 4], rng.standard_normal((1, D), dtype=np.float32),
+             rng.standard_normal((int(rng.integers(1, 100)), D), dtype=np.float32)) for k in range(12)]
     one_by_one = [composer.logits(*run) for run in runs]
     batched = composer.logits_many(runs)
     for a, b in zip(one_by_one, batched, strict=True):
