@@ -82,7 +82,7 @@ def serve(root: Path, store: EmbeddingStore, version: str, requests: list[tuple[
         u = live.cold_user if found.user is None else found.user
         vecs = found.items.copy()
         vecs[found.missing_items] = live.cold_item
-        users = np.ascontiguousarray(np.broadcast_to(u, (len(items), u.shape[0])), dtype=np.float32)
+        users = np.ascontiguousarray(u, dtype=np.float32).reshape(1, -1)  # one user row, as scoring feeds it
         out.append(live.composer.logits(domain, users, np.ascontiguousarray(vecs, dtype=np.float32)).tolist())
     return out
 
