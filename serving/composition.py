@@ -130,17 +130,32 @@ class FeedComposer(Composer):
         bases = {False: version.shared_bytes} | ({True: factored.SerializeToString()} if factored else {})
         self._model_bytes = {one: with_delta_inputs(onnx.load_model_from_string(b), self._overridable,
                                                     self.delta_dtype).SerializeToString() for one, b in bases.items()}
-        self._sessions = {one: ort.InferenceSession(b, session_options(threads), providers=["CPUExecutionProvider"])
-                          for one, b in self._model_bytes.items()}
-        # domains without a delta: the plain graph; on the one-user graph they are fed zero deltas instead, as in
-        # a batch (its domain row would be constant-folded alone and not in a batch: scores 1e-8 apart)
-        self.base = ort.InferenceSession(version.shared_bytes, session_options(threads),
-                                         providers=["CPUExecutionProvider"])
+        # sessions are built on first use: scoring only ever takes the one-user graph when there is one
+        self._sessions: dict[bool | None, ort.InferenceSession] = {}
         self.factored = factored is not None
         # what a tensor missing from a domain's delta is fed: one zero array per tensor, shared by every domain
         self._zeros = {n: np.zeros(version.shared[n].shape, dtype=self.delta_dtype) for n in self._overridable}
         self._groups: dict[tuple[int, bool], tuple[ort.InferenceSession, list[str]]] = {}
         self._group_lock = threading.Lock()
+        self._session(self.factored)  # the graph scoring runs, ready before the first request
+
+    def _session(self, one: bool | None) -> ort.InferenceSession:
+        """The graph with delta inputs (one user per run or not), or with ``None`` the plain shared graph."""
+        found = self._sessions.get(one)
+        if found is None:
+            with self._group_lock:
+                found = self._sessions.get(one)
+                if found is None:
+                    graph = self.version.shared_bytes if one is None else self._model_bytes[one]
+                    found = self._sessions[one] = ort.InferenceSession(
+                        graph, session_options(self.threads), providers=["CPUExecutionProvider"])
+        return found
+
+    @property
+    def base(self) -> ort.InferenceSession:
+        """Domains without a delta on the general graph. On the one-user graph they are fed zero deltas instead,
+        as in a batch (alone, onnxruntime constant-folds their domain row: scores 1e-8 off the batched ones)."""
+        return self._session(None)
 
     def _users(self, user: np.ndarray, n: int) -> tuple[bool, np.ndarray]:
         """Whether the one-user graph takes this run, and the user rows to feed it or the general graph."""
@@ -166,7 +181,7 @@ class FeedComposer(Composer):
             return self.base.run([self.output], feeds)[0]
         else:
             feeds.update({name + DELTA_SUFFIX: zero for name, zero in self._zeros.items()})
-        return self._sessions[one].run([self.output], feeds)[0]
+        return self._session(one).run([self.output], feeds)[0]
 
     def _grouped(self, copies: int, one: bool) -> tuple[ort.InferenceSession, list[str]]:
         found = self._groups.get((copies, one))

@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from serving.errors import ORT_ERRORS
+
 USER_INPUT, ITEM_INPUT = "user_emb", "item_emb"
 log = logging.getLogger(__name__)
 
@@ -54,15 +56,9 @@ def factor_first_layer(model: onnx.ModelProto, overridable: Collection[str]) -> 
         if out is None or not _same_scores(model, out):
             return None
         return out
-    except (ValueError, KeyError, IndexError, onnx.checker.ValidationError, _ort_fail()) as exc:
+    except (ValueError, KeyError, IndexError, onnx.checker.ValidationError, *ORT_ERRORS) as exc:
         log.warning("serving keeps the general graph: factoring its first layer failed (%s)", exc)
         return None
-
-
-def _ort_fail() -> type[Exception]:
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
-
-    return state.Fail if hasattr(state, "Fail") else RuntimeError
 
 
 def _same_scores(model: onnx.ModelProto, factored: onnx.ModelProto, rows: int = 5) -> bool:

@@ -24,7 +24,7 @@ import numpy as np
 
 from contracts.errors import BackendUnavailable, IntegrityError, MamdrError, NotFound
 from feature_store.base import Lookup
-from serving.errors import FeatureStoreUnavailable, ModelNotReady, ScoringUnavailable, TooManyItems
+from serving.errors import ORT_ERRORS, FeatureStoreUnavailable, ModelNotReady, ScoringUnavailable, TooManyItems
 from serving.live import LiveModel
 from serving.reload import ServingState
 from serving.schemas import CTRRequest, CTRResponse
@@ -32,18 +32,6 @@ from serving.schemas import CTRRequest, CTRResponse
 log = logging.getLogger(__name__)
 
 
-def _ort_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
-    except ImportError:  # pragma: no cover - onnxruntime is a serving dependency
-        return (OSError,)
-    names = ("Fail", "InvalidArgument", "RuntimeException", "InvalidGraph", "NoSuchFile", "EPFail",
-             "NoModel", "ModelLoaded", "NotImplemented", "InvalidProtobuf")
-    return (OSError, MemoryError, *(getattr(ort_state, n) for n in names if hasattr(ort_state, n)))
-
-
-# What a model run may raise that is a server-side fault rather than a bug in this code.
-_ORT_ERRORS = _ort_errors()
 
 # After a failed read, requests answer 503 at once for this long instead of each waiting for the
 # backend's timeouts on the event loop (which would also stall /healthz during an outage).
@@ -190,7 +178,7 @@ def _score_checked(state: ServingState, live: LiveModel, jobs: Sequence[Job]) ->
         logits = live.composer.logits_many(runs)
     except IntegrityError as exc:
         raise ScoringUnavailable(f"model {live.version}: {exc.message}") from None
-    except _ORT_ERRORS as exc:  # onnxruntime refusing a run: reported as 503 (a Python bug stays a 500)
+    except ORT_ERRORS as exc:  # onnxruntime refusing a run: reported as 503 (a Python bug stays a 500)
         log.error("onnxruntime refused to score with model %s: %s", live.version, exc)
         raise ScoringUnavailable(f"model {live.version} could not score ({type(exc).__name__})") from None
     degraded_from = live.feature_store_version
